@@ -1,0 +1,230 @@
+"""Effects: the only place that starts a claude process.
+
+It spawns without a shell in a new process group, writes the prompt to stdin and closes it,
+hands each stdout line to ``on_line`` as soon as it arrives, drains stderr concurrently (keeping
+its tail), and enforces the deadline and the idle timeout. To stop a call it signals the whole
+group -- SIGINT, a grace period, SIGTERM, another grace period, SIGKILL -- so no process of the
+group survives, even behind a wrapper script that does not ``exec``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import queue
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import ClaudeNotFoundError, UsageError
+
+STDERR_TAIL_BYTES = 64 * 1024
+LINE_QUEUE_SIZE = 1024  # bounded: a slow consumer slows the child instead of growing memory
+POLL_SECONDS = 0.25
+EOF_GRACE_SECONDS = 2.0
+NO_EXIT = "no exit"  # the output ended but the process did not exit by itself
+_EOF = object()
+
+
+@dataclass(frozen=True)
+class Limits:
+    """How long a call may run, and how long it may stay silent."""
+
+    deadline: float | None = None
+    idle_timeout: float | None = None
+    grace: float = 3.0
+
+
+@dataclass(frozen=True)
+class ProcessOutcome:
+    """What happened to the process; the lines themselves went to ``on_line``."""
+
+    returncode: int
+    stopped_by: str | None  # "deadline", "idle timeout", "interrupt", NO_EXIT or None
+    stderr: str
+    duration: float
+    lines: int
+
+
+def _pump_stdout(stream: object, lines: queue.Queue[object]) -> None:
+    readline = stream.readline  # type: ignore[attr-defined]
+    try:
+        for raw in iter(readline, b""):
+            lines.put(raw.decode("utf-8", errors="replace").rstrip("\r\n"))
+    except (OSError, ValueError):
+        pass
+    finally:
+        lines.put(_EOF)
+
+
+def _drain_stderr(stream: object, tail: bytearray) -> None:
+    read = stream.read1 if hasattr(stream, "read1") else stream.read  # type: ignore[attr-defined]
+    try:
+        while chunk := read(65536):
+            tail.extend(chunk)
+            if len(tail) > STDERR_TAIL_BYTES:
+                del tail[: len(tail) - STDERR_TAIL_BYTES]
+    except (OSError, ValueError):
+        pass
+
+
+def _feed_stdin(stream: object, data: bytes) -> None:
+    try:
+        stream.write(data)  # type: ignore[attr-defined]
+    except (BrokenPipeError, OSError, ValueError):
+        pass  # the child closed stdin early; its exit status will say why
+    finally:
+        with contextlib.suppress(OSError, ValueError):
+            stream.close()  # type: ignore[attr-defined]
+
+
+def _group_alive(proc: subprocess.Popen[bytes]) -> bool:
+    proc.poll()  # reap our direct child, so a zombie does not count as alive
+    try:
+        os.killpg(proc.pid, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True
+
+
+def _signal_group(proc: subprocess.Popen[bytes], sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, sig)
+
+
+def _wait_group(proc: subprocess.Popen[bytes], seconds: float) -> bool:
+    """Wait up to ``seconds`` for every process of the group to end; True if they did."""
+    end = time.monotonic() + seconds
+    while _group_alive(proc):
+        if time.monotonic() >= end:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+def stop_group(proc: subprocess.Popen[bytes], grace: float) -> None:
+    """SIGINT, then SIGTERM, then SIGKILL to the whole group, until nothing of it is left."""
+    try:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            _signal_group(proc, sig)
+            if _wait_group(proc, grace):
+                return
+    except KeyboardInterrupt:
+        pass  # a second Ctrl-C: no more patience
+    _signal_group(proc, signal.SIGKILL)
+    _wait_group(proc, 5.0)
+
+
+def _spawn(
+    argv: Sequence[str], cwd: Path, env: Mapping[str, str] | None
+) -> subprocess.Popen[bytes]:
+    if not cwd.is_dir():
+        raise UsageError(
+            f"the session's folder {cwd} does not exist any more; claude must run where the "
+            "session was created. Recreate the folder, or create a new session."
+        )
+    try:
+        return subprocess.Popen(
+            list(argv),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            cwd=cwd,
+            env=None if env is None else dict(env),
+            start_new_session=True,
+        )
+    except (FileNotFoundError, PermissionError, NotADirectoryError) as exc:
+        raise ClaudeNotFoundError(
+            f"cannot run the claude command {argv[0]!r}: {exc.strerror}. Install Claude Code "
+            "(npm install -g @anthropic-ai/claude-code), or name a claude-compatible command "
+            "with --claude-cmd or the CLAUDE_CMD environment variable."
+        ) from exc
+
+
+def run(
+    argv: Sequence[str],
+    *,
+    prompt: str,
+    cwd: Path,
+    limits: Limits,
+    on_line: Callable[[str], bool | None],
+    env: Mapping[str, str] | None = None,
+) -> ProcessOutcome:
+    """Run one claude call to its end (or its limit) and say how it ended.
+
+    ``on_line`` gets each stdout line as it arrives; it returns True once it has seen the
+    final line, after which the process only gets a short grace period to exit.
+    """
+    started = time.monotonic()
+    proc = _spawn(argv, cwd, env)
+    lines: queue.Queue[object] = queue.Queue(maxsize=LINE_QUEUE_SIZE)
+    tail = bytearray()
+    workers = [
+        threading.Thread(target=_feed_stdin, args=(proc.stdin, prompt.encode("utf-8"))),
+        threading.Thread(target=_pump_stdout, args=(proc.stdout, lines)),
+        threading.Thread(target=_drain_stderr, args=(proc.stderr, tail)),
+    ]
+    for worker in workers:
+        worker.daemon = True
+        worker.start()
+
+    stopped_by: str | None = None
+    count = 0
+    last_output = started
+    exited_at: float | None = None
+    try:
+        while True:
+            now = time.monotonic()
+            waits = [POLL_SECONDS]
+            if limits.deadline is not None:
+                waits.append(started + limits.deadline - now)
+            if limits.idle_timeout is not None:
+                waits.append(last_output + limits.idle_timeout - now)
+            try:
+                item = lines.get(timeout=max(0.0, min(waits)))
+            except queue.Empty:
+                now = time.monotonic()
+                if limits.deadline is not None and now - started >= limits.deadline:
+                    stopped_by = "deadline"
+                    break
+                if limits.idle_timeout is not None and now - last_output >= limits.idle_timeout:
+                    stopped_by = "idle timeout"
+                    break
+                if exited_at is None and proc.poll() is not None:
+                    exited_at = now
+                if exited_at is not None and now - exited_at >= EOF_GRACE_SECONDS:
+                    break  # finished, but stdout is still held open (a hang, or a grandchild)
+                continue
+            if item is _EOF:
+                break
+            last_output = time.monotonic()
+            count += 1
+            if on_line(str(item)) and exited_at is None:
+                # The final line is in: from here on only the exit is awaited, so a CLI
+                # that hangs after finishing is stopped after a grace period.
+                exited_at = last_output
+    except KeyboardInterrupt:
+        stopped_by = "interrupt"
+    finally:
+        if stopped_by is None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=EOF_GRACE_SECONDS)
+            if proc.poll() is None:
+                stopped_by = NO_EXIT
+        if stopped_by is not None:
+            stop_group(proc, limits.grace)
+        _signal_group(proc, signal.SIGKILL)  # leftovers of a finished call, if any
+        proc.wait()
+    for worker in workers[1:]:
+        worker.join(timeout=1.0)
+    return ProcessOutcome(
+        returncode=proc.returncode,
+        stopped_by=stopped_by,
+        stderr=bytes(tail).decode("utf-8", errors="replace"),
+        duration=time.monotonic() - started,
+        lines=count,
+    )

@@ -1,0 +1,97 @@
+"""The typed errors of claude-persist, and the one table that maps them to exit codes.
+
+Every error says what is wrong, where, and how to fix it. The library raises them; only the
+edges (the Invoke tasks and the ``claude-persist`` program) turn them into exit codes, through
+:func:`exit_code_for`.
+"""
+
+from __future__ import annotations
+
+
+class ClaudePersistError(Exception):
+    """Base of every error claude-persist raises on purpose."""
+
+
+class UsageError(ClaudePersistError):
+    """A bad flag, value or input file: the call cannot start as given."""
+
+
+class NameExistsError(UsageError):
+    """``create`` of a name the mapping already holds, without ``--force``."""
+
+
+class MappingFileError(ClaudePersistError):
+    """The mapping file or its folder is unsafe or unusable (symlink, foreign owner, I/O)."""
+
+
+class SessionNotFoundError(ClaudePersistError):
+    """No such name in the mapping, or claude has no transcript for the session id."""
+
+
+class SessionBusyError(ClaudePersistError):
+    """Another process holds the session's lock and ``--lock-timeout`` ran out."""
+
+
+class ClaudeCallError(ClaudePersistError):
+    """The claude call failed: non-zero exit, ``is_error: true``, or no result at all."""
+
+    def __init__(self, message: str, *, api_error_status: int | None = None) -> None:
+        super().__init__(message)
+        self.api_error_status = api_error_status
+
+    @property
+    def transient(self) -> bool:
+        """True when a retry may succeed (rate limit, server error, overload)."""
+        return self.api_error_status in {429, 500, 502, 503, 504, 529}
+
+
+class CallTimeoutError(ClaudePersistError):
+    """The call ran past its ``--deadline`` or was silent past its ``--idle-timeout``."""
+
+    def __init__(self, message: str, *, limit: str) -> None:
+        super().__init__(message)
+        self.limit = limit
+
+
+class ClaudeNotFoundError(ClaudePersistError):
+    """The claude command (or ``--claude-cmd`` / ``CLAUDE_CMD``) cannot be started."""
+
+
+class InterruptedByUserError(ClaudePersistError):
+    """The user interrupted us (Ctrl-C or SIGTERM); children were stopped."""
+
+
+class WorkflowError(UsageError):
+    """A workflow file is invalid; holds every problem found, each with file, line and column."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+class WorkflowFailedError(ClaudePersistError):
+    """A workflow step failed (after its retries), so the run failed."""
+
+
+#: The one table from error type to exit code. Looked up along the class's MRO, so a
+#: subclass inherits its parent's code unless it has its own row.
+EXIT_CODES: dict[type[BaseException], int] = {
+    ClaudeCallError: 1,
+    WorkflowFailedError: 1,
+    UsageError: 2,
+    MappingFileError: 2,
+    SessionNotFoundError: 3,
+    SessionBusyError: 4,
+    CallTimeoutError: 124,
+    ClaudeNotFoundError: 127,
+    InterruptedByUserError: 130,
+    KeyboardInterrupt: 130,
+}
+
+
+def exit_code_for(error: BaseException) -> int:
+    """Return the documented exit code for ``error`` (1 for anything unexpected)."""
+    for klass in type(error).__mro__:
+        if klass in EXIT_CODES:
+            return EXIT_CODES[klass]
+    return 1

@@ -1,0 +1,159 @@
+"""The mapping document: JSON text <-> typed entries. Pure; no files, no clocks.
+
+The shape is the seed script's, so that files either side writes stay readable by the other::
+
+    {"workspace_dir": "/abs/workspace",
+     "aliases": {"review-src": {"session_id": "...", "created_at": "...",
+                                "last_model": "...", "last_reasoning_effort": "...", ...}}}
+
+The seed's older flat shape (``{name: session_id}`` or ``{name: {...}}`` at the top level) is read
+too, and written back in the current shape. Keys we do not know are kept as they are.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9._-]+$")
+UUID_PATTERN = re.compile(
+    r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+)
+HISTORY_LIMIT = 50
+
+
+class CorruptMappingError(ValueError):
+    """The text is not a JSON object (the caller quarantines the file)."""
+
+
+@dataclass(frozen=True)
+class SessionEntry:
+    """One named session, as the mapping file holds it."""
+
+    name: str
+    session_id: str
+    created_at: str | None = None
+    last_used_at: str | None = None
+    last_model: str | None = None
+    last_reasoning_effort: str | None = None
+    cwd: str | None = None
+    role: str | None = None
+    last_total_cost_usd: float | None = None
+    history: tuple[dict[str, Any], ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        """The entry as the JSON object ``resolve --json`` prints."""
+        return {
+            "name": self.name,
+            "session_id": self.session_id,
+            "created_at": self.created_at,
+            "last_used_at": self.last_used_at,
+            "last_model": self.last_model,
+            "last_reasoning_effort": self.last_reasoning_effort,
+            "cwd": self.cwd,
+            "role": self.role,
+            "history": list(self.history),
+        }
+
+
+@dataclass
+class MappingDoc:
+    """The whole file: the raw alias entries (unknown keys kept) plus top-level extras."""
+
+    workspace_dir: str = ""
+    aliases: dict[str, dict[str, Any]] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def entry(self, name: str) -> SessionEntry | None:
+        """The typed entry for ``name``, or None when absent or without a session id."""
+        raw = self.aliases.get(name)
+        return None if raw is None else entry_from_raw(name, raw)
+
+    def entries(self) -> list[SessionEntry]:
+        """All usable entries, sorted by name."""
+        found = (entry_from_raw(name, raw) for name, raw in sorted(self.aliases.items()))
+        return [entry for entry in found if entry is not None]
+
+    def names_for_session(self, session_id: str) -> list[str]:
+        """Names whose entry points at ``session_id``."""
+        return [e.name for e in self.entries() if e.session_id == session_id]
+
+
+def _opt_str(raw: dict[str, Any], key: str) -> str | None:
+    value = raw.get(key)
+    return value if isinstance(value, str) and value else None
+
+
+def entry_from_raw(name: str, raw: dict[str, Any]) -> SessionEntry | None:
+    """Read one raw entry leniently; None when it has no usable session id."""
+    session_id = _opt_str(raw, "session_id")
+    if session_id is None:
+        return None
+    cost = raw.get("last_total_cost_usd")
+    history = raw.get("history")
+    return SessionEntry(
+        name=name,
+        session_id=session_id,
+        created_at=None if raw.get("created_at") is None else str(raw.get("created_at")),
+        last_used_at=_opt_str(raw, "last_used_at"),
+        last_model=_opt_str(raw, "last_model"),
+        last_reasoning_effort=_opt_str(raw, "last_reasoning_effort"),
+        cwd=_opt_str(raw, "cwd"),
+        role=_opt_str(raw, "role"),
+        last_total_cost_usd=float(cost) if isinstance(cost, (int, float)) else None,
+        history=tuple(h for h in history if isinstance(h, dict))
+        if isinstance(history, list)
+        else (),
+    )
+
+
+def _normalise_raw_entry(entry: Any) -> dict[str, Any] | None:
+    if isinstance(entry, dict):
+        return dict(entry)
+    if isinstance(entry, str) and entry:
+        return {"session_id": entry}
+    return None
+
+
+def parse(text: str) -> MappingDoc:
+    """Parse the file's text; raise :class:`CorruptMappingError` if it is not a JSON object."""
+    if not text.strip():
+        return MappingDoc()
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise CorruptMappingError(f"not valid JSON ({exc})") from exc
+    if not isinstance(data, dict):
+        raise CorruptMappingError(f"top level is a JSON {type(data).__name__}, not an object")
+    workspace_dir = data.get("workspace_dir")
+    workspace = workspace_dir if isinstance(workspace_dir, str) else ""
+    if isinstance(data.get("aliases"), dict):
+        raw_aliases = data["aliases"]
+        extra = {k: v for k, v in data.items() if k not in {"workspace_dir", "aliases"}}
+    else:  # the seed's legacy flat shape
+        raw_aliases = {k: v for k, v in data.items() if k not in {"workspace_dir", "aliases"}}
+        extra = {}
+    aliases: dict[str, dict[str, Any]] = {}
+    for name, entry in raw_aliases.items():
+        normalised = _normalise_raw_entry(entry)
+        if normalised is not None:
+            aliases[str(name)] = normalised
+    return MappingDoc(workspace_dir=workspace, aliases=aliases, extra=extra)
+
+
+def dump(doc: MappingDoc) -> str:
+    """Serialise as the seed does: indented, sorted keys, trailing newline."""
+    data: dict[str, Any] = dict(doc.extra)
+    data["workspace_dir"] = doc.workspace_dir
+    data["aliases"] = doc.aliases
+    return json.dumps(data, ensure_ascii=False, indent=2, sort_keys=True) + "\n"
+
+
+def replaced_history(raw: dict[str, Any], reason: str, when: str) -> list[dict[str, Any]]:
+    """The entry's history with its current session id appended (newest last, bounded)."""
+    history = [h for h in raw.get("history", []) if isinstance(h, dict)]
+    if isinstance(raw.get("session_id"), str):
+        history.append({"session_id": raw["session_id"], "replaced_at": when, "reason": reason})
+    return history[-HISTORY_LIMIT:]

@@ -1,0 +1,309 @@
+"""The mapping file on disk: where it lives, its locks, safe reads and atomic writes.
+
+The default path sits in the shared system temp folder, where anybody can guess it, so every
+path is checked before use: no symlinks where the folder, the file or the temp file should be,
+and no folder or file owned by another user. Writes go to ``<file>.tmp.<pid>`` in the same
+folder, are fsynced and ``os.replace``d under a ``filelock`` lock, so a reader sees the old file
+or the new one, never half of one, and a writer killed at any moment loses nothing committed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import os
+import re
+import stat
+import sys
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from filelock import FileLock, Timeout
+
+from . import mapping
+from .errors import MappingFileError, SessionBusyError
+
+MAPPING_FILE_NAME = "claude-code-alias-mapping.json"
+MAPPING_LOCK_TIMEOUT = 120.0
+
+
+def notice(message: str) -> None:
+    """Tell the user something on stderr (stdout is for answers only)."""
+    print(f"claude-persist: {message}", file=sys.stderr, flush=True)
+
+
+def workspace_key(workspace: Path) -> str:
+    """``<sanitised basename>-<md5 of the resolved path>``, exactly as the seed computes it."""
+    resolved = str(workspace.resolve())
+    base = Path(resolved).name or "workspace"
+    base = re.sub(r"[^A-Za-z0-9._-]+", "_", base).strip("_") or "workspace"
+    return f"{base}-{hashlib.md5(resolved.encode('utf-8')).hexdigest()}"
+
+
+def default_mapping_file(workspace: Path) -> Path:
+    """The seed's default location under the system temp folder."""
+    root = Path(tempfile.gettempdir()) / "agent-sessions"
+    return root / workspace_key(workspace) / MAPPING_FILE_NAME
+
+
+def _check_owned(path: Path, st: os.stat_result, what: str) -> None:
+    if st.st_uid != os.getuid():
+        raise MappingFileError(
+            f"refusing {what} {path}: it is owned by uid {st.st_uid}, not by you "
+            f"(uid {os.getuid()}). Remove it, or pass --mapping-file to use another path."
+        )
+
+
+def _lstat(path: Path) -> os.stat_result | None:
+    try:
+        return path.lstat()
+    except FileNotFoundError:
+        return None
+
+
+class MappingStore:
+    """One mapping file: read without a lock, change under one, never lose a committed entry."""
+
+    def __init__(
+        self,
+        path: Path,
+        workspace_dir: Path,
+        *,
+        shared_root: Path | None = None,
+        notify: Callable[[str], None] = notice,
+    ) -> None:
+        self.path = path
+        self.workspace_dir = workspace_dir
+        self.folder = path.parent
+        self._shared_root = shared_root
+        self._notify = notify
+
+    @classmethod
+    def for_workspace(
+        cls,
+        workspace: Path,
+        mapping_file: Path | None = None,
+        notify: Callable[[str], None] = notice,
+    ) -> MappingStore:
+        """The store for ``workspace``: ``mapping_file`` if given, else the seed's default."""
+        resolved = workspace.resolve()
+        if mapping_file is not None:
+            return cls(Path(os.path.abspath(mapping_file)), resolved, notify=notify)
+        path = default_mapping_file(resolved)
+        return cls(path, resolved, shared_root=path.parent.parent, notify=notify)
+
+    # -- checks -------------------------------------------------------------------------------
+
+    def _check_folder(self, create: bool) -> bool:
+        """Check (and with ``create``, make) the folder; False when it does not exist."""
+        if self._shared_root is not None:
+            self._check_shared_root(create)
+        st = _lstat(self.folder)
+        if st is None:
+            if not create:
+                return False
+            try:
+                self.folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+            except OSError as exc:
+                raise MappingFileError(
+                    f"cannot create the mapping folder {self.folder}: {exc.strerror}. "
+                    "Pass --mapping-file to use another path."
+                ) from exc
+            st = self.folder.lstat()
+        if stat.S_ISLNK(st.st_mode):
+            raise MappingFileError(
+                f"refusing the mapping folder {self.folder}: it is a symlink. "
+                "Remove it, or pass --mapping-file to use another path."
+            )
+        if not stat.S_ISDIR(st.st_mode):
+            raise MappingFileError(f"the mapping folder {self.folder} is not a directory")
+        _check_owned(self.folder, st, "the mapping folder")
+        return True
+
+    def _check_shared_root(self, create: bool) -> None:
+        root = self._shared_root
+        assert root is not None
+        st = _lstat(root)
+        if st is None:
+            if create:
+                root.mkdir(mode=0o700, parents=True, exist_ok=True)
+            return
+        if stat.S_ISLNK(st.st_mode):
+            raise MappingFileError(
+                f"refusing {root}: it is a symlink in the shared temp folder. "
+                "Remove it, or pass --mapping-file to use another path."
+            )
+        # Another user's folder is only safe if its sticky bit stops them renaming ours.
+        if st.st_uid != os.getuid() and not st.st_mode & stat.S_ISVTX:
+            _check_owned(root, st, "the shared sessions folder")
+
+    def _tighten_folder(self) -> None:
+        mode = stat.S_IMODE(self.folder.lstat().st_mode)
+        if mode != 0o700:
+            os.chmod(self.folder, 0o700)
+
+    def _check_file(self, st: os.stat_result, path: Path, what: str) -> None:
+        if stat.S_ISLNK(st.st_mode):
+            raise MappingFileError(
+                f"refusing {what} {path}: it is a symlink. Remove it, or pass --mapping-file."
+            )
+        if not stat.S_ISREG(st.st_mode):
+            raise MappingFileError(f"refusing {what} {path}: it is not a regular file")
+        _check_owned(path, st, what)
+
+    # -- reading ------------------------------------------------------------------------------
+
+    def _read_text(self) -> str | None:
+        try:
+            fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise MappingFileError(
+                    f"refusing the mapping file {self.path}: it is a symlink. "
+                    "Remove it, or pass --mapping-file."
+                ) from exc
+            raise MappingFileError(f"cannot read {self.path}: {exc.strerror}") from exc
+        with os.fdopen(fd, "rb") as handle:
+            self._check_file(os.fstat(handle.fileno()), self.path, "the mapping file")
+            return handle.read().decode("utf-8", errors="replace")
+
+    def read(self) -> mapping.MappingDoc:
+        """The current document, without taking the lock (writes are atomic).
+
+        A corrupt file is only moved aside under the lock, after a second look, so a reader
+        can never quarantine a file that a writer is replacing.
+        """
+        if not self._check_folder(create=False):
+            return mapping.MappingDoc(workspace_dir=str(self.workspace_dir))
+        text = self._read_text()
+        try:
+            return self._parse(text)
+        except mapping.CorruptMappingError:
+            with self.update() as doc:
+                return doc
+
+    def _parse(self, text: str | None) -> mapping.MappingDoc:
+        doc = mapping.parse(text) if text is not None else mapping.MappingDoc()
+        if not doc.workspace_dir:
+            doc.workspace_dir = str(self.workspace_dir)
+        return doc
+
+    # -- locking and writing ------------------------------------------------------------------
+
+    def _lock(self, path: Path) -> FileLock:
+        return FileLock(str(path), mode=0o600)
+
+    @contextlib.contextmanager
+    def update(self, timeout: float = MAPPING_LOCK_TIMEOUT) -> Iterator[mapping.MappingDoc]:
+        """Lock, read, hand out the document to change, and write it back if it changed."""
+        self._check_folder(create=True)
+        self._tighten_folder()
+        lock = self._lock(self.folder / (self.path.name + ".lock"))
+        try:
+            lock.acquire(timeout=timeout)
+        except Timeout as exc:
+            raise MappingFileError(
+                f"the mapping file {self.path} stayed locked for {timeout:g}s; is another "
+                f"claude-persist stuck? Its lock file is {lock.lock_file}."
+            ) from exc
+        try:
+            text = self._read_text()
+            try:
+                doc = self._parse(text)
+            except mapping.CorruptMappingError as exc:
+                self._quarantine(str(exc))
+                doc = self._parse(None)
+                text = None
+            before = mapping.dump(doc) if text is not None else None
+            yield doc
+            after = mapping.dump(doc)
+            if after != before:
+                self._write(after)
+        finally:
+            lock.release()
+
+    def _quarantine(self, why: str) -> None:
+        bad = self.path.with_name(f"{self.path.name}.bad.{os.getpid()}")
+        os.replace(self.path, bad)
+        self._notify(f"warning: the mapping file {self.path} was corrupt ({why}); "
+                     f"moved it aside to {bad} and started a new one.")
+
+    def _open_temp(self) -> tuple[int, Path]:
+        temp = self.path.with_name(f"{self.path.name}.tmp.{os.getpid()}")
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        try:
+            return os.open(temp, flags, 0o600), temp
+        except FileExistsError:
+            st = temp.lstat()
+            self._check_file(st, temp, "the temp file")
+            temp.unlink()  # our own leftover from a writer that died with this pid
+            return os.open(temp, flags, 0o600), temp
+
+    def _write(self, text: str) -> None:
+        current = _lstat(self.path)
+        if current is not None:
+            self._check_file(current, self.path, "the mapping file")
+        fd, temp = self._open_temp()
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(text.encode("utf-8"))
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(temp, self.path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                temp.unlink()
+            raise
+        dir_fd = os.open(self.folder, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+    def remove_file(self) -> bool:
+        """Delete the mapping file (``delete --all``), under the lock. True if it existed."""
+        if not self._check_folder(create=False):
+            return False
+        lock = self._lock(self.folder / (self.path.name + ".lock"))
+        with lock.acquire(timeout=MAPPING_LOCK_TIMEOUT):
+            current = _lstat(self.path)
+            if current is None:
+                return False
+            self._check_file(current, self.path, "the mapping file")
+            self.path.unlink()
+            return True
+
+    @contextlib.contextmanager
+    def session_lock(
+        self, session_id: str, label: str, timeout: float | None = None
+    ) -> Iterator[None]:
+        """Hold the session's own lock while claude runs, so two turns never interleave.
+
+        Waits (saying so on stderr) up to ``timeout`` seconds, forever when None, then raises
+        :class:`SessionBusyError`.
+        """
+        self._check_folder(create=True)
+        self._tighten_folder()
+        lock = self._lock(self.folder / f"session-{session_id}.lock")
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            limit = "until it is free" if timeout is None else f"up to {timeout:g}s"
+            self._notify(f"session {label} is in use by another process; waiting {limit} "
+                         f"(lock {lock.lock_file})")
+            try:
+                lock.acquire(timeout=-1 if timeout is None else timeout)
+            except Timeout as exc:
+                raise SessionBusyError(
+                    f"session {label} is busy: another process is still running a turn on it "
+                    f"(waited {timeout:g}s for {lock.lock_file}). Try again later, or raise "
+                    "--lock-timeout."
+                ) from exc
+        try:
+            yield
+        finally:
+            lock.release()

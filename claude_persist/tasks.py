@@ -1,0 +1,379 @@
+"""Invoke tasks: parse flags, call the library, print, map errors to exit codes. No logic.
+
+Use them from your own ``tasks.py``::
+
+    from claude_persist.tasks import ns   # the whole collection
+    namespace = ns                        # or: Collection(..., ns) to nest it
+
+Defaults come from Invoke configuration under ``claude_persist`` (``invoke.yaml`` or
+``INVOKE_CLAUDE_PERSIST_*`` variables); explicit flags win.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import json
+import os
+import shlex
+import signal
+import sys
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from invoke.collection import Collection
+from invoke.context import Context
+from invoke.exceptions import Exit
+from invoke.tasks import Task
+
+from . import validate
+from .claude.command import resolve_claude_cmd
+from .errors import ClaudePersistError, UsageError, exit_code_for
+from .sessions import Sessions, TurnOptions
+
+CONFIG_DEFAULTS: dict[str, Any] = {
+    "workspace": None,
+    "mapping_file": None,
+    "claude_cmd": None,
+    "model": None,
+    "effort": None,
+    "deadline": None,
+    "idle_timeout": None,
+    "lock_timeout": None,
+}
+
+HELP = {
+    "name": "session name (letters, digits, '.', '_', '-')",
+    "prompt": "the prompt text",
+    "prompt_file": "read the prompt from FILE ('-' for stdin)",
+    "role": "role file (.md) appended to the system prompt on every turn",
+    "model": "model for this call and the session's default from now on",
+    "effort": "reasoning effort: low, medium, high, xhigh, max (kept for later turns)",
+    "deadline": "stop the call after S seconds (exit 124); only when you need a limit",
+    "idle_timeout": "stop the call after S seconds without output (exit 124)",
+    "lock_timeout": "wait at most S seconds for a session another process is using (exit 4)",
+    "force": "replace an existing name (the old id is kept in the entry's history)",
+    "session_id": "a claude session id (UUID); wins over --name",
+    "stream": "print claude's stream-json lines as they arrive",
+    "partial": "with --stream: include partial message events",
+    "json": "print one JSON object instead of text",
+    "as_": "the name for the forked session",
+    "all_": "every name of the workspace (with --yes)",
+    "yes": "confirm --all",
+    "workspace": "the workspace folder (default: the current directory)",
+    "mapping_file": "use this mapping file instead of the workspace's default",
+    "claude_cmd": "the claude command to run, e.g. 'claude' or a wrapper (default: CLAUDE_CMD)",
+}
+SHORT_FLAGS = {"prompt": "p", "name": "n"}
+
+
+class PersistTask(Task):  # type: ignore[type-arg]
+    """A task whose short flags are set explicitly: ``-p`` is --prompt, ``-n`` is --name."""
+
+    def arg_opts(self, name: str, default: Any, taken_names: set[str]) -> dict[str, Any]:
+        opts: dict[str, Any] = super().arg_opts(name, default, taken_names)
+        if name in SHORT_FLAGS:
+            opts["names"] = [*opts["names"], SHORT_FLAGS[name]]
+        return opts
+
+
+def persist_task(
+    body: Callable[..., Any], *, name: str | None = None, aliases: tuple[str, ...] = (),
+    preset: dict[str, Any] | None = None, doc: str | None = None,
+) -> PersistTask:
+    """Make a task of ``body``: errors become exit codes; ``preset`` fixes some flags."""
+    preset = preset or {}
+
+    @functools.wraps(body)
+    def edge(c: Context, *args: Any, **kwargs: Any) -> Any:
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, _terminate_as_interrupt)
+        try:
+            return body(c, *args, **kwargs, **preset)
+        except ClaudePersistError as exc:
+            raise Exit(f"claude-persist: error: {exc}", code=exit_code_for(exc)) from exc
+        except KeyboardInterrupt as exc:
+            raise Exit("claude-persist: interrupted", code=130) from exc
+
+    signature = inspect.signature(body)
+    params = [p for key, p in signature.parameters.items() if key not in preset]
+    shown = signature.replace(parameters=params)
+    edge.__signature__ = shown  # type: ignore[attr-defined]
+    edge.__doc__ = doc or body.__doc__
+    helps = {key: text for key, text in HELP.items() if key in shown.parameters}
+    return PersistTask(edge, name=name or body.__name__.rstrip("_"), aliases=aliases,
+                       help=helps, auto_shortflags=False)
+
+
+def _terminate_as_interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt  # so a running claude call stops its process group cleanly
+
+
+# -- shared edges -------------------------------------------------------------------------------
+
+
+def settings(c: Context) -> dict[str, Any]:
+    """The ``claude_persist`` configuration section, with every known key present."""
+    section = c.config.get("claude_persist") or {}
+    return {key: section.get(key, default) for key, default in CONFIG_DEFAULTS.items()}
+
+
+def open_sessions(
+    c: Context, workspace: str | None, mapping_file: str | None, claude_cmd: str | None
+) -> Sessions:
+    """The library object for these flags, configuration filling in what they leave out."""
+    cfg = settings(c)
+    return Sessions(
+        workspace or cfg["workspace"],
+        mapping_file=mapping_file or cfg["mapping_file"],
+        claude_cmd=resolve_claude_cmd(claude_cmd, cfg["claude_cmd"], os.environ),
+        default_model=cfg["model"],
+        default_effort=cfg["effort"],
+    )
+
+
+def passthrough_args(c: Context) -> tuple[str, ...]:
+    """What came after ``--``, to hand to claude as is.
+
+    Invoke keeps it only as one space-joined string; take the exact words from ``sys.argv`` when
+    they match it, so that an argument with spaces survives.
+    """
+    remainder = getattr(c, "remainder", "") or ""
+    if not remainder:
+        return ()
+    if "--" in sys.argv:
+        words = sys.argv[sys.argv.index("--") + 1:]
+        if " ".join(words) == remainder:
+            return tuple(words)
+    return tuple(shlex.split(remainder))
+
+
+def read_prompt(prompt: str | None, prompt_file: str | None, required: bool) -> str | None:
+    """The prompt from ``-p``, or from ``--prompt-file`` (``-`` is stdin)."""
+    if prompt is not None and prompt_file is not None:
+        raise UsageError("give the prompt once: -p TEXT or --prompt-file FILE, not both")
+    if prompt_file == "-":
+        prompt = sys.stdin.read()
+    elif prompt_file is not None:
+        try:
+            prompt = Path(prompt_file).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise UsageError(f"--prompt-file {prompt_file}: {exc.strerror}") from exc
+    if prompt is None and not required:
+        return None
+    return validate.prompt(prompt)
+
+
+def turn_options(
+    c: Context, *, model: str | None = None, effort: str | None = None,
+    role: str | None = None, deadline: Any = None, idle_timeout: Any = None,
+    lock_timeout: Any = None, stream: bool = False, partial: bool = False,
+) -> TurnOptions:
+    """Per-call options from flags, configuration filling in the limits."""
+    cfg = settings(c)
+    on_line = print_line if stream else None
+    return TurnOptions(
+        model=model,
+        effort=effort,
+        role=role,
+        deadline=validate.seconds(deadline if deadline is not None else cfg["deadline"],
+                                  "--deadline"),
+        idle_timeout=validate.seconds(idle_timeout if idle_timeout is not None
+                                      else cfg["idle_timeout"], "--idle-timeout"),
+        lock_timeout=validate.seconds(lock_timeout if lock_timeout is not None
+                                      else cfg["lock_timeout"], "--lock-timeout",
+                                      allow_zero=True),
+        include_partial=partial,
+        extra_args=passthrough_args(c),
+        on_line=on_line,
+    )
+
+
+def print_line(line: str) -> None:
+    """One stream line to stdout, flushed at once: it is the caller's heartbeat."""
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
+def print_json(data: Any) -> None:
+    """One JSON object on one line."""
+    print(json.dumps(data, ensure_ascii=False), flush=True)
+
+
+# -- the tasks ----------------------------------------------------------------------------------
+
+
+def create(
+    c: Context, name: str | None = None, prompt: str | None = None,
+    prompt_file: str | None = None, role: str | None = None, model: str | None = None,
+    effort: str | None = None, deadline: str | None = None, idle_timeout: str | None = None,
+    lock_timeout: str | None = None, force: bool = False, json: bool = False,
+    workspace: str | None = None, mapping_file: str | None = None,
+    claude_cmd: str | None = None,
+) -> None:
+    """Start a new Claude Code session and remember it under --name; prints its session id.
+
+    Without a prompt it sends a short init prompt. Refuses a name that exists unless --force.
+    Anything after -- goes to claude as is.
+    """
+    sessions = open_sessions(c, workspace, mapping_file, claude_cmd)
+    text = read_prompt(prompt, prompt_file, required=False)
+    options = turn_options(c, model=model, effort=effort, role=role, deadline=deadline,
+                           idle_timeout=idle_timeout, lock_timeout=lock_timeout)
+    result = sessions.create(validate.name(name), text, options, force=force)
+    if json:
+        print_json(result.to_json())
+    else:
+        print(result.session_id, flush=True)
+
+
+def resume(
+    c: Context, name: str | None = None, prompt: str | None = None,
+    prompt_file: str | None = None, session_id: str | None = None, role: str | None = None,
+    model: str | None = None, effort: str | None = None, deadline: str | None = None,
+    idle_timeout: str | None = None, lock_timeout: str | None = None, stream: bool = False,
+    partial: bool = False, json: bool = False, workspace: str | None = None,
+    mapping_file: str | None = None, claude_cmd: str | None = None,
+) -> None:
+    """Continue a named session with a prompt; prints the answer.
+
+    --session-id wins over --name. The stored model, effort and role are used unless given.
+    --stream prints claude's stream-json lines as they arrive; --json prints the result object.
+    """
+    if stream and json:
+        raise UsageError("--stream and --json do not go together: --stream already ends with "
+                         "the result object")
+    sessions = open_sessions(c, workspace, mapping_file, claude_cmd)
+    text = read_prompt(prompt, prompt_file, required=True)
+    options = turn_options(c, model=model, effort=effort, role=role, deadline=deadline,
+                           idle_timeout=idle_timeout, lock_timeout=lock_timeout, stream=stream,
+                           partial=partial)
+    if session_id is None:
+        name = validate.name(name)
+    result = sessions.resume(name, str(text), options, session_id=session_id)
+    if json:
+        print_json(result.to_json())
+    elif not stream:
+        print(result.text, flush=True)
+
+
+def fork(
+    c: Context, name: str | None = None, as_: str | None = None, prompt: str | None = None,
+    prompt_file: str | None = None, role: str | None = None, model: str | None = None,
+    effort: str | None = None, deadline: str | None = None, idle_timeout: str | None = None,
+    lock_timeout: str | None = None, force: bool = False, json: bool = False,
+    workspace: str | None = None, mapping_file: str | None = None,
+    claude_cmd: str | None = None,
+) -> None:
+    """Copy a session's history into a new session mapped as --as; prints the answer."""
+    sessions = open_sessions(c, workspace, mapping_file, claude_cmd)
+    text = read_prompt(prompt, prompt_file, required=True)
+    options = turn_options(c, model=model, effort=effort, role=role, deadline=deadline,
+                           idle_timeout=idle_timeout, lock_timeout=lock_timeout)
+    result = sessions.fork(validate.name(name), validate.name(as_, "--as"), str(text), options,
+                           force=force)
+    if json:
+        print_json(result.to_json())
+    else:
+        print(result.text, flush=True)
+
+
+def adopt(
+    c: Context, name: str | None = None, session_id: str | None = None, force: bool = False,
+    workspace: str | None = None, mapping_file: str | None = None,
+    claude_cmd: str | None = None,
+) -> None:
+    """Map an existing Claude session (made interactively, say) under --name; calls nothing."""
+    if session_id is None:
+        raise UsageError("adopt needs --session-id: the id of the claude session to name")
+    entry = open_sessions(c, workspace, mapping_file, claude_cmd).adopt(
+        validate.name(name), session_id, force=force)
+    print(entry.session_id, flush=True)
+
+
+def resolve(
+    c: Context, name: str | None = None, json: bool = False, workspace: str | None = None,
+    mapping_file: str | None = None, claude_cmd: str | None = None,
+) -> None:
+    """Print the session id of --name (--json: the whole entry)."""
+    sessions = open_sessions(c, workspace, mapping_file, claude_cmd)
+    entry = sessions.resolve(validate.name(name))
+    if json:
+        print_json({**entry.to_json(), "mapping_file": str(sessions.mapping_file)})
+    else:
+        print(entry.session_id, flush=True)
+
+
+def list_(
+    c: Context, json: bool = False, workspace: str | None = None,
+    mapping_file: str | None = None, claude_cmd: str | None = None,
+) -> None:
+    """List the workspace's sessions: name, id, last model and effort, created, last used."""
+    sessions = open_sessions(c, workspace, mapping_file, claude_cmd)
+    entries = sessions.list()
+    if json:
+        print_json({"workspace_dir": str(sessions.workspace),
+                    "mapping_file": str(sessions.mapping_file),
+                    "sessions": [e.to_json() for e in entries]})
+        return
+    if not entries:
+        print(f"claude-persist: no sessions yet in {sessions.mapping_file}", file=sys.stderr)
+        return
+    rows = [("NAME", "SESSION ID", "MODEL", "EFFORT", "CREATED", "LAST USED")]
+    rows += [(e.name, e.session_id, e.last_model or "-", e.last_reasoning_effort or "-",
+              (e.created_at or "-")[:19], (e.last_used_at or "-")[:19]) for e in entries]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        cells = (cell.ljust(width) for cell, width in zip(row, widths, strict=True))
+        print("  ".join(cells).rstrip())
+
+
+def delete(
+    c: Context, name: str | None = None, session_id: str | None = None, all_: bool = False,
+    yes: bool = False, workspace: str | None = None, mapping_file: str | None = None,
+    claude_cmd: str | None = None,
+) -> None:
+    """Forget names: --name N, --session-id ID (every name of it), or --all --yes.
+
+    Claude's own transcripts are never touched. Prints the names removed.
+    """
+    sessions = open_sessions(c, workspace, mapping_file, claude_cmd)
+    if all_:
+        if name is not None or session_id is not None:
+            raise UsageError("--all goes alone: drop --name and --session-id")
+        if not yes:
+            count = len(sessions.list())
+            raise UsageError(f"--all forgets every name of this workspace ({count} in "
+                             f"{sessions.mapping_file}); add --yes to confirm")
+        removed = sessions.delete_all()
+    else:
+        removed = sessions.delete(name, session_id=session_id)
+    for removed_name in removed:
+        print(removed_name)
+
+
+# -- the collection -----------------------------------------------------------------------------
+
+ns = Collection("claude_persist")
+for _task in (
+    persist_task(create, aliases=("create-session",)),
+    persist_task(adopt),
+    persist_task(resume),
+    persist_task(fork),
+    persist_task(resolve),
+    persist_task(list_, name="list", aliases=("list-sessions",)),
+    persist_task(delete, aliases=("delete-session",)),
+    persist_task(resume, name="resume-json", preset={"json": True, "stream": False},
+                 doc="Resume a session and print the result as one JSON object (seed stage)."),
+    persist_task(resume, name="resume-stream", preset={"stream": True, "json": False},
+                 doc="Resume a session, printing claude's stream-json lines as they arrive "
+                     "(seed stage)."),
+    persist_task(delete, name="delete-all-sessions",
+                 preset={"all_": True, "yes": True, "name": None, "session_id": None},
+                 doc="Forget every name of the workspace (seed stage; transcripts stay)."),
+):
+    ns.add_task(_task)
+ns.configure({"claude_persist": dict(CONFIG_DEFAULTS)})

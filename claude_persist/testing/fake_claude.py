@@ -1,0 +1,351 @@
+"""A fake ``claude`` CLI for offline tests: ``python -m claude_persist.testing.fake_claude``.
+
+It follows the observed facts of the real CLI in headless mode (flags, output shapes, errors,
+signals) closely enough to drive claude-persist end to end, and keeps its sessions on disk under
+a folder of its own (``$FAKE_CLAUDE_HOME``, default ``<temp>/claude-persist-fake-<uid>``). Each
+reply says how many user turns the session has, so a test can see that a resume carried the
+history. Point ``CLAUDE_CMD`` at it to try a workflow without an account or a network.
+
+Switches, from the environment (``FAKE_CLAUDE_<KEY>``) or per call from a ``[fake key=value ...]``
+marker in the prompt (the marker wins):
+
+``delay=S``          sleep S seconds before answering (after the init line)
+``hang=1``           print the init line, then never answer
+``hang_after=1``     print the result, then never exit
+``silence=S``        print part of the answer, fall silent for S seconds, then finish
+``stderr_bytes=N``   write N bytes of noise to stderr first
+``garbage=1``        print lines that are not JSON instead of stream-json, exit 0
+``error=STATUS``     fail as an API error with that HTTP status (401, 429, 500, 529)
+``lines=N``          add N assistant lines of ``line_bytes`` bytes (default 200) each
+``cost=USD``         what the call costs (default 0.0125)
+``cost_mode=M``      ``cumulative`` (2.1.330: a resume reports the session total) or ``call``
+``ignore_signals=1`` ignore SIGINT and SIGTERM (only SIGKILL stops it)
+``exit_empty=1``     exit 0 with no output at all (what SIGINT leaves behind)
+``child=1``          start a grandchild that sleeps in the same process group
+
+``FAKE_CLAUDE_LOG=FILE`` appends one JSON line per call (argv, pid, process group, cwd, the
+prompt's size and start, times) so tests can check what was run and when.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any, NoReturn
+
+VERSION = "2.1.330"
+UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$", re.I)
+MARKER_RE = re.compile(r"\[fake ([^\]]*)\]")
+EFFORTS = {"low", "medium", "high", "xhigh", "max"}
+ALIASES = {"opus": "claude-opus-4-1", "sonnet": "claude-sonnet-4-5", "haiku": "claude-haiku-4-5"}
+DEFAULT_MODEL = "claude-sonnet-4-5"
+VALUE_FLAGS = {
+    "--output-format", "--resume", "-r", "--session-id", "--name", "-n", "--model", "--effort",
+    "--append-system-prompt", "--append-system-prompt-file", "--system-prompt",
+    "--system-prompt-file", "--max-turns", "--max-budget-usd", "--json-schema",
+    "--permission-mode", "--allowedTools", "--allowed-tools", "--tools", "--add-dir",
+    "--settings", "--disallowedTools", "--disallowed-tools", "--mcp-config",
+}
+BOOL_FLAGS = {
+    "-p", "--print", "--verbose", "--include-partial-messages", "--fork-session", "--bare",
+    "--no-session-persistence", "--dangerously-skip-permissions", "-c", "--continue",
+}
+API_ERRORS = {
+    401: "Invalid API key · Please run /login",
+    403: "API Error: 403 Forbidden",
+    429: "API Error: 429 Rate limited. Please try again later.",
+    500: "API Error: 500 Internal server error",
+    529: "API Error: 529 Overloaded. Please try again later.",
+}
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    sys.stderr.write(message + "\n")
+    sys.stderr.flush()
+    raise SystemExit(code)
+
+
+def parse_args(argv: list[str]) -> tuple[dict[str, Any], list[str]]:
+    opts: dict[str, Any] = {}
+    positional: list[str] = []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg.startswith("--") and "=" in arg:
+            key, value = arg.split("=", 1)
+            if key not in VALUE_FLAGS:
+                fail(f"error: unknown option '{key}'")
+            opts[key] = value
+        elif arg in VALUE_FLAGS:
+            if i + 1 >= len(argv):
+                fail(f"error: option '{arg}' argument missing")
+            opts[arg] = argv[i + 1]
+            i += 1
+        elif arg in BOOL_FLAGS:
+            opts[arg] = True
+        elif arg.startswith("-"):
+            fail(f"error: unknown option '{arg}'")
+        else:
+            positional.append(arg)
+        i += 1
+    for short, long in (("-r", "--resume"), ("-n", "--name"), ("--print", "-p")):
+        if short in opts:
+            opts.setdefault(long, opts.pop(short))
+    return opts, positional
+
+
+def switches(prompt: str) -> dict[str, str]:
+    found = {key[len("FAKE_CLAUDE_"):].lower(): value for key, value in os.environ.items()
+             if key.startswith("FAKE_CLAUDE_")}
+    for marker in MARKER_RE.findall(prompt):
+        for token in shlex.split(marker):
+            key, _, value = token.partition("=")
+            found[key.lower()] = value or "1"
+    return found
+
+
+def home() -> Path:
+    root = os.environ.get("FAKE_CLAUDE_HOME") or os.path.join(
+        tempfile.gettempdir(), f"claude-persist-fake-{os.getuid()}")
+    path = Path(root) / "sessions"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def load(session_id: str) -> dict[str, Any] | None:
+    path = home() / f"{session_id}.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def save(session: dict[str, Any]) -> None:
+    path = home() / f"{session['session_id']}.json"
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps(session))
+    os.chmod(tmp, 0o600)
+    os.replace(tmp, path)
+
+
+def find_by_title(title: str) -> dict[str, Any] | None:
+    matches = []
+    for path in home().glob("*.json"):
+        data = json.loads(path.read_text())
+        if data.get("name") == title:
+            matches.append((path.stat().st_mtime, data))
+    return max(matches, key=lambda m: m[0])[1] if matches else None
+
+
+def emit(line: dict[str, Any]) -> None:
+    line.setdefault("fake_emitted_at", time.time())
+    sys.stdout.write(json.dumps(line) + "\n")
+    sys.stdout.flush()
+
+
+def log(event: str, **fields: Any) -> None:
+    target = os.environ.get("FAKE_CLAUDE_LOG")
+    if not target:
+        return
+    record = {"event": event, "pid": os.getpid(), "pgid": os.getpgid(0), "time": time.time(),
+              **fields}
+    with open(target, "a", encoding="utf-8") as handle:
+        handle.write(json.dumps(record) + "\n")
+
+
+def schema_example(schema: Any) -> Any:
+    """A value that fits a (simple) JSON schema, for ``structured_output``."""
+    if not isinstance(schema, dict):
+        return None
+    if "enum" in schema:
+        return schema["enum"][0]
+    kind = schema.get("type")
+    if kind == "object" or "properties" in schema:
+        return {k: schema_example(v) for k, v in schema.get("properties", {}).items()}
+    return {"string": "fake", "integer": 1, "number": 1.0, "boolean": True, "array": [],
+            "null": None}.get(str(kind), "fake")
+
+
+def read_prompt(positional: list[str]) -> str:
+    parts = list(positional[:1])
+    if not sys.stdin.isatty():
+        data = sys.stdin.read()
+        if data:
+            parts.append(data)
+    return "\n".join(parts)
+
+
+def result_line(session: dict[str, Any], text: str, cost: float, **extra: Any) -> dict[str, Any]:
+    line: dict[str, Any] = {
+        "type": "result", "subtype": "success", "is_error": False, "result": text,
+        "session_id": session["session_id"], "num_turns": 1, "duration_ms": 70,
+        "total_cost_usd": cost, "stop_reason": "end_turn", "terminal_reason": "completed",
+        "usage": {"input_tokens": 10 * len(session["turns"]), "output_tokens": 12},
+        "modelUsage": {session["model"]: {"costUSD": cost}}, "permission_denials": [],
+    }
+    line.update(extra)
+    return line
+
+
+def install_signals(sw: dict[str, str]) -> None:
+    if sw.get("ignore_signals"):
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        return
+
+    def on_sigint(_sig: int, _frame: object) -> None:
+        os._exit(0)  # the real CLI: exit 0, nothing more printed
+
+    def on_sigterm(_sig: int, _frame: object) -> None:
+        os._exit(143)
+
+    signal.signal(signal.SIGINT, on_sigint)
+    signal.signal(signal.SIGTERM, on_sigterm)
+
+
+def open_session(opts: dict[str, Any], fmt: str) -> tuple[dict[str, Any], bool]:
+    """The session this call works on, and whether it is new."""
+    wanted = opts.get("--session-id")
+    if wanted is not None and not UUID_RE.match(wanted):
+        fail("Error: Invalid session ID. Must be a valid UUID.")
+    resume = opts.get("--resume")
+    if resume is None:
+        if wanted and load(wanted):
+            fail(f"Error: Session ID {wanted} is already in use.")
+        return {"session_id": wanted or str(uuid.uuid4()), "turns": [], "cwd": os.getcwd(),
+                "name": opts.get("--name"), "model": None, "total_cost_usd": 0.0}, True
+    if wanted and not opts.get("--fork-session"):
+        fail("Error: --session-id can only be used with --resume if --fork-session is given.")
+    found = load(resume) if UUID_RE.match(resume) else find_by_title(resume)
+    if found is None:
+        message = f"No conversation found with session ID: {resume}"
+        if fmt == "stream-json":
+            emit({"type": "result", "subtype": "error_during_execution", "is_error": True,
+                  "session_id": str(uuid.uuid4()), "errors": [message]})
+        fail(message)
+    if opts.get("--fork-session"):
+        forked = dict(found, session_id=wanted or str(uuid.uuid4()), total_cost_usd=0.0,
+                      turns=list(found["turns"]))
+        forked["name"] = opts.get("--name", found.get("name"))
+        return forked, True
+    return found, False
+
+
+def main(argv: list[str] | None = None) -> None:
+    opts, positional = parse_args(sys.argv[1:] if argv is None else argv)
+    fmt = opts.get("--output-format", "text")
+    if not opts.get("-p"):
+        fail("Error: the fake claude only supports headless mode (-p)")
+    if fmt == "stream-json" and not opts.get("--verbose"):
+        fail("Error: When using --print, --output-format=stream-json requires --verbose")
+    prompt = read_prompt(positional)
+    if not prompt.strip():
+        fail("Error: Input must be provided either through stdin or as a prompt argument "
+             "when using --print")
+    sw = switches(prompt)
+    install_signals(sw)
+    log("start", argv=sys.argv, cwd=os.getcwd(), stdin_bytes=len(prompt.encode()),
+        prompt_head=prompt[:200], effort=opts.get("--effort"), model=opts.get("--model"),
+        role_file=opts.get("--append-system-prompt-file"))
+    if sw.get("exit_empty"):
+        raise SystemExit(0)
+    if int(sw.get("stderr_bytes", "0") or 0):
+        noise = ("fake claude stderr noise " * 8 + "\n").encode()
+        left = int(sw["stderr_bytes"])
+        while left > 0:
+            sys.stderr.buffer.write(noise[:left])
+            left -= len(noise)
+        sys.stderr.flush()
+    if sw.get("child"):
+        subprocess.Popen(["sleep", "300"], stdin=subprocess.DEVNULL)
+    if sw.get("garbage"):
+        print("this is not json\n<html>oops</html>", flush=True)
+        raise SystemExit(0)
+
+    session, is_new = open_session(opts, fmt)
+    model_flag = opts.get("--model")
+    session["model"] = ALIASES.get(model_flag, model_flag) if model_flag else (
+        session.get("model") or DEFAULT_MODEL)
+    effort = (os.environ.get("CLAUDE_CODE_EFFORT_LEVEL") or opts.get("--effort") or "medium")
+    if effort.lower() not in EFFORTS:
+        sys.stderr.write(f"Warning: unknown effort level '{effort}', using medium\n")
+        effort = "medium"
+    role_file = opts.get("--append-system-prompt-file")
+    role = Path(role_file).read_text() if role_file else opts.get("--append-system-prompt")
+    session["turns"].append({"role": "user", "text": prompt})
+    if not opts.get("--no-session-persistence"):
+        save(session)  # an interrupted turn stays in the transcript, as with the real CLI
+
+    if fmt == "stream-json":
+        emit({"type": "system", "subtype": "init", "session_id": session["session_id"],
+              "model": session["model"], "cwd": os.getcwd(), "tools": [],
+              "claude_code_version": sw.get("version", VERSION)})
+    if sw.get("hang"):
+        while True:
+            time.sleep(3600)
+    time.sleep(float(sw.get("delay", "0") or 0))
+
+    user_turns = sum(1 for t in session["turns"] if t["role"] == "user")
+    status = int(sw.get("error", "0") or 0)
+    cost = float(sw.get("cost", "0.0125"))
+    budget = opts.get("--max-budget-usd")
+    head = " ".join(MARKER_RE.sub("", prompt).split())[:80]
+    text = (f"fake reply to turn {user_turns} of session {session['session_id']} "
+            f"(model {session['model']}, effort {effort.lower()}"
+            f"{', role: ' + role.strip().splitlines()[0][:40] if role else ''}): {head}")
+    if fmt == "stream-json":
+        emit({"type": "assistant", "session_id": session["session_id"],
+              "message": {"role": "assistant", "content": [{"type": "text", "text": text}]}})
+        if opts.get("--include-partial-messages"):
+            emit({"type": "stream_event", "session_id": session["session_id"],
+                  "event": {"type": "content_block_delta",
+                            "delta": {"type": "text_delta", "text": text}}})
+        filler = "x" * int(sw.get("line_bytes", "200"))
+        for index in range(int(sw.get("lines", "0") or 0)):
+            emit({"type": "assistant", "session_id": session["session_id"], "index": index,
+                  "message": {"role": "assistant", "content": [{"type": "text",
+                                                                 "text": filler}]}})
+        time.sleep(float(sw.get("silence", "0") or 0))
+
+    version = tuple(int(p) for p in sw.get("version", VERSION).split(".")[:3] if p.isdigit())
+    cumulative = sw.get("cost_mode", "cumulative" if version > (2, 1, 197) else "call"
+                        ) == "cumulative"
+    extra: dict[str, Any] = {}
+    exit_code = 0
+    if status:
+        extra = {"is_error": True, "api_error_status": status,
+                 "result": API_ERRORS.get(status, f"API Error: {status}")}
+        exit_code = 1
+        cost = 0.0
+    elif budget is not None and cost > float(budget):
+        extra = {"subtype": "error_max_budget_usd", "is_error": True}
+        exit_code = 1
+    else:
+        session["turns"].append({"role": "assistant", "text": text})
+        session["total_cost_usd"] = session.get("total_cost_usd", 0.0) + cost
+    if opts.get("--json-schema") and not status:
+        extra["structured_output"] = schema_example(json.loads(opts["--json-schema"]))
+    if not opts.get("--no-session-persistence"):
+        save(session)
+    reported = session["total_cost_usd"] if cumulative and not status else cost
+    final = result_line(session, text, reported, **extra)
+    if fmt == "text":
+        print(final.get("result", ""), flush=True)
+    else:
+        emit(final)
+    log("end", session_id=session["session_id"], new=is_new, turns=user_turns,
+        model=session["model"], effort=effort, role=role, exit=exit_code)
+    if sw.get("hang_after"):
+        while True:
+            time.sleep(3600)
+    raise SystemExit(exit_code)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,85 @@
+"""Pure checks of user input; each failure is a :class:`UsageError` that says how to fix it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .claude.command import EFFORTS
+from .errors import UsageError
+from .mapping import NAME_PATTERN, UUID_PATTERN
+
+
+def name(value: str | None, flag: str = "--name") -> str:
+    """A session name: a non-empty slug of letters, digits, ``.``, ``_`` and ``-``."""
+    if value is None or not value.strip():
+        raise UsageError(f"{flag} is required: give the session a name such as review-src")
+    text = value.strip()
+    if not NAME_PATTERN.match(text):
+        raise UsageError(
+            f"{flag} {value!r} is not a valid session name: use letters, digits, '.', '_' and "
+            "'-' only (for example review-src)"
+        )
+    return text
+
+
+def session_id(value: str, flag: str = "--session-id") -> str:
+    """A Claude session id: a UUID."""
+    text = value.strip()
+    if not UUID_PATTERN.match(text):
+        raise UsageError(
+            f"{flag} {value!r} is not a session id: claude session ids are UUIDs such as "
+            "123e4567-e89b-42d3-a456-426614174000"
+        )
+    return text.lower()
+
+
+def effort(value: str | None, flag: str = "--effort") -> str | None:
+    """A reasoning effort level, lower-cased; None stays None."""
+    if value is None:
+        return None
+    text = value.strip().lower()
+    if text not in EFFORTS:
+        levels = ", ".join(EFFORTS)
+        raise UsageError(f"{flag} {value!r} is not an effort level: use one of {levels}")
+    return text
+
+
+def model(value: str | None, flag: str = "--model") -> str | None:
+    """A model name or alias, passed to claude as given; empty is an error."""
+    if value is None:
+        return None
+    if not value.strip():
+        raise UsageError(f"{flag} is empty: name a model such as sonnet or opus, or leave it out")
+    return value.strip()
+
+
+def seconds(value: float | None, flag: str, *, allow_zero: bool = False) -> float | None:
+    """A duration in seconds: > 0 (or >= 0 with ``allow_zero``); None stays None."""
+    if value is None:
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError) as exc:
+        raise UsageError(f"{flag} {value!r} is not a number of seconds") from exc
+    if number < 0 or (number == 0 and not allow_zero) or number != number:
+        bound = ">= 0" if allow_zero else "> 0"
+        raise UsageError(f"{flag} must be {bound} seconds, not {value!r}")
+    return number
+
+
+def role_file(value: str | Path | None, base: Path, flag: str = "--role") -> str | None:
+    """An existing role file (Markdown appended to the system prompt), as an absolute path."""
+    if value is None:
+        return None
+    path = Path(value).expanduser()
+    path = path if path.is_absolute() else base / path
+    if not path.is_file():
+        raise UsageError(f"{flag} {value!r}: no such file ({path}); give the path of a role .md")
+    return str(path.resolve())
+
+
+def prompt(value: str | None, what: str = "the prompt") -> str:
+    """A prompt with some text in it."""
+    if value is None or not value.strip():
+        raise UsageError(f"{what} is empty: pass -p TEXT, or --prompt-file FILE (- for stdin)")
+    return value
