@@ -29,8 +29,17 @@ class FakeClaude:
     env: dict[str, str]
 
     def calls(self) -> list[dict[str, Any]]:
-        """One record per finished call (``event == "end"``), oldest first."""
-        return [r for r in self.records() if r["event"] == "end"]
+        """One record per finished call, its start and end fields merged, in order of ending."""
+        starts: dict[int, dict[str, Any]] = {}
+        merged = []
+        for record in self.records():
+            if record["event"] == "start":
+                starts[record["pid"]] = record
+            else:
+                start = starts.get(record["pid"], {})
+                merged.append({**start, **record, "started": start.get("time"),
+                               "ended": record["time"]})
+        return merged
 
     def records(self) -> list[dict[str, Any]]:
         """Every start and end record the fake logged."""
