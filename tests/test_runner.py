@@ -1,0 +1,137 @@
+"""The one runner, against real processes: limits, process groups, big prompts, noisy stderr."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from claude_persist import CallTimeoutError, ClaudeCallError, Sessions, TurnOptions
+from claude_persist.claude import runner
+from claude_persist.testing import FAKE_CLAUDE_CMD
+
+
+@pytest.fixture
+def wrapper(tmp_path: Path) -> str:
+    """A claude-compatible wrapper script that does NOT exec (so the fake is a grandchild)."""
+    script = tmp_path / "claude-wrapper.sh"
+    script.write_text(f"#!/bin/sh\n{FAKE_CLAUDE_CMD} \"$@\"\necho wrapper-done >&2\n")
+    script.chmod(0o755)
+    return str(script)
+
+
+def _group_of_last_call(fake_claude: Any) -> int:
+    return int(fake_claude.records()[-1]["pgid"])
+
+
+@pytest.mark.parametrize("limit", ["deadline", "idle_timeout"])
+def test_limits_end_the_whole_group_behind_a_non_exec_wrapper(
+        workspace: Path, fake_claude: Any, wrapper: str, no_survivors: Any, limit: str) -> None:
+    sessions = Sessions(workspace, claude_cmd=wrapper)
+    sessions.create("w")
+    switch = "delay=60 child=1" if limit == "deadline" else "silence=60 child=1"
+    started = time.monotonic()
+    with pytest.raises(CallTimeoutError) as caught:
+        sessions.resume("w", f"[fake {switch} ignore_signals=1] x",
+                        TurnOptions(**{limit: 1.0}))
+    took = time.monotonic() - started
+    assert caught.value.limit == ("deadline" if limit == "deadline" else "idle timeout")
+    assert took < 1.0 + 2 * runner.Limits().grace + 2.0  # SIGINT, SIGTERM ignored, SIGKILL
+    group = _group_of_last_call(fake_claude)
+    assert not no_survivors(group), "a process of the claude group survived"
+
+
+def test_a_polite_child_stops_at_sigint_without_waiting_for_the_grace(
+        workspace: Path, fake_claude: Any, wrapper: str) -> None:
+    sessions = Sessions(workspace, claude_cmd=wrapper)
+    sessions.create("p")
+    started = time.monotonic()
+    with pytest.raises(CallTimeoutError):
+        sessions.resume("p", "[fake delay=60] x", TurnOptions(deadline=0.5))
+    assert time.monotonic() - started < 2.5
+
+
+def test_a_1_mb_prompt_goes_through_stdin_not_argv(workspace: Path, fake_claude: Any) -> None:
+    sessions = Sessions(workspace)
+    sessions.create("big")
+    prompt = "secret-token " + "y" * (1024 * 1024)
+    result = sessions.resume("big", prompt)
+    assert "turn 2" in result.text
+    call = fake_claude.calls()[-1]
+    assert call["stdin_bytes"] == len(prompt.encode())
+    assert all("secret-token" not in arg for arg in call["argv"])
+    assert sum(len(a) for a in call["argv"]) < 4096
+
+
+def test_a_chatty_stderr_never_hangs_the_call(workspace: Path, fake_claude: Any) -> None:
+    sessions = Sessions(workspace)
+    sessions.create("noisy")
+    started = time.monotonic()
+    result = sessions.resume("noisy", "[fake stderr_bytes=5000000] x", TurnOptions(deadline=30))
+    assert "turn 2" in result.text and time.monotonic() - started < 10
+
+
+def test_a_cli_that_hangs_after_its_result_is_stopped_and_counted_as_success(
+        workspace: Path, fake_claude: Any, no_survivors: Any) -> None:
+    notes: list[str] = []
+    sessions = Sessions(workspace, notify=notes.append)
+    sessions.create("h")
+    result = sessions.resume("h", "[fake hang_after=1] x")
+    assert "turn 2" in result.text and result.notes
+    assert any("did not exit" in n for n in notes)
+    assert not no_survivors(_group_of_last_call(fake_claude))
+
+
+def test_the_failure_message_is_the_clis_own(workspace: Path, fake_claude: Any) -> None:
+    sessions = Sessions(workspace)
+    sessions.create("e")
+    with pytest.raises(ClaudeCallError, match="Invalid API key") as caught:
+        sessions.resume("e", "[fake error=401] x")
+    assert caught.value.api_error_status == 401 and not caught.value.transient
+    with pytest.raises(ClaudeCallError) as overloaded:
+        sessions.resume("e", "[fake error=529] x")
+    assert overloaded.value.transient
+
+
+def test_stderr_of_a_crashing_cli_is_reported(workspace: Path, tmp_path: Path) -> None:
+    script = tmp_path / "crash.sh"
+    script.write_text("#!/bin/sh\necho 'boom: something broke' >&2\nexit 3\n")
+    script.chmod(0o755)
+    sessions = Sessions(workspace, claude_cmd=str(script))
+    with pytest.raises(ClaudeCallError, match="(?s)exited with status 3.*boom: something broke"):
+        sessions.create("c")
+
+
+def test_the_runner_streams_lines_before_the_process_ends(tmp_path: Path) -> None:
+    seen: list[tuple[float, str]] = []
+    started = time.monotonic()
+    code = "import time\nprint('first', flush=True)\ntime.sleep(1)\nprint('second', flush=True)"
+    outcome = runner.run([sys.executable, "-c", code], prompt="", cwd=tmp_path,
+                         limits=runner.Limits(),
+                         on_line=lambda line: seen.append((time.monotonic(), line)) and None)
+    assert [line for _, line in seen] == ["first", "second"]
+    assert seen[0][0] - started < 0.9 and seen[1][0] - seen[0][0] >= 0.9
+    assert outcome.returncode == 0 and outcome.stopped_by is None and outcome.lines == 2
+
+
+def test_the_runner_refuses_a_vanished_session_folder(tmp_path: Path) -> None:
+    from claude_persist import UsageError
+
+    with pytest.raises(UsageError, match="does not exist any more"):
+        runner.run(shlex.split(FAKE_CLAUDE_CMD), prompt="x", cwd=tmp_path / "gone",
+                   limits=runner.Limits(), on_line=lambda line: None)
+
+
+def test_claude_runs_in_the_sessions_folder(workspace: Path, fake_claude: Any,
+                                            tmp_path: Path) -> None:
+    Sessions(workspace).create("here")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    os.chdir(elsewhere)
+    Sessions(workspace).resume("here", "x")
+    assert fake_claude.calls()[-1]["cwd"] == str(workspace.resolve())

@@ -1,0 +1,213 @@
+"""The mapping file: seed compatibility, permissions, refusals, quarantine, and no lost entries
+under concurrency or kill -9."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import stat
+import subprocess
+import sys
+import textwrap
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from claude_persist import MappingFileError, Sessions
+from claude_persist.store import MappingStore, default_mapping_file, workspace_key
+
+from .conftest import Runner, mapping_path, read_mapping
+
+SEED_FILE = {
+    "aliases": {
+        "review-src": {
+            "created_at": "2026-01-02T03:04:05.000000+00:00",
+            "last_model": "sonnet",
+            "last_reasoning_effort": "high",
+            "session_id": "11111111-2222-4333-8444-555555555555",
+        }
+    },
+    "workspace_dir": "/somewhere",
+}
+
+
+def seed_load(path: Path) -> dict[str, Any]:
+    """The seed script's reader, restated: what it keeps of each entry."""
+    data = json.loads(path.read_text())
+    aliases = data["aliases"] if isinstance(data.get("aliases"), dict) else data
+    out = {}
+    for name, entry in aliases.items():
+        if isinstance(entry, dict) and isinstance(entry.get("session_id"), str):
+            out[name] = entry["session_id"]
+        elif isinstance(entry, str):
+            out[name] = entry
+    return out
+
+
+def test_default_path_is_the_seeds(workspace: Path) -> None:
+    import hashlib
+    import tempfile
+
+    odd = workspace / "my repo (v2)"
+    odd.mkdir()
+    digest = hashlib.md5(str(odd.resolve()).encode()).hexdigest()
+    assert workspace_key(odd) == f"my_repo_v2-{digest}"
+    assert default_mapping_file(odd) == (Path(tempfile.gettempdir()) / "agent-sessions"
+                                         / f"my_repo_v2-{digest}"
+                                         / "claude-code-alias-mapping.json")
+
+
+def test_reads_a_seed_file_and_tightens_it_on_write(workspace: Path) -> None:
+    path = mapping_path(workspace)
+    path.parent.mkdir(parents=True, mode=0o755)
+    os.chmod(path.parent, 0o755)
+    path.write_text(json.dumps(SEED_FILE, indent=2))
+    os.chmod(path, 0o644)
+    sessions = Sessions(workspace)
+    entry = sessions.resolve("review-src")
+    assert (entry.last_model, entry.last_reasoning_effort) == ("sonnet", "high")
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644  # reading changes nothing
+    sessions.adopt("other", str(uuid.uuid4()))
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+    data = read_mapping(workspace)
+    assert data["aliases"]["review-src"] == SEED_FILE["aliases"]["review-src"]
+    assert set(seed_load(path)) == {"review-src", "other"}  # the seed still reads ours
+
+
+def test_reads_the_seeds_legacy_flat_map(workspace: Path) -> None:
+    path = mapping_path(workspace)
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps({"old": "11111111-2222-4333-8444-555555555555",
+                                "older": {"session_id": "21111111-2222-4333-8444-555555555555"}}))
+    sessions = Sessions(workspace)
+    assert [e.name for e in sessions.list()] == ["old", "older"]
+    sessions.adopt("new", str(uuid.uuid4()))
+    data = read_mapping(workspace)
+    assert set(data["aliases"]) == {"old", "older", "new"}
+
+
+def test_new_files_are_private(workspace: Path) -> None:
+    Sessions(workspace).adopt("x", str(uuid.uuid4()))
+    path = mapping_path(workspace)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+
+
+@pytest.mark.parametrize("where", ["folder", "file", "temp file", "shared root"])
+def test_symlinks_are_refused(workspace: Path, tmp_path: Path, where: str) -> None:
+    path = mapping_path(workspace)
+    decoy = tmp_path / "decoy"
+    decoy.mkdir()
+    if where == "shared root":
+        path.parent.parent.parent.mkdir(parents=True, exist_ok=True)
+        os.symlink(decoy, path.parent.parent)
+    elif where == "folder":
+        path.parent.parent.mkdir(parents=True)
+        os.symlink(decoy, path.parent)
+    else:
+        path.parent.mkdir(parents=True)
+        link = path if where == "file" else path.with_name(f"{path.name}.tmp.{os.getpid()}")
+        os.symlink(decoy / "target.json", link)
+    with pytest.raises(MappingFileError, match="symlink"):
+        Sessions(workspace).adopt("x", str(uuid.uuid4()))
+    assert list(decoy.iterdir()) == []  # nothing was written through the link
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="making a file owned by another user needs root")
+@pytest.mark.parametrize("what", ["folder", "file"])
+def test_files_of_another_user_are_refused(workspace: Path, what: str) -> None:
+    path = mapping_path(workspace)
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps(SEED_FILE))
+    os.chown(path.parent if what == "folder" else path, 4242, -1)
+    with pytest.raises(MappingFileError, match="owned by uid 4242"):
+        Sessions(workspace).adopt("x", str(uuid.uuid4()))
+
+
+def test_a_corrupt_file_is_moved_aside_with_a_warning(cp: Runner, workspace: Path) -> None:
+    path = mapping_path(workspace)
+    path.parent.mkdir(parents=True)
+    path.write_text('{"aliases": {"half": ')
+    ran = cp("adopt", "-n", "fresh", "--session-id", str(uuid.uuid4()))
+    assert ran.code == 0
+    assert "corrupt" in ran.err and ".bad." in ran.err
+    bad = list(path.parent.glob(f"{path.name}.bad.*"))
+    assert len(bad) == 1 and bad[0].read_text() == '{"aliases": {"half": '
+    assert list(read_mapping(workspace)["aliases"]) == ["fresh"]
+
+
+def test_a_reader_during_a_write_sees_the_last_committed_file(workspace: Path) -> None:
+    store = MappingStore.for_workspace(workspace)
+    with store.update() as doc:
+        doc.aliases["a"] = {"session_id": str(uuid.uuid4())}
+    with store.update() as doc:
+        doc.aliases["b"] = {"session_id": str(uuid.uuid4())}
+        assert [e.name for e in store.read().entries()] == ["a"]
+    assert [e.name for e in store.read().entries()] == ["a", "b"]
+
+
+def test_a_reader_quarantines_only_after_a_second_look_under_the_lock(
+        workspace: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = MappingStore.for_workspace(workspace)
+    with store.update() as doc:
+        doc.aliases["a"] = {"session_id": str(uuid.uuid4())}
+    real_read = store._read_text
+    reads = iter(['{"torn', None])  # first look: torn; second look (under the lock): real
+
+    def flaky() -> str | None:
+        first = next(reads, None)
+        return first if first is not None else real_read()
+
+    monkeypatch.setattr(store, "_read_text", flaky)
+    assert [e.name for e in store.read().entries()] == ["a"]
+    assert not list(store.folder.glob("*.bad.*"))
+
+
+def test_24_concurrent_creates_leave_24_entries(workspace: Path, fake_claude: Any) -> None:
+    procs = [subprocess.Popen([sys.executable, "-m", "claude_persist.cli", "create", "-n",
+                               f"s{i:02d}"], cwd=workspace, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for i in range(24)]
+    ids = {}
+    for i, proc in enumerate(procs):
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err
+        ids[f"s{i:02d}"] = out.strip()
+    aliases = read_mapping(workspace)["aliases"]
+    assert {name: entry["session_id"] for name, entry in aliases.items()} == ids
+
+
+WRITER = textwrap.dedent("""
+    import sys, uuid
+    from claude_persist import Sessions
+    sessions = Sessions(sys.argv[1])
+    i = 0
+    while True:
+        name = f"{sys.argv[2]}-{i}"
+        sessions.adopt(name, str(uuid.uuid4()))
+        print(name, flush=True)   # printed only once the write is committed
+        i += 1
+""")
+
+
+def test_kill_9_of_writers_loses_no_committed_entry(workspace: Path) -> None:
+    rng = random.Random(7)
+    committed: list[str] = []
+    for round_ in range(30):
+        proc = subprocess.Popen([sys.executable, "-c", WRITER, str(workspace), f"r{round_}"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert proc.stdout is not None
+        proc.stdout.readline()  # started and committed one
+        time.sleep(rng.uniform(0.0, 0.05))
+        proc.send_signal(signal.SIGKILL)
+        out, _ = proc.communicate()
+        committed += [f"r{round_}-0", *out.split()]
+        data = json.loads(mapping_path(workspace).read_text())  # always parses
+        missing = set(committed) - set(data["aliases"])
+        assert not missing, f"round {round_}: lost {sorted(missing)}"
+    assert len(committed) >= 60
