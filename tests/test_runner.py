@@ -36,9 +36,9 @@ def test_limits_end_the_whole_group_behind_a_non_exec_wrapper(
     sessions.create("w")
     switch = "delay=60 child=1" if limit == "deadline" else "silence=60 child=1"
     started = time.monotonic()
+    options = TurnOptions(deadline=1.0) if limit == "deadline" else TurnOptions(idle_timeout=1.0)
     with pytest.raises(CallTimeoutError) as caught:
-        sessions.resume("w", f"[fake {switch} ignore_signals=1] x",
-                        TurnOptions(**{limit: 1.0}))
+        sessions.resume("w", f"[fake {switch} ignore_signals=1] x", options)
     took = time.monotonic() - started
     assert caught.value.limit == ("deadline" if limit == "deadline" else "idle timeout")
     assert took < 1.0 + 2 * runner.Limits().grace + 2.0  # SIGINT, SIGTERM ignored, SIGKILL
@@ -103,7 +103,7 @@ def test_stderr_of_a_crashing_cli_is_reported(workspace: Path, tmp_path: Path) -
     script.write_text("#!/bin/sh\necho 'boom: something broke' >&2\nexit 3\n")
     script.chmod(0o755)
     sessions = Sessions(workspace, claude_cmd=str(script))
-    with pytest.raises(ClaudeCallError, match="(?s)exited with status 3.*boom: something broke"):
+    with pytest.raises(ClaudeCallError, match=r"(?s)exited with status 3.*boom: something broke"):
         sessions.create("c")
 
 
@@ -111,9 +111,13 @@ def test_the_runner_streams_lines_before_the_process_ends(tmp_path: Path) -> Non
     seen: list[tuple[float, str]] = []
     started = time.monotonic()
     code = "import time\nprint('first', flush=True)\ntime.sleep(1)\nprint('second', flush=True)"
+
+    def on_line(line: str) -> bool:
+        seen.append((time.monotonic(), line))
+        return False
+
     outcome = runner.run([sys.executable, "-c", code], prompt="", cwd=tmp_path,
-                         limits=runner.Limits(),
-                         on_line=lambda line: seen.append((time.monotonic(), line)) and None)
+                         limits=runner.Limits(), on_line=on_line)
     assert [line for _, line in seen] == ["first", "second"]
     assert seen[0][0] - started < 0.9 and seen[1][0] - seen[0][0] >= 0.9
     assert outcome.returncode == 0 and outcome.stopped_by is None and outcome.lines == 2

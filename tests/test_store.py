@@ -23,7 +23,7 @@ from claude_persist.store import MappingStore, default_mapping_file, workspace_k
 
 from .conftest import Runner, mapping_path, read_mapping
 
-SEED_FILE = {
+SEED_FILE: dict[str, Any] = {
     "aliases": {
         "review-src": {
             "created_at": "2026-01-02T03:04:05.000000+00:00",

@@ -1,0 +1,122 @@
+"""The fake CLI follows the observed facts of the real one (shared docs/claude-cli.md), so that
+tests through it mean something. Each test is one fact, run as a real process."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import signal
+import subprocess
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from claude_persist.testing import FAKE_CLAUDE_CMD
+
+FAKE = shlex.split(FAKE_CLAUDE_CMD)
+
+
+def claude(*args: str, prompt: str | None = "hi", cwd: Path | None = None
+           ) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*FAKE, *args], input=prompt, capture_output=True, text=True,
+                          cwd=cwd, timeout=30)
+
+
+def test_json_is_one_result_line_and_stream_json_needs_verbose(fake_claude: Any) -> None:
+    out = claude("-p", "--output-format=json")
+    assert out.returncode == 0 and len(out.stdout.splitlines()) == 1
+    assert json.loads(out.stdout)["type"] == "result"
+    refused = claude("-p", "--output-format=stream-json")
+    assert refused.returncode == 1 and "requires --verbose" in refused.stderr
+
+
+def test_no_prompt_is_an_error(fake_claude: Any) -> None:
+    out = claude("-p", prompt="")
+    assert out.returncode == 1 and "Input must be provided" in out.stderr
+
+
+def test_resume_keeps_the_id_and_sees_the_history(fake_claude: Any) -> None:
+    sid = str(uuid.uuid4())
+    claude("-p", f"--session-id={sid}", "--output-format=json")
+    again = json.loads(claude("-p", f"--resume={sid}", "--output-format=json").stdout)
+    assert again["session_id"] == sid and "turn 2" in again["result"]
+
+
+def test_session_id_reuse_and_non_uuid_are_errors(fake_claude: Any) -> None:
+    sid = str(uuid.uuid4())
+    claude("-p", f"--session-id={sid}")
+    reused = claude("-p", f"--session-id={sid}")
+    assert reused.returncode == 1 and f"Session ID {sid} is already in use" in reused.stderr
+    assert claude("-p", "--session-id=nope").returncode == 1
+
+
+def test_unknown_session_in_each_format(fake_claude: Any) -> None:
+    sid = str(uuid.uuid4())
+    plain = claude("-p", f"--resume={sid}", "--output-format=json")
+    assert plain.returncode == 1 and plain.stdout == ""
+    assert f"No conversation found with session ID: {sid}" in plain.stderr
+    streamed = claude("-p", f"--resume={sid}", "--output-format=stream-json", "--verbose")
+    line = json.loads(streamed.stdout.splitlines()[-1])
+    assert line["is_error"] and line["subtype"] == "error_during_execution"
+    assert "result" not in line and "No conversation found" in line["errors"][0]
+
+
+def test_fork_makes_a_new_id_with_the_history(fake_claude: Any) -> None:
+    sid = str(uuid.uuid4())
+    claude("-p", f"--session-id={sid}")
+    forked = json.loads(claude("-p", f"--resume={sid}", "--fork-session",
+                               "--output-format=json").stdout)
+    assert forked["session_id"] != sid and "turn 2" in forked["result"]
+
+
+def test_model_is_kept_on_resume_but_effort_is_not(fake_claude: Any) -> None:
+    sid = str(uuid.uuid4())
+    claude("-p", f"--session-id={sid}", "--model=opus", "--effort=max")
+    again = json.loads(claude("-p", f"--resume={sid}", "--output-format=json").stdout)
+    assert "model claude-opus-4-1" in again["result"] and "effort medium" in again["result"]
+
+
+def test_api_errors_exit_1_with_a_success_subtype_and_is_error(fake_claude: Any) -> None:
+    out = claude("-p", "--output-format=json", prompt="[fake error=529] hi")
+    line = json.loads(out.stdout)
+    assert out.returncode == 1 and out.stderr == ""
+    assert line["subtype"] == "success" and line["is_error"] is True
+    assert line["api_error_status"] == 529 and "Overloaded" in line["result"]
+
+
+def test_sigint_exits_0_with_nothing_and_sigterm_exits_143(fake_claude: Any) -> None:
+    for sig, code in ((signal.SIGINT, 0), (signal.SIGTERM, 143)):
+        proc = subprocess.Popen([*FAKE, "-p", "--output-format=json"], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert proc.stdin is not None
+        proc.stdin.write("[fake delay=30] hi")
+        proc.stdin.close()
+        time.sleep(0.5)
+        proc.send_signal(sig)
+        assert proc.stdout is not None
+        out = proc.stdout.read()
+        proc.wait(timeout=10)
+        assert (proc.returncode, out) == (code, "")
+
+
+def test_unknown_effort_is_only_a_warning(fake_claude: Any) -> None:
+    out = claude("-p", "--effort=extreme")
+    assert out.returncode == 0 and "Warning" in out.stderr
+
+
+def test_cost_is_cumulative_for_2_1_330_and_per_call_for_2_1_197(fake_claude: Any) -> None:
+    for version, second in (("2.1.330", 0.2), ("2.1.197", 0.1)):
+        sid = str(uuid.uuid4())
+        marker = f"[fake version={version} cost=0.1] hi"
+        claude("-p", f"--session-id={sid}", prompt=marker)
+        again = json.loads(claude("-p", f"--resume={sid}", "--output-format=json",
+                                  prompt=marker).stdout)
+        assert abs(again["total_cost_usd"] - second) < 1e-9, version
+
+
+def test_json_schema_gives_structured_output(fake_claude: Any) -> None:
+    schema = json.dumps({"type": "object", "properties": {"grade": {"enum": ["A", "B"]},
+                                                          "score": {"type": "integer"}}})
+    out = json.loads(claude("-p", "--output-format=json", f"--json-schema={schema}").stdout)
+    assert out["structured_output"] == {"grade": "A", "score": 1}

@@ -1,0 +1,109 @@
+"""The Python API: typed results and errors, the per-session lock, costs per call."""
+
+from __future__ import annotations
+
+import itertools
+import subprocess
+import sys
+import textwrap
+import threading
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from claude_persist import (
+    NameExistsError,
+    SessionNotFoundError,
+    Sessions,
+    TurnOptions,
+    TurnResult,
+)
+
+
+def test_api_returns_typed_results(workspace: Path, fake_claude: Any) -> None:
+    sessions = Sessions(workspace)
+    created = sessions.create("api", "first", TurnOptions(model="opus", effort="low"))
+    assert isinstance(created, TurnResult) and created.name == "api"
+    assert created.cost_usd == pytest.approx(0.0125)
+    resumed = sessions.resume("api", "second")
+    assert resumed.session_id == created.session_id and "turn 2" in resumed.text
+    assert (resumed.model, resumed.effort) == ("opus", "low")
+    assert resumed.cost_usd == pytest.approx(0.0125)  # this call, not the session's total
+    assert resumed.raw["total_cost_usd"] == pytest.approx(0.025)
+    assert [e.name for e in sessions.list()] == ["api"]
+
+
+def test_stream_callback_sees_every_line(workspace: Path, fake_claude: Any) -> None:
+    lines: list[str] = []
+    Sessions(workspace).create("cb", "x", TurnOptions(on_line=lines.append))
+    assert '"type": "system"' in lines[0] and '"type": "result"' in lines[-1]
+
+
+def test_two_resumes_of_one_session_never_overlap(workspace: Path, fake_claude: Any) -> None:
+    Sessions(workspace).create("shared")
+    script = textwrap.dedent(f"""
+        from claude_persist import Sessions
+        Sessions({str(workspace)!r}).resume("shared", "[fake delay=0.8] turn")
+    """)
+    procs = [subprocess.Popen([sys.executable, "-c", script], stderr=subprocess.PIPE,
+                              text=True) for _ in range(3)]
+    errs = [p.communicate(timeout=60)[1] for p in procs]
+    assert all(p.returncode == 0 for p in procs), errs
+    assert any("in use by another process; waiting" in e for e in errs)
+    calls = sorted(fake_claude.calls()[1:], key=lambda c: c["started"])
+    assert len(calls) == 3
+    for before, after in itertools.pairwise(calls):
+        assert after["started"] >= before["ended"], "two turns ran at once"
+    assert sorted(c["turns"] for c in calls) == [2, 3, 4]
+
+
+def test_different_sessions_run_side_by_side(workspace: Path, fake_claude: Any) -> None:
+    sessions = Sessions(workspace)
+    sessions.create("a")
+    sessions.create("b")
+    threads = [threading.Thread(target=sessions.resume, args=(n, "[fake delay=1] x"))
+               for n in ("a", "b")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    a, b = fake_claude.calls()[-2:]
+    assert a["started"] < b["ended"] and b["started"] < a["ended"]
+
+
+def test_a_name_taken_while_creating_loses_no_session(workspace: Path, fake_claude: Any,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    sessions = Sessions(workspace)
+    real_run = sessions._run
+
+    def run_then_race(*args: Any, **kwargs: Any) -> TurnResult:
+        result = real_run(*args, **kwargs)
+        Sessions(workspace).adopt("race", str(uuid.uuid4()))  # another process won the name
+        return result
+
+    monkeypatch.setattr(sessions, "_run", run_then_race)
+    with pytest.raises(NameExistsError, match=r"was created but not mapped.*adopt") as caught:
+        sessions.create("race")
+    created = fake_claude.calls()[-1]["session_id"]
+    assert created in str(caught.value)
+
+
+def test_resume_by_unmapped_session_id_works_and_records_nothing(workspace: Path,
+                                                                 fake_claude: Any) -> None:
+    sessions = Sessions(workspace)
+    sid = sessions.create("temp").session_id
+    sessions.delete("temp")
+    result = sessions.resume(None, "x", session_id=sid)
+    assert result.session_id == sid and result.name is None
+    assert sessions.list() == []
+
+
+def test_adopted_sessions_resume(workspace: Path, fake_claude: Any) -> None:
+    sessions = Sessions(workspace)
+    sid = sessions.create("orig").session_id
+    sessions.adopt("alias", sid)
+    assert "turn 2" in sessions.resume("alias", "x").text
+    with pytest.raises(SessionNotFoundError):
+        sessions.delete(session_id=str(uuid.uuid4()))
