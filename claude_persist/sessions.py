@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import builtins
 import os
+import threading
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -52,6 +53,8 @@ class TurnOptions:
     extra_args: tuple[str, ...] = field(default_factory=tuple)
     on_line: Callable[[str], None] | None = None
     """Called with each raw stream-json line as it arrives (a heartbeat, or ``--stream``)."""
+    cancel: threading.Event | None = None
+    """Set it from another thread to stop the call as Ctrl-C would (used by workflows)."""
 
 
 @dataclass(frozen=True)
@@ -196,7 +199,9 @@ class Sessions:
         if not force:
             self._refuse_existing(self.store.read(), new_name)
         with self.store.session_lock(source.session_id, source.name, options.lock_timeout):
-            target = self._target(source.name, source.session_id, options)
+            # A fork is a new session: its cost starts from nothing, not from the source's.
+            target = replace(self._target(source.name, source.session_id, options),
+                             previous_total=None)
             spec = self._spec(Action.FORK, target, options, title=new_name,
                               new_session_id=str(uuid.uuid4()))
             result = self._run(spec, text, target, options)
@@ -251,13 +256,18 @@ class Sessions:
 
     def preview_argv(
         self, action: Action, name: str, options: TurnOptions | None = None,
-        new_name: str | None = None,
+        new_name: str | None = None, session_id: str | None = None,
     ) -> builtins.list[str]:
-        """The argv a call would run, without running it (ids not known yet are placeholders)."""
+        """The argv a call would run, without running it or writing anything.
+
+        Ids not known yet are placeholders; ``session_id`` stands in for the session's id (a
+        dry run passes the placeholder of a session an earlier step will create).
+        """
         options = options or TurnOptions()
-        entry = self.store.read().entry(name) if action is not Action.CREATE else None
+        stored = action is not Action.CREATE and session_id is None
+        entry = self.store.read().entry(name) if stored else None
         target = _Target(
-            session_id=entry.session_id if entry else "<new session id>",
+            session_id=session_id or (entry.session_id if entry else "<new session id>"),
             name=name,
             cwd=self.workspace,
             model=validate.model(options.model) or (entry.last_model if entry else None)
@@ -268,7 +278,7 @@ class Sessions:
             or (entry.role if entry else None),
             previous_total=None,
         )
-        title = new_name if action is Action.FORK else name
+        title = new_name if action is not Action.RESUME else None
         new_id = "<new session id>" if action is Action.FORK else None
         return build_argv(self.claude_cmd, self._spec(action, target, options, title=title,
                                                       new_session_id=new_id))
@@ -356,7 +366,8 @@ class Sessions:
 
         label = f"session {target.name or target.session_id}"
         outcome = runner.run(build_argv(self.claude_cmd, spec), prompt=prompt, cwd=target.cwd,
-                             limits=limits, on_line=on_line, env=self.env)
+                             limits=limits, on_line=on_line, env=self.env,
+                             cancel=options.cancel)
         raw = verdict(collector, outcome, limits, label)
         notes: tuple[str, ...] = ()
         if outcome.stopped_by == NO_EXIT:

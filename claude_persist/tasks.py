@@ -31,8 +31,9 @@ from invoke.tasks import Task
 
 from . import validate
 from .claude.command import resolve_claude_cmd
-from .errors import ClaudePersistError, UsageError, exit_code_for
+from .errors import ClaudePersistError, UsageError, WorkflowFailedError, exit_code_for
 from .sessions import Sessions, TurnOptions
+from .workflow import report as reports
 
 CONFIG_DEFAULTS: dict[str, Any] = {
     "workspace": None,
@@ -66,6 +67,13 @@ HELP = {
     "workspace": "the workspace folder (default: the current directory)",
     "mapping_file": "use this mapping file instead of the workspace's default",
     "claude_cmd": "the claude command to run, e.g. 'claude' or a wrapper (default: CLAUDE_CMD)",
+    "file": "the workflow file (YAML)",
+    "var": "set a workflow var: --var NAME=VALUE (repeatable)",
+    "max_parallel": "run up to N independent steps at once (overrides max_parallel)",
+    "dry_run": "print the plan, each step's argv and prompt; call and write nothing",
+    "resume_run": "continue the latest unfinished run of this file (--run-id picks one)",
+    "run_id": "the run to resume with --resume-run, or the id for a new run",
+    "report": "also write the run's JSON report to FILE",
 }
 SHORT_FLAGS = {"prompt": "p", "name": "n"}
 
@@ -83,6 +91,7 @@ class PersistTask(Task):  # type: ignore[type-arg]
 def persist_task(
     body: Callable[..., Any], *, name: str | None = None, aliases: tuple[str, ...] = (),
     preset: dict[str, Any] | None = None, doc: str | None = None,
+    positional: tuple[str, ...] = (), iterable: tuple[str, ...] = (),
 ) -> PersistTask:
     """Make a task of ``body``: errors become exit codes; ``preset`` fixes some flags."""
     preset = preset or {}
@@ -105,7 +114,8 @@ def persist_task(
     edge.__doc__ = doc or body.__doc__
     helps = {key: text for key, text in HELP.items() if key in shown.parameters}
     return PersistTask(edge, name=name or body.__name__.rstrip("_"), aliases=aliases,
-                       help=helps, auto_shortflags=False)
+                       help=helps, auto_shortflags=False, positional=list(positional),
+                       iterable=list(iterable))
 
 
 def _terminate_as_interrupt(signum: int, frame: FrameType | None) -> None:
@@ -201,6 +211,15 @@ def print_line(line: str) -> None:
 def print_json(data: Any) -> None:
     """One JSON object on one line."""
     print(json.dumps(data, ensure_ascii=False), flush=True)
+
+
+def write_json(path: Path, data: Any) -> None:
+    """A JSON report file (``--report``), its folder made if needed."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    except OSError as exc:
+        raise UsageError(f"--report {path}: cannot write it: {exc.strerror}") from exc
 
 
 # -- the tasks ----------------------------------------------------------------------------------
@@ -355,6 +374,82 @@ def delete(
         print(removed_name)
 
 
+def run(
+    c: Context, file: str | None = None, var: list[str] | None = None,
+    max_parallel: str | None = None, dry_run: bool = False, resume_run: bool = False,
+    run_id: str | None = None, report: str | None = None, json: bool = False,
+    lock_timeout: str | None = None, workspace: str | None = None,
+    mapping_file: str | None = None, claude_cmd: str | None = None,
+) -> None:
+    """Run a workflow file: steps that create, resume and fork named sessions.
+
+    Progress goes to stderr, a line per step start and end, then a table with totals.
+    --json prints the run's report on stdout; --report F writes it to F. Exit 1 if a step
+    failed (continue it with --resume-run), 2 if the file is invalid.
+    """
+    from . import workflow
+
+    if file is None:
+        raise UsageError("run needs a workflow file, e.g.: run workflows/review.yml")
+    sessions = open_sessions(c, workspace, mapping_file, claude_cmd)
+    parallel = _positive_int(max_parallel, "--max-parallel")
+    loaded, plan = workflow.load(file, sessions, workflow.validate_var_assignments(var or []),
+                                 parallel)
+    if dry_run:
+        print(workflow.dry_run(loaded, plan, sessions), flush=True)
+        return
+    cfg = settings(c)
+    limit = validate.seconds(lock_timeout if lock_timeout is not None else cfg["lock_timeout"],
+                             "--lock-timeout", allow_zero=True)
+    run_settings = workflow.RunSettings(max_parallel=parallel or loaded.max_parallel,
+                                        resume_run=resume_run, run_id=run_id,
+                                        lock_timeout=limit)
+    state, state_file = workflow.run(loaded, plan, sessions, run_settings)
+    print(reports.table(state), file=sys.stderr, flush=True)
+    data = reports.as_json(state, str(state_file))
+    if report is not None:
+        write_json(Path(report), data)
+    if json:
+        print_json(data)
+    if state.status != "succeeded":
+        raise WorkflowFailedError(
+            f"workflow {loaded.name} {state.status}: {state.stop_reason or 'not every step ran'}"
+            f". Fix the cause, then continue with: run {file} --resume-run "
+            f"(run {state.run_id}; state in {state_file})")
+
+
+def validate_(
+    c: Context, file: str | None = None, var: list[str] | None = None,
+    max_parallel: str | None = None, workspace: str | None = None,
+    mapping_file: str | None = None, claude_cmd: str | None = None,
+) -> None:
+    """Check a workflow file (schema, references, files, sessions, cycles); calls nothing.
+
+    Prints every problem with its file, line and column; exit 2 if there is any.
+    """
+    from . import workflow
+
+    if file is None:
+        raise UsageError("validate needs a workflow file, e.g.: validate workflows/review.yml")
+    sessions = open_sessions(c, workspace, mapping_file, claude_cmd)
+    loaded, plan = workflow.load(file, sessions, workflow.validate_var_assignments(var or []),
+                                 _positive_int(max_parallel, "--max-parallel"))
+    mode = f"{len(plan.waves)} waves" if plan.parallel else "sequential"
+    print(f"{file}: valid; {len(loaded.steps)} steps, {mode}", flush=True)
+
+
+def _positive_int(value: str | None, flag: str) -> int | None:
+    if value is None:
+        return None
+    try:
+        number = int(value)
+    except ValueError as exc:
+        raise UsageError(f"{flag} {value!r} is not a whole number") from exc
+    if number < 1:
+        raise UsageError(f"{flag} must be at least 1, not {number}")
+    return number
+
+
 # -- the collection -----------------------------------------------------------------------------
 
 ns = Collection("claude_persist")
@@ -374,6 +469,8 @@ for _task in (
     persist_task(delete, name="delete-all-sessions",
                  preset={"all_": True, "yes": True, "name": None, "session_id": None},
                  doc="Forget every name of the workspace (seed stage; transcripts stay)."),
+    persist_task(run, positional=("file",), iterable=("var",)),
+    persist_task(validate_, name="validate", positional=("file",), iterable=("var",)),
 ):
     ns.add_task(_task)
 ns.configure({"claude_persist": dict(CONFIG_DEFAULTS)})

@@ -53,12 +53,12 @@ def model(value: str | None, flag: str = "--model") -> str | None:
     return value.strip()
 
 
-def seconds(value: float | None, flag: str, *, allow_zero: bool = False) -> float | None:
+def seconds(value: object, flag: str, *, allow_zero: bool = False) -> float | None:
     """A duration in seconds: > 0 (or >= 0 with ``allow_zero``); None stays None."""
     if value is None:
         return None
     try:
-        number = float(value)
+        number = float(value)  # type: ignore[arg-type]
     except (TypeError, ValueError) as exc:
         raise UsageError(f"{flag} {value!r} is not a number of seconds") from exc
     if number < 0 or (number == 0 and not allow_zero) or number != number:

@@ -153,11 +153,13 @@ def run(
     limits: Limits,
     on_line: Callable[[str], bool | None],
     env: Mapping[str, str] | None = None,
+    cancel: threading.Event | None = None,
 ) -> ProcessOutcome:
     """Run one claude call to its end (or its limit) and say how it ended.
 
     ``on_line`` gets each stdout line as it arrives; it returns True once it has seen the
-    final line, after which the process only gets a short grace period to exit.
+    final line, after which the process only gets a short grace period to exit. Setting
+    ``cancel`` (from another thread) stops the call as Ctrl-C would.
     """
     started = time.monotonic()
     proc = _spawn(argv, cwd, env)
@@ -178,6 +180,9 @@ def run(
     exited_at: float | None = None
     try:
         while True:
+            if cancel is not None and cancel.is_set():
+                stopped_by = "interrupt"
+                break
             now = time.monotonic()
             waits = [POLL_SECONDS]
             if limits.deadline is not None:

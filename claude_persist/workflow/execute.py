@@ -1,0 +1,297 @@
+"""The scheduler: start ready steps through ``Sessions``, retry transient failures, save the
+run's state after every step, stop cleanly on failure, budget or Ctrl-C."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from ..claude.command import Action
+from ..claude.result import TurnResult
+from ..errors import (
+    CallTimeoutError,
+    ClaudeCallError,
+    ClaudePersistError,
+    InterruptedByUserError,
+    SessionBusyError,
+    SessionNotFoundError,
+    UsageError,
+)
+from ..sessions import Sessions, TurnOptions
+from . import expr
+from .plan import Plan
+from .spec import Step, Workflow
+from .state import RunState, RunStore, StepState, finish, new_run_id, started
+
+#: Step errors that fail the step (and may be retried); anything else aborts the whole run.
+STEP_ERRORS = (ClaudeCallError, CallTimeoutError, SessionNotFoundError, SessionBusyError,
+               UsageError, InterruptedByUserError)
+
+
+class Progress(Protocol):
+    """Where the scheduler reports what happens (the report module prints it)."""
+
+    def step_started(self, step: Step, state: StepState) -> None: ...
+
+    def step_finished(self, step: Step, state: StepState) -> None: ...
+
+    def step_retrying(self, step: Step, attempt: int, error: Exception, wait: float) -> None: ...
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """How to run: parallelism, resumption and limits."""
+
+    max_parallel: int = 1
+    resume_run: bool = False
+    run_id: str | None = None
+    lock_timeout: float | None = None
+    backoff_seconds: float = 2.0
+
+
+def is_transient(error: Exception) -> bool:
+    """Worth a retry: rate limits, server errors, overload, and an idle timeout."""
+    if isinstance(error, ClaudeCallError):
+        return error.transient
+    return isinstance(error, CallTimeoutError) and error.limit == "idle timeout"
+
+
+def lookup_in(workflow: Workflow, states: dict[str, StepState], run_id: str | None,
+              environ: dict[str, str] | os._Environ[str]) -> Callable[[expr.Ref], str | None]:
+    """The resolver for ``expr.render``; None (keep the expression) for what is not known."""
+
+    def lookup(ref: expr.Ref) -> str | None:
+        head, *rest = ref.parts
+        if head == "vars":
+            return workflow.vars.get(rest[0], "")
+        if head == "env":
+            return environ.get(rest[0], "")
+        if head == "workflow":
+            return workflow.name
+        if head == "run":
+            return run_id
+        state = states.get(rest[0])
+        if state is None or state.status in ("pending", "running"):
+            return None
+        field_name = rest[1]
+        if field_name == "output":
+            value: Any = state.output
+            for key in rest[2:]:
+                value = value.get(key) if isinstance(value, dict) else None
+            return expr.as_text(value)
+        return expr.as_text(getattr(state, field_name))
+
+    return lookup
+
+
+def step_options(step: Step, settings: RunSettings, cancel: threading.Event | None
+                 ) -> TurnOptions:
+    """The library call's options for ``step``."""
+    return TurnOptions(
+        model=step.model, effort=step.effort, role=step.role, deadline=step.deadline,
+        idle_timeout=step.idle_timeout, lock_timeout=settings.lock_timeout,
+        json_schema=step.schema, max_turns=step.max_turns, max_budget_usd=step.max_budget_usd,
+        extra_args=step.args, cancel=cancel,
+    )
+
+
+def call_step(sessions: Sessions, step: Step, prompt: str, options: TurnOptions) -> TurnResult:
+    """One attempt of one step. A workflow's ``create:`` always makes a fresh session."""
+    if step.action is Action.CREATE:
+        return sessions.create(step.session, prompt, options, force=True)
+    if step.action is Action.FORK:
+        return sessions.fork(step.session, step.target, prompt, options, force=True)
+    return sessions.resume(step.session, prompt, options)
+
+
+def write_output(path: Path, result: TurnResult) -> None:
+    """The step's ``output:`` file: the text, or the structured output as JSON."""
+    import json
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if result.structured_output is not None:
+        path.write_text(json.dumps(result.structured_output, indent=2) + "\n", encoding="utf-8")
+    else:
+        path.write_text(result.text + ("\n" if not result.text.endswith("\n") else ""),
+                        encoding="utf-8")
+
+
+class Scheduler:
+    """Runs one workflow once. Build it, then call :meth:`run`."""
+
+    def __init__(self, workflow: Workflow, plan: Plan, sessions: Sessions, store: RunStore,
+                 settings: RunSettings, progress: Progress) -> None:
+        self.workflow = workflow
+        self.plan = plan
+        self.sessions = sessions
+        self.store = store
+        self.settings = settings
+        self.progress = progress
+        self.cancel = threading.Event()
+        self.state = self._initial_state()
+        self._lock = threading.Lock()
+
+    def _initial_state(self) -> RunState:
+        fresh = {s.id: StepState(id=s.id, action=s.action.value, session=s.target,
+                                 model=s.model, effort=s.effort, fingerprint=s.fingerprint)
+                 for s in self.workflow.steps}
+        if not self.settings.resume_run:
+            run_id = self.settings.run_id or new_run_id()
+            if self.store.exists(run_id):
+                raise UsageError(f"--run-id {run_id}: that run exists already; add "
+                                 "--resume-run to continue it, or choose another id")
+            return started(RunState(run_id=run_id, workflow=str(self.workflow.path),
+                                    workflow_name=self.workflow.name, started_at="",
+                                    vars=dict(self.workflow.vars), steps=fresh))
+        old = (self.store.load(self.settings.run_id) if self.settings.run_id
+               else self.store.latest_unfinished())
+        for step_id, state in fresh.items():
+            before = old.steps.get(step_id)
+            if before and before.status == "succeeded" and before.fingerprint == \
+                    state.fingerprint:
+                fresh[step_id] = StepState(**{**before.__dict__, "reused": True})
+        old.steps, old.status, old.finished_at, old.stop_reason = fresh, "running", None, None
+        return old
+
+    # -- the loop -----------------------------------------------------------------------------
+
+    def run(self) -> RunState:
+        """Run every step that can run; return the final state (saved)."""
+        began = time.monotonic()
+        stop_reason: str | None = None
+        self.store.save(self.state)
+        for state in self.state.steps.values():
+            if state.reused:
+                self.progress.step_finished(self.workflow.step(state.id), state)
+        running: dict[Future[None], str] = {}
+        workers = max(1, self.settings.max_parallel if self.plan.parallel else 1)
+        pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="step")
+        try:
+            while True:
+                if stop_reason is None:
+                    stop_reason = self._stop_reason()
+                if stop_reason is None:
+                    for step_id in self._ready(running):
+                        if len(running) >= workers:
+                            break
+                        running[self._start(pool, step_id)] = step_id
+                if not running:
+                    break
+                done, _ = wait(list(running), timeout=0.5, return_when=FIRST_COMPLETED)
+                for future in done:
+                    running.pop(future)
+                    future.result()  # a fatal error (no claude, unsafe mapping) ends the run
+        except KeyboardInterrupt:
+            self.cancel.set()
+            wait(list(running))
+            self._close("interrupted", began, "interrupted")
+            raise InterruptedByUserError(
+                f"interrupted; running steps were stopped. Continue with --resume-run "
+                f"(run {self.state.run_id})") from None
+        except ClaudePersistError:
+            self.cancel.set()
+            wait(list(running))
+            self._close("failed", began, "aborted")
+            raise
+        finally:
+            pool.shutdown(wait=True)
+        failed = any(s.status == "failed" and not self.workflow.step(s.id).continue_on_error
+                     for s in self.state.steps.values())
+        ok = not failed and all(s.status == "succeeded" or
+                                (s.status == "failed" and self.workflow.step(s.id)
+                                 .continue_on_error) for s in self.state.steps.values())
+        self._close("succeeded" if ok else "failed", began, stop_reason)
+        return self.state
+
+    def _stop_reason(self) -> str | None:
+        for state in self.state.steps.values():
+            if state.status == "failed" and not self.workflow.step(state.id).continue_on_error:
+                return f"step {state.id} failed"
+        budget = self.workflow.budget_usd
+        if budget is not None and self.state.total_cost_usd >= budget:
+            return f"budget_usd {budget:g} spent (${self.state.total_cost_usd:.4f})"
+        return None
+
+    def _ready(self, running: dict[Future[None], str]) -> list[str]:
+        busy = set(running.values())
+        ready = []
+        for step_id in self.plan.order:
+            state = self.state.steps[step_id]
+            if state.status != "pending" or step_id in busy:
+                continue
+            if all(self._settled(dep) for dep in self.plan.deps[step_id]):
+                ready.append(step_id)
+        return ready
+
+    def _settled(self, step_id: str) -> bool:
+        status = self.state.steps[step_id].status
+        return status == "succeeded" or (
+            status == "failed" and self.workflow.step(step_id).continue_on_error)
+
+    def _start(self, pool: ThreadPoolExecutor, step_id: str) -> Future[None]:
+        step = self.workflow.step(step_id)
+        state = self.state.steps[step_id]
+        prompt = expr.render(step.prompt, lookup_in(self.workflow, self.state.steps,
+                                                    self.state.run_id, os.environ))
+        state.status = "running"
+        self.progress.step_started(step, state)
+        return pool.submit(self._execute, step, state, prompt)
+
+    def _execute(self, step: Step, state: StepState, prompt: str) -> None:
+        began = time.monotonic()
+        options = step_options(step, self.settings, self.cancel)
+        try:
+            for attempt in range(1, step.retries + 2):
+                state.attempts = attempt
+                try:
+                    result = call_step(self.sessions, step, prompt, options)
+                except STEP_ERRORS as error:
+                    if attempt <= step.retries and is_transient(error) and \
+                            not self.cancel.is_set():
+                        pause = self.settings.backoff_seconds * 2 ** (attempt - 1)
+                        self.progress.step_retrying(step, attempt, error, pause)
+                        if not self.cancel.wait(pause):
+                            continue
+                    state.status, state.error = "failed", str(error)
+                    return
+                self._succeeded(step, state, result)
+                return
+        except ClaudePersistError as fatal:
+            state.status, state.error = "failed", str(fatal)
+            raise
+        finally:
+            state.duration_s = round(time.monotonic() - began, 3)
+            with self._lock:
+                self.store.save(self.state)
+            self.progress.step_finished(step, state)
+
+    def _succeeded(self, step: Step, state: StepState, result: TurnResult) -> None:
+        state.status = "succeeded"
+        state.session_id = result.session_id
+        state.cost_usd = result.cost_usd
+        state.num_turns = result.num_turns
+        state.result = result.text
+        state.output = result.structured_output
+        state.model, state.effort = result.model, result.effort
+        if step.output is not None:
+            try:
+                write_output(step.output, result)
+            except OSError as exc:
+                state.status = "failed"
+                state.error = f"cannot write output {step.output}: {exc.strerror}"
+
+    def _close(self, status: str, began: float, reason: str | None) -> None:
+        for state in self.state.steps.values():
+            if state.status == "pending":
+                state.status = "skipped"
+                state.error = reason or "not reached"
+            elif state.status == "running":
+                state.status, state.error = "failed", reason
+        finish(self.state, status, time.monotonic() - began, reason)
+        self.store.save(self.state)

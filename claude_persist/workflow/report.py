@@ -1,0 +1,107 @@
+"""What a run tells people: a line as each step starts and ends, a closing table with totals,
+the JSON report for CI, and the dry-run plan."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+import threading
+from typing import Any, TextIO
+
+from .plan import Plan
+from .spec import Step, Workflow
+from .state import RunState, StepState
+
+
+def _setting(model: str | None, effort: str | None) -> str:
+    return f"{model or '-'}/{effort or '-'}"
+
+
+def _cost(value: float | None) -> str:
+    return "-" if value is None else f"${value:.4f}"
+
+
+class ProgressPrinter:
+    """Progress lines on stderr, one per start and one per end, safe across threads."""
+
+    def __init__(self, workflow: Workflow, stream: TextIO | None = None) -> None:
+        self.workflow = workflow
+        self.stream = stream or sys.stderr
+        self.total = len(workflow.steps)
+        self._lock = threading.Lock()
+
+    def _line(self, step: Step, text: str) -> None:
+        head = f"[{step.index + 1}/{self.total}] {step.id}  {step.action.value} {step.target}"
+        with self._lock:
+            print(f"{head}  {text}", file=self.stream, flush=True)
+
+    def step_started(self, step: Step, state: StepState) -> None:
+        self._line(step, f"{_setting(step.model, step.effort)}  started")
+
+    def step_finished(self, step: Step, state: StepState) -> None:
+        status = "reused (unchanged, succeeded before)" if state.reused else state.status
+        text = (f"{_setting(state.model, state.effort)}  {status}  {state.duration_s:.1f}s  "
+                f"{_cost(state.cost_usd)}")
+        if state.error and state.status == "failed":
+            text += f"\n    {state.error}"
+        self._line(step, text)
+
+    def step_retrying(self, step: Step, attempt: int, error: Exception, wait: float) -> None:
+        self._line(step, f"attempt {attempt} failed ({error}); retrying in {wait:g}s")
+
+
+def table(run: RunState) -> str:
+    """The closing table of all steps, with totals."""
+    rows = [("STEP", "ACTION", "SESSION", "MODEL/EFFORT", "STATUS", "TRIES", "SECONDS", "COST")]
+    for s in run.steps.values():
+        rows.append((s.id, s.action, s.session, _setting(s.model, s.effort),
+                     s.status + (" (reused)" if s.reused else ""), str(s.attempts),
+                     f"{s.duration_s:.1f}", _cost(s.cost_usd)))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
+             for r in rows]
+    counts = {k: sum(1 for s in run.steps.values() if s.status == k)
+              for k in ("succeeded", "failed", "skipped")}
+    lines.append(f"run {run.run_id}: {run.status}; {len(run.steps)} steps, "
+                 f"{counts['succeeded']} succeeded, {counts['failed']} failed, "
+                 f"{counts['skipped']} skipped; {run.duration_s:.1f}s; "
+                 f"${run.total_cost_usd:.4f}"
+                 + (f" ({run.stop_reason})" if run.stop_reason else ""))
+    return "\n".join(lines)
+
+
+def as_json(run: RunState, state_file: str | None = None) -> dict[str, Any]:
+    """The machine-readable report (``--report F`` / ``--json``)."""
+    steps = [{
+        "id": s.id, "session": s.session, "session_id": s.session_id, "action": s.action,
+        "model": s.model, "effort": s.effort, "status": s.status, "reused": s.reused,
+        "attempts": s.attempts, "duration_s": s.duration_s, "cost_usd": s.cost_usd,
+        "num_turns": s.num_turns, "error": s.error,
+    } for s in run.steps.values()]
+    return {
+        "run_id": run.run_id, "workflow": run.workflow, "name": run.workflow_name,
+        "status": run.status, "stop_reason": run.stop_reason, "started_at": run.started_at,
+        "finished_at": run.finished_at, "duration_s": run.duration_s,
+        "total_cost_usd": round(run.total_cost_usd, 6), "state_file": state_file,
+        "totals": {k: sum(1 for s in run.steps.values() if s.status == k)
+                   for k in ("succeeded", "failed", "skipped")},
+        "steps": steps,
+    }
+
+
+def dry_run_text(workflow: Workflow, plan: Plan, argvs: dict[str, list[str]],
+                 prompts: dict[str, str]) -> str:
+    """The plan as a person reads it: order or waves, then each step's argv and prompt."""
+    mode = "parallel waves" if plan.parallel else "in file order, one after another"
+    out = [f"workflow {workflow.name} ({workflow.path}): {len(workflow.steps)} steps, {mode}"]
+    if plan.parallel:
+        out += [f"  wave {i + 1}: {', '.join(wave)}" for i, wave in enumerate(plan.waves)]
+    for step_id in plan.order:
+        step = workflow.step(step_id)
+        needs = ", ".join(sorted(plan.deps[step_id])) or "nothing"
+        out.append(f"\n[{step.index + 1}/{len(workflow.steps)}] {step.id}: {step.action.value} "
+                   f"{step.target} (waits for {needs})")
+        out.append(f"  argv: {shlex.join(argvs[step_id])}")
+        out.append("  prompt (sent on stdin):")
+        out += [f"    {line}" for line in prompts[step_id].splitlines()]
+    return "\n".join(out)

@@ -1,0 +1,153 @@
+"""A run's state: what each step did, saved after every step so a failed run can resume."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import re
+import secrets
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import UsageError
+
+FINISHED_OK = "succeeded"
+
+
+@dataclass
+class StepState:
+    """One step in one run."""
+
+    id: str
+    action: str
+    session: str
+    model: str | None = None
+    effort: str | None = None
+    status: str = "pending"  # pending, running, succeeded, failed, skipped
+    session_id: str | None = None
+    attempts: int = 0
+    duration_s: float = 0.0
+    cost_usd: float | None = None
+    num_turns: int | None = None
+    result: str = ""
+    output: Any = None
+    error: str | None = None
+    fingerprint: str = ""
+    reused: bool = False
+
+
+@dataclass
+class RunState:
+    """One run of one workflow file."""
+
+    run_id: str
+    workflow: str
+    workflow_name: str
+    started_at: str
+    vars: dict[str, str]
+    steps: dict[str, StepState]
+    status: str = "running"  # running, succeeded, failed, interrupted
+    finished_at: str | None = None
+    duration_s: float = 0.0
+    stop_reason: str | None = None
+
+    @property
+    def total_cost_usd(self) -> float:
+        return sum(s.cost_usd or 0.0 for s in self.steps.values() if not s.reused)
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["steps"] = list(data["steps"].values())
+        data["total_cost_usd"] = round(self.total_cost_usd, 6)
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> RunState:
+        steps = {s["id"]: StepState(**s) for s in data["steps"]}
+        fields = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        return cls(**{**fields, "steps": steps})
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
+def new_run_id() -> str:
+    """A sortable, unique run id: ``YYYYmmdd-HHMMSS-xxxx``."""
+    return time.strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(2)
+
+
+@dataclass
+class RunStore:
+    """The folder of one workflow file's runs, next to the mapping file."""
+
+    folder: Path
+    runs: list[Path] = field(default_factory=list)
+
+    @classmethod
+    def for_workflow(cls, mapping_folder: Path, workflow_path: Path, name: str) -> RunStore:
+        slug = re.sub(r"[^A-Za-z0-9._-]+", "_", name) or "workflow"
+        digest = hashlib.md5(str(workflow_path).encode()).hexdigest()[:12]
+        return cls(mapping_folder / "runs" / f"{slug}-{digest}")
+
+    def path(self, run_id: str) -> Path:
+        if not re.match(r"^[A-Za-z0-9._-]+$", run_id):
+            raise UsageError(f"--run-id {run_id!r}: use letters, digits, '.', '_' and '-'")
+        return self.folder / f"{run_id}.json"
+
+    def save(self, state: RunState) -> None:
+        """Write atomically (temp file, fsync, rename), so a crash never leaves half a state."""
+        self.folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd, temp = tempfile.mkstemp(dir=self.folder, prefix=".run-", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                json.dump(state.to_json(), handle, indent=2, default=str)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(temp, self.path(state.run_id))
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(temp)
+            raise
+
+    def load(self, run_id: str) -> RunState:
+        path = self.path(run_id)
+        try:
+            return RunState.from_json(json.loads(path.read_text(encoding="utf-8")))
+        except FileNotFoundError as exc:
+            raise UsageError(f"--run-id {run_id}: no such run of this workflow in "
+                             f"{self.folder}") from exc
+        except (ValueError, KeyError, TypeError) as exc:
+            raise UsageError(f"the run state {path} is unreadable ({exc}); start a new run "
+                             "without --resume-run") from exc
+
+    def exists(self, run_id: str) -> bool:
+        return self.path(run_id).exists()
+
+    def latest_unfinished(self) -> RunState:
+        """The newest run that did not succeed, for ``--resume-run``."""
+        candidates = sorted(self.folder.glob("*.json"), reverse=True) if self.folder.is_dir() \
+            else []
+        for path in candidates:
+            state = self.load(path.stem)
+            if state.status != FINISHED_OK:
+                return state
+        raise UsageError(f"--resume-run: this workflow has no unfinished run in {self.folder}; "
+                         "run it without --resume-run")
+
+
+def started(state: RunState) -> RunState:
+    state.started_at = state.started_at or _now()
+    return state
+
+
+def finish(state: RunState, status: str, duration: float, reason: str | None = None) -> None:
+    state.status = status
+    state.finished_at = _now()
+    state.duration_s = round(duration, 3)
+    state.stop_reason = reason
