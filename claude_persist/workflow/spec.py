@@ -199,6 +199,9 @@ def load_workflow(
 def _check(c: _Checker, text: str, overrides: dict[str, str], known: set[str]
            ) -> Workflow | None:
     data = c.marked.data
+    if data is None:
+        c.add((), "the file is empty: a workflow needs version: 1 and a list of steps")
+        return None
     if not isinstance(data, dict):
         c.add((), "the workflow must be a mapping with version, name and steps")
         return None
@@ -294,14 +297,15 @@ def _step(c: _Checker, raw: Any, index: int, defaults: dict[str, Any]) -> Step |
         except (ValueError, UnicodeDecodeError) as exc:
             c.add((*path, "schema"), f"{schema_file} is not valid JSON: {exc}")
     output = c.text(raw, "output", path)
-    refs = [r for r in expr.find(prompt or "")]
+    refs = list(expr.find(prompt or ""))
     for bad in (r for r in refs if isinstance(r, expr.ExprError)):
         c.add((*path, source if source == "prompt" else "prompt_file"), str(bad))
-    if step_id is None or session is None or target is None or prompt is None:
-        return None
+    # Every field is checked even when an essential one is missing, so that all problems are
+    # reported at once; such a step only serves the remaining checks (the load fails anyway).
     return Step(
-        id=step_id, index=index, action=action, session=session, target=target,
-        prompt=prompt, prompt_source=source, line=c.marked.where(path)[0],
+        id=step_id or f"#{index + 1}", index=index, action=action, session=session or "",
+        target=target or "", prompt=prompt or "", prompt_source=source,
+        line=c.marked.where(path)[0],
         role=c.file_ref(raw, "role", path),
         model=c.text(merged, "model", path),
         effort=effort.lower() if effort else None,
@@ -376,7 +380,7 @@ def _check_graph(c: _Checker, steps: list[Step], variables: set[str], known: set
                 c.add(where, f"{ref.text}: step {sid!r} has no schema, so no output")
     made = set(known)
     for step in steps:
-        if step.action is not Action.CREATE and step.session not in made:
+        if step.session and step.action is not Action.CREATE and step.session not in made:
             c.add(("steps", step.index, step.action.value),
                   f"session {step.session!r} is neither created by an earlier step nor in the "
                   "workspace's mapping; add a create: step before it, or create it first")
