@@ -43,8 +43,16 @@ def load(text: str) -> Marked:
     return marked
 
 
+SAFE_TAGS = {f"tag:yaml.org,2002:{t}" for t in
+             ("map", "seq", "str", "int", "float", "bool", "null", "timestamp")}
+
+
 def _convert(node: yaml.Node, path: Path_, marked: Marked) -> Any:
     marked.values[path] = _pos(node)
+    if node.tag not in SAFE_TAGS:
+        marked.problems.append((_pos(node), f"unsupported value: the tag {node.tag} is not "
+                                            "allowed in a workflow"))
+        return None
     if isinstance(node, yaml.MappingNode):
         result: dict[str, Any] = {}
         for key_node, value_node in node.value:
