@@ -16,6 +16,7 @@ marker in the prompt (the marker wins):
 ``stderr_bytes=N``   write N bytes of noise to stderr first
 ``garbage=1``        print lines that are not JSON instead of stream-json, exit 0
 ``error=STATUS``     fail as an API error with that HTTP status (401, 429, 500, 529)
+``error_times=N``    with ``error``: fail only the first N calls with this prompt, then answer
 ``lines=N``          add N assistant lines of ``line_bytes`` bytes (default 200) each
 ``cost=USD``         what the call costs (default 0.0125)
 ``cost_mode=M``      ``cumulative`` (2.1.330: a resume reports the session total) or ``call``
@@ -141,6 +142,17 @@ def find_by_title(title: str) -> dict[str, Any] | None:
         if data.get("name") == title:
             matches.append((path.stat().st_mtime, data))
     return max(matches, key=lambda m: m[0])[1] if matches else None
+
+
+def count_call(prompt: str) -> int:
+    """How many calls (this one included) have carried this exact prompt."""
+    import hashlib
+
+    counter = home().parent / "counts" / hashlib.sha256(prompt.encode()).hexdigest()
+    counter.parent.mkdir(parents=True, exist_ok=True)
+    with open(counter, "a", encoding="utf-8") as handle:
+        handle.write(".")
+    return len(counter.read_text(encoding="utf-8"))
 
 
 def emit(line: dict[str, Any]) -> None:
@@ -293,6 +305,8 @@ def main(argv: list[str] | None = None) -> None:
 
     user_turns = sum(1 for t in session["turns"] if t["role"] == "user")
     status = int(sw.get("error", "0") or 0)
+    if status and sw.get("error_times"):
+        status = status if count_call(prompt) <= int(sw["error_times"]) else 0
     cost = float(sw.get("cost", "0.0125"))
     budget = opts.get("--max-budget-usd")
     head = " ".join(MARKER_RE.sub("", prompt).split())[:80]
