@@ -62,14 +62,16 @@ def test_the_examples_run_end_to_end(cp: Runner, workspace: Path, fake_claude: A
                                                        "skeptic", "tester"}
 
 
-def test_four_independent_sessions_run_side_by_side(workspace: Path, fake_claude: Any) -> None:
+def test_four_independent_sessions_run_side_by_side(cp: Runner, workspace: Path,
+                                                    fake_claude: Any) -> None:
     steps = "".join(f"  - {{id: s{i}, create: w{i}, prompt: '[fake delay=1] go'}}\n"
                     for i in range(4))
-    path = write(workspace, "version: 1\nmax_parallel: 4\nsteps:\n" + steps)
+    write(workspace, "version: 1\nsteps:\n" + steps)
     started = time.monotonic()
-    state = run_lib(workspace, path)
-    took = time.monotonic() - started
-    assert state.status == "succeeded"
+    ran = cp("run", "wf.yml", "--max-parallel", "4", "--json")
+    took = time.monotonic() - started  # the whole command, Python start-up included
+    assert ran.code == 0, ran.err
+    assert ran.json()["duration_s"] < 1.75, ran.json()["duration_s"]
     assert took < 2.0, f"4 parallel 1-second steps took {took:.2f}s"
 
 
@@ -276,15 +278,21 @@ def test_ctrl_c_stops_the_children_and_exits_130(workspace: Path, fake_claude: A
     assert not any(no_survivors(g) for g in groups)
 
 
-def test_validate_task(cp: Runner, workspace: Path) -> None:
+def test_validate_and_run_through_both_faces(face: Runner, workspace: Path) -> None:
     write(workspace, "version: 1\nsteps: [{id: a, create: x, prompt: hi}]\n")
-    ok = cp("validate", "wf.yml")
+    ok = face("validate", "wf.yml")
     assert ok.code == 0 and "valid; 1 steps, sequential" in ok.out
-    write(workspace, "version: 1\nsteps: [{id: a, resume: x, prompt: hi}]\n", "bad.yml")
-    bad = cp("validate", "bad.yml")
+    ran = face("run", "wf.yml", "--run-id", "nightly-1", "--json")
+    assert ran.code == 0 and ran.json()["run_id"] == "nightly-1"
+    again = face("run", "wf.yml", "--run-id", "nightly-1")
+    assert again.code == 2 and "exists already" in again.err
+    write(workspace, "version: 1\nsteps: [{id: a, resume: y, prompt: hi}]\n", "bad.yml")
+    bad = face("validate", "bad.yml")
     assert bad.code == 2 and "bad.yml:2:" in bad.err and "Traceback" not in bad.err
-    assert cp("validate", "missing.yml").code == 2
-    assert cp("run").code == 2
+    assert face("validate", "missing.yml").code == 2
+    no_file = face("run")  # a missing positional is Invoke's own parse error
+    assert no_file.code == (1 if face.name == "inv" else 2) and "file" in no_file.err
+    assert face("run", "wf.yml", "--var", "novalue").code == 2
 
 
 def test_a_missing_claude_aborts_the_run_with_127(cp: Runner, workspace: Path) -> None:

@@ -98,6 +98,15 @@ def test_every_problem_is_reported_at_once_with_positions(tmp_path: Path) -> Non
         assert fragment in text, f"missing {fragment!r} in:\n{text}"
 
 
+def test_env_lookups_need_the_variable_set(tmp_path: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    path = write(tmp_path, "version: 1\nsteps: [{id: a, create: s, prompt: '${{ env.WHO }}'}]\n")
+    monkeypatch.delenv("WHO", raising=False)
+    assert "the environment variable WHO is not set" in problems(path)[0]
+    monkeypatch.setenv("WHO", "me")
+    assert load_workflow(path).steps[0].refs[0].parts == ("env", "WHO")
+
+
 def test_resume_of_a_mapped_session_is_fine(tmp_path: Path) -> None:
     path = write(tmp_path, """
         version: 1

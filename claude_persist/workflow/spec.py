@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -366,6 +367,8 @@ def _check_graph(c: _Checker, steps: list[Step], variables: set[str], known: set
             elif need == step.id:
                 c.add(("steps", step.index, "needs"), "a step cannot need itself")
         for ref in step.refs:
+            if ref.parts[0] == "env" and ref.parts[1] not in os.environ:
+                c.add(where, f"{ref.text}: the environment variable {ref.parts[1]} is not set")
             if ref.parts[0] == "vars" and ref.parts[1] not in variables:
                 c.add(where, f"{ref.text}: no var {ref.parts[1]!r} (vars: "
                              f"{', '.join(sorted(variables)) or 'none'})")
