@@ -86,6 +86,7 @@ EXIT_CODES: dict[type[BaseException], int] = {
     ClaudeNotFoundError: 127,
     InterruptedByUserError: 130,
     KeyboardInterrupt: 130,
+    BrokenPipeError: 141,
 }
 
 

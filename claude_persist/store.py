@@ -243,7 +243,24 @@ class MappingStore:
             temp.unlink()  # our own leftover from a writer that died with this pid
             return os.open(temp, flags, 0o600), temp
 
+    def _remove_stale_temps(self) -> None:
+        """Temp files of writers that were killed mid-write (their process is gone)."""
+        for temp in self.folder.glob(f"{self.path.name}.tmp.*"):
+            pid = temp.name.rsplit(".", 1)[-1]
+            if not pid.isdigit() or int(pid) == os.getpid():
+                continue
+            try:
+                os.kill(int(pid), 0)
+            except ProcessLookupError:
+                st = _lstat(temp)
+                if st and stat.S_ISREG(st.st_mode) and st.st_uid == os.getuid():
+                    with contextlib.suppress(OSError):
+                        temp.unlink()
+            except PermissionError:
+                pass  # alive, another user's
+
     def _write(self, text: str) -> None:
+        self._remove_stale_temps()
         current = _lstat(self.path)
         if current is not None:
             self._check_file(current, self.path, "the mapping file")
@@ -288,7 +305,11 @@ class MappingStore:
         """
         self._check_folder(create=True)
         self._tighten_folder()
-        lock = self._lock(self.folder / f"session-{session_id}.lock")
+        locks = self.folder / "locks"
+        locks.mkdir(mode=0o700, exist_ok=True)
+        if locks.is_symlink() or not locks.is_dir():
+            raise MappingFileError(f"refusing {locks}: it is not a plain folder")
+        lock = self._lock(locks / f"{session_id}.lock")
         try:
             lock.acquire(timeout=0)
         except Timeout:

@@ -33,7 +33,6 @@ from . import validate
 from .claude.command import resolve_claude_cmd
 from .errors import ClaudePersistError, UsageError, WorkflowFailedError, exit_code_for
 from .sessions import Sessions, TurnOptions
-from .workflow import report as reports
 
 CONFIG_DEFAULTS: dict[str, Any] = {
     "workspace": None,
@@ -106,6 +105,11 @@ def persist_task(
             raise Exit(f"claude-persist: error: {exc}", code=exit_code_for(exc)) from exc
         except KeyboardInterrupt as exc:
             raise Exit("claude-persist: interrupted", code=130) from exc
+        except BrokenPipeError as exc:
+            # Whoever read our stdout stopped reading (``| head``); say nothing more there.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            raise Exit("claude-persist: stdout was closed before all output was written",
+                       code=141) from exc
 
     signature = inspect.signature(body)
     params = [p for key, p in signature.parameters.items() if key not in preset]
@@ -387,7 +391,8 @@ def run(
     --json prints the run's report on stdout; --report F writes it to F. Exit 1 if a step
     failed (continue it with --resume-run), 2 if the file is invalid.
     """
-    from . import workflow
+    from . import workflow  # lazily: yaml and the scheduler are for workflows only
+    from .workflow import report as reports
 
     if file is None:
         raise UsageError("run needs a workflow file, e.g.: run workflows/review.yml")

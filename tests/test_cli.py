@@ -333,3 +333,24 @@ def test_help_lists_every_task(cp: Runner) -> None:
     helped = cp("resume", "--help").out
     assert "-p STRING, --prompt=STRING" in helped and "-n STRING, --name=STRING" in helped
     assert "--idle-timeout" in helped and "--lock-timeout" in helped
+
+
+def test_a_closed_stdout_is_no_traceback(workspace: Path, cp: Runner) -> None:
+    import subprocess
+    import sys
+
+    cp("create", "-n", "pipe")
+    proc = subprocess.run(
+        f"{sys.executable} -m claude_persist.cli resume -n pipe --stream "
+        "-p '[fake lines=2000]' | head -1", shell=True, cwd=workspace, capture_output=True,
+        text=True, timeout=60)
+    assert proc.stdout.count("\n") == 1
+    assert "Traceback" not in proc.stderr
+
+
+def test_stale_temp_files_of_killed_writers_are_cleaned(cp: Runner, workspace: Path) -> None:
+    cp("adopt", "-n", "a", "--session-id", str(uuid.uuid4()))
+    stale = mapping_path(workspace).with_name("claude-code-alias-mapping.json.tmp.999999999")
+    stale.write_text("{half")
+    cp("adopt", "-n", "b", "--session-id", str(uuid.uuid4()))
+    assert not stale.exists()

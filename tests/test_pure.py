@@ -122,7 +122,7 @@ def test_every_error_has_a_documented_exit_code() -> None:
     assert exit_code_for(NameExistsError("x")) == 2
     assert exit_code_for(KeyboardInterrupt()) == 130
     assert exit_code_for(RuntimeError("unexpected")) == 1
-    assert sorted(set(EXIT_CODES.values())) == [1, 2, 3, 4, 124, 127, 130]
+    assert sorted(set(EXIT_CODES.values())) == [1, 2, 3, 4, 124, 127, 130, 141]
 
 
 def test_mapping_round_trip_keeps_unknown_keys() -> None:

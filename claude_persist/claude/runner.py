@@ -214,6 +214,9 @@ def run(
                 exited_at = last_output
     except KeyboardInterrupt:
         stopped_by = "interrupt"
+    except BaseException:
+        stopped_by = "error"  # on_line failed (say, our stdout closed): stop claude, re-raise
+        raise
     finally:
         if stopped_by is None:
             with contextlib.suppress(subprocess.TimeoutExpired):
