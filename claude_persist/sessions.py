@@ -57,6 +57,21 @@ class TurnOptions:
     """Set it from another thread to stop the call as Ctrl-C would (used by workflows)."""
 
 
+def checked(options: TurnOptions | None, base: Path) -> TurnOptions:
+    """``options`` checked and normalised (effort lower-cased, role made absolute), so that a
+    bad value fails before any lock is waited for or any process started."""
+    options = options or TurnOptions()
+    return replace(
+        options,
+        model=validate.model(options.model),
+        effort=validate.effort(options.effort),
+        role=validate.role_file(options.role, base),
+        deadline=validate.seconds(options.deadline, "--deadline"),
+        idle_timeout=validate.seconds(options.idle_timeout, "--idle-timeout"),
+        lock_timeout=validate.seconds(options.lock_timeout, "--lock-timeout", allow_zero=True),
+    )
+
+
 @dataclass(frozen=True)
 class _Target:
     """A resolved call: which session, under which name, with which effective settings."""
@@ -142,7 +157,7 @@ class Sessions:
         force: bool = False,
     ) -> TurnResult:
         """Start a new session and map ``name`` to it (``force`` replaces an existing name)."""
-        options = options or TurnOptions()
+        options = checked(options, self.workspace)
         name = validate.name(name)
         text = validate.prompt(prompt) if prompt is not None else init_prompt(name)
         if not force:
@@ -151,9 +166,9 @@ class Sessions:
             session_id=str(uuid.uuid4()),
             name=name,
             cwd=self.workspace,
-            model=validate.model(options.model) or self.default_model,
-            effort=validate.effort(options.effort) or self.default_effort,
-            role=validate.role_file(options.role, self.workspace),
+            model=options.model or self.default_model,
+            effort=options.effort or self.default_effort,
+            role=str(options.role) if options.role else None,
             previous_total=None,
         )
         spec = self._spec(Action.CREATE, target, options, title=name)
@@ -170,7 +185,7 @@ class Sessions:
         session_id: str | None = None,
     ) -> TurnResult:
         """Continue a session by name (or by ``session_id``, which wins over the name)."""
-        options = options or TurnOptions()
+        options = checked(options, self.workspace)
         text = validate.prompt(prompt)
         lookup = self._locate(name, session_id)
         label = lookup.name or lookup.session_id
@@ -192,7 +207,7 @@ class Sessions:
         force: bool = False,
     ) -> TurnResult:
         """Copy ``name``'s history into a new session mapped as ``new_name``."""
-        options = options or TurnOptions()
+        options = checked(options, self.workspace)
         text = validate.prompt(prompt)
         new_name = validate.name(new_name, "--as")
         source = self.resolve(name)
@@ -263,19 +278,17 @@ class Sessions:
         Ids not known yet are placeholders; ``session_id`` stands in for the session's id (a
         dry run passes the placeholder of a session an earlier step will create).
         """
-        options = options or TurnOptions()
+        options = checked(options, self.workspace)
         stored = action is not Action.CREATE and session_id is None
         entry = self.store.read().entry(name) if stored else None
         target = _Target(
             session_id=session_id or (entry.session_id if entry else "<new session id>"),
             name=name,
             cwd=self.workspace,
-            model=validate.model(options.model) or (entry.last_model if entry else None)
-            or self.default_model,
-            effort=validate.effort(options.effort)
-            or (entry.last_reasoning_effort if entry else None) or self.default_effort,
-            role=validate.role_file(options.role, self.workspace)
-            or (entry.role if entry else None),
+            model=options.model or (entry.last_model if entry else None) or self.default_model,
+            effort=options.effort or (entry.last_reasoning_effort if entry else None)
+            or self.default_effort,
+            role=str(options.role) if options.role else (entry.role if entry else None),
             previous_total=None,
         )
         title = new_name if action is not Action.RESUME else None
@@ -322,11 +335,10 @@ class Sessions:
             session_id=session_id,
             name=name,
             cwd=Path(entry.cwd) if entry and entry.cwd else self.workspace,
-            model=validate.model(options.model) or (entry.last_model if entry else None)
-            or self.default_model,
-            effort=validate.effort(options.effort)
-            or (entry.last_reasoning_effort if entry else None) or self.default_effort,
-            role=validate.role_file(options.role, self.workspace) or stored_role,
+            model=options.model or (entry.last_model if entry else None) or self.default_model,
+            effort=options.effort or (entry.last_reasoning_effort if entry else None)
+            or self.default_effort,
+            role=str(options.role) if options.role else stored_role,
             previous_total=entry.last_total_cost_usd if entry else None,
         )
 
@@ -351,10 +363,7 @@ class Sessions:
 
     def _run(self, spec: CallSpec, prompt: str, target: _Target, options: TurnOptions
              ) -> TurnResult:
-        limits = runner.Limits(
-            deadline=validate.seconds(options.deadline, "--deadline"),
-            idle_timeout=validate.seconds(options.idle_timeout, "--idle-timeout"),
-        )
+        limits = runner.Limits(deadline=options.deadline, idle_timeout=options.idle_timeout)
         collector = StreamCollector()
         user_callback = options.on_line
 
