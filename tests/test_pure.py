@@ -142,3 +142,14 @@ def test_mapping_corrupt_text_is_reported(text: str) -> None:
 
 def test_empty_mapping_text_is_an_empty_doc() -> None:
     assert parse("  \n").aliases == {} and isinstance(parse(""), MappingDoc)
+
+
+def test_what_counts_as_transient_for_retries() -> None:
+    from claude_persist.workflow.execute import is_transient
+
+    assert is_transient(ClaudeCallError("x", api_error_status=529))
+    assert is_transient(ClaudeCallError("x", api_error_status=429))
+    assert not is_transient(ClaudeCallError("x", api_error_status=401))
+    assert not is_transient(ClaudeCallError("no result"))
+    assert is_transient(CallTimeoutError("x", limit="idle timeout"))
+    assert not is_transient(CallTimeoutError("x", limit="deadline"))

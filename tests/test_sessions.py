@@ -107,3 +107,18 @@ def test_adopted_sessions_resume(workspace: Path, fake_claude: Any) -> None:
     assert "turn 2" in sessions.resume("alias", "x").text
     with pytest.raises(SessionNotFoundError):
         sessions.delete(session_id=str(uuid.uuid4()))
+
+
+def test_bad_options_fail_before_waiting_for_a_busy_session(workspace: Path,
+                                                            fake_claude: Any) -> None:
+    import time
+
+    from claude_persist import UsageError
+
+    sessions = Sessions(workspace)
+    sid = sessions.create("held").session_id
+    with sessions.store.session_lock(sid, "held"):
+        started = time.monotonic()
+        with pytest.raises(UsageError, match="not an effort level"):
+            sessions.resume("held", "x", TurnOptions(effort="extreme"))
+        assert time.monotonic() - started < 1.0

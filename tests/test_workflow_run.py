@@ -299,3 +299,26 @@ def test_a_missing_claude_aborts_the_run_with_127(cp: Runner, workspace: Path) -
     write(workspace, "version: 1\nsteps: [{id: a, create: x, prompt: hi}]\n")
     ran = cp("run", "wf.yml", env={"CLAUDE_CMD": "no-such-claude"})
     assert ran.code == 127 and "CLAUDE_CMD" in ran.err
+
+
+def test_structured_output_feeds_later_steps_and_files(workspace: Path,
+                                                       fake_claude: Any) -> None:
+    (workspace / "verdict.json").write_text(json.dumps(
+        {"type": "object", "properties": {"grade": {"enum": ["B", "C"]},
+                                          "notes": {"type": "object",
+                                                    "properties": {"n": {"type": "integer"}}}}}))
+    path = write(workspace, """
+        version: 1
+        steps:
+          - {id: v, create: judge, schema: verdict.json, output: out/v.json, prompt: grade}
+          - id: w
+            create: writer
+            output: out/w.txt
+            prompt: "grade=${{ steps.v.output.grade }} n=${{ steps.v.output.notes.n }} all=${{ steps.v.output }} cost=${{ steps.v.cost_usd }}"
+    """)  # noqa: E501
+    assert run_lib(workspace, path).status == "succeeded"
+    prompt = fake_claude.calls()[-1]["prompt_head"]
+    assert prompt.startswith('grade=B n=1 all={"grade": "B", "notes": {"n": 1}} cost=0.0125')
+    assert json.loads((workspace / "out/v.json").read_text()) == {"grade": "B",
+                                                                  "notes": {"n": 1}}
+    assert "fake reply" in (workspace / "out/w.txt").read_text()
