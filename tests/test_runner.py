@@ -139,3 +139,10 @@ def test_claude_runs_in_the_sessions_folder(workspace: Path, fake_claude: Any,
     os.chdir(elsewhere)
     Sessions(workspace).resume("here", "x")
     assert fake_claude.calls()[-1]["cwd"] == str(workspace.resolve())
+
+
+def test_limits_do_not_apply_once_the_answer_is_in(workspace: Path, fake_claude: Any) -> None:
+    sessions = Sessions(workspace, notify=lambda message: None)
+    sessions.create("done")
+    result = sessions.resume("done", "[fake hang_after=1] x", TurnOptions(idle_timeout=0.5))
+    assert "turn 2" in result.text and result.notes

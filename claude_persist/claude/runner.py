@@ -178,6 +178,7 @@ def run(
     count = 0
     last_output = started
     exited_at: float | None = None
+    final_seen = False
     try:
         while True:
             if cancel is not None and cancel.is_set():
@@ -193,10 +194,13 @@ def run(
                 item = lines.get(timeout=max(0.0, min(waits)))
             except queue.Empty:
                 now = time.monotonic()
-                if limits.deadline is not None and now - started >= limits.deadline:
+                if final_seen:
+                    pass  # the answer is in: limits no longer apply, only the exit is awaited
+                elif limits.deadline is not None and now - started >= limits.deadline:
                     stopped_by = "deadline"
                     break
-                if limits.idle_timeout is not None and now - last_output >= limits.idle_timeout:
+                elif limits.idle_timeout is not None and \
+                        now - last_output >= limits.idle_timeout:
                     stopped_by = "idle timeout"
                     break
                 if exited_at is None and proc.poll() is not None:
@@ -208,10 +212,11 @@ def run(
                 break
             last_output = time.monotonic()
             count += 1
-            if on_line(str(item)) and exited_at is None:
+            if on_line(str(item)) and not final_seen:
                 # The final line is in: from here on only the exit is awaited, so a CLI
                 # that hangs after finishing is stopped after a grace period.
-                exited_at = last_output
+                final_seen = True
+                exited_at = exited_at or last_output
     except KeyboardInterrupt:
         stopped_by = "interrupt"
     except BaseException:
