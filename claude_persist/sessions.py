@@ -187,10 +187,9 @@ class Sessions:
         """Continue a session by name (or by ``session_id``, which wins over the name)."""
         options = checked(options, self.workspace)
         text = validate.prompt(prompt)
-        lookup = self._locate(name, session_id)
-        label = lookup.name or lookup.session_id
-        with self.store.session_lock(lookup.session_id, label, options.lock_timeout):
-            target = self._target(lookup.name, lookup.session_id, options)
+        sid, mapped_name = self._locate(name, session_id)
+        with self.store.session_lock(sid, mapped_name or sid, options.lock_timeout):
+            target = self._target(mapped_name, sid, options)
             spec = self._spec(Action.RESUME, target, options)
             result = self._run(spec, text, target, options)
             if target.name is not None:  # under the lock: the next turn sees these defaults
@@ -310,15 +309,15 @@ class Sessions:
             f"history), or choose another name.{lost}"
         )
 
-    def _locate(self, name: str | None, session_id: str | None) -> _Target:
+    def _locate(self, name: str | None, session_id: str | None) -> tuple[str, str | None]:
+        """The session id to resume and the name it is mapped under (if any)."""
         doc = self.store.read()
         if session_id is not None:
             sid = validate.session_id(session_id)
             names = doc.names_for_session(sid)
-            return _Target(sid, names[0] if names else None, self.workspace, None, None, None,
-                           None)
+            return sid, names[0] if names else None
         entry = self._entry(doc, validate.name(name))
-        return _Target(entry.session_id, entry.name, self.workspace, None, None, None, None)
+        return entry.session_id, entry.name
 
     def _target(self, name: str | None, session_id: str, options: TurnOptions) -> _Target:
         """Effective settings, read after the session lock is held (so they are current)."""

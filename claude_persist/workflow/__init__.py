@@ -24,10 +24,6 @@ SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schemas" / "workflow.sch
 def load(path: str | Path, sessions: Sessions, var_overrides: Mapping[str, str] | None = None,
          max_parallel: int | None = None) -> tuple[Workflow, plan.Plan]:
     """Load and check a workflow against the workspace's sessions, and plan it."""
-    if not Path(path).exists():
-        from ..errors import UsageError
-
-        raise UsageError(f"no such workflow file: {path}")
     known = [entry.name for entry in sessions.list()]
     workflow = load_workflow(path, var_overrides=var_overrides, known_sessions=known)
     return workflow, plan.build(workflow, max_parallel)

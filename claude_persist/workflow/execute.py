@@ -3,6 +3,7 @@ run's state after every step, stop cleanly on failure, budget or Ctrl-C."""
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 import time
@@ -27,7 +28,7 @@ from ..sessions import Sessions, TurnOptions
 from . import expr
 from .plan import Plan
 from .spec import Step, Workflow
-from .state import RunState, RunStore, StepState, finish, new_run_id, started
+from .state import RunState, RunStore, StepState, finish, new_run_id, now
 
 #: Step errors that fail the step (and may be retried); anything else aborts the whole run.
 STEP_ERRORS = (ClaudeCallError, CallTimeoutError, SessionNotFoundError, SessionBusyError,
@@ -112,8 +113,6 @@ def call_step(sessions: Sessions, step: Step, prompt: str, options: TurnOptions)
 
 def write_output(path: Path, result: TurnResult) -> None:
     """The step's ``output:`` file: the text, or the structured output as JSON."""
-    import json
-
     path.parent.mkdir(parents=True, exist_ok=True)
     if result.structured_output is not None:
         path.write_text(json.dumps(result.structured_output, indent=2) + "\n", encoding="utf-8")
@@ -146,9 +145,9 @@ class Scheduler:
             if self.store.exists(run_id):
                 raise UsageError(f"--run-id {run_id}: that run exists already; add "
                                  "--resume-run to continue it, or choose another id")
-            return started(RunState(run_id=run_id, workflow=str(self.workflow.path),
-                                    workflow_name=self.workflow.name, started_at="",
-                                    vars=dict(self.workflow.vars), steps=fresh))
+            return RunState(run_id=run_id, workflow=str(self.workflow.path),
+                            workflow_name=self.workflow.name, started_at=now(),
+                            vars=dict(self.workflow.vars), steps=fresh)
         old = (self.store.load(self.settings.run_id) if self.settings.run_id
                else self.store.latest_unfinished())
         for step_id, state in fresh.items():

@@ -21,11 +21,10 @@ STEP_FIELDS = ("result", "output", "session_id", "status", "cost_usd")
 
 @dataclass(frozen=True)
 class Ref:
-    """One lookup: its text as written, its dotted parts, and its offset in the text."""
+    """One lookup: its text as written and its dotted parts."""
 
     text: str
     parts: tuple[str, ...]
-    offset: int
 
     @property
     def step(self) -> str | None:
@@ -44,7 +43,7 @@ def find(text: str) -> Iterator[Ref | ExprError]:
             continue
         inner = match.group(2).strip()
         try:
-            yield Ref(match.group(0), _parse(inner), match.start())
+            yield Ref(match.group(0), _parse(inner))
         except ExprError as exc:
             yield exc
 
@@ -86,7 +85,7 @@ def render(text: str, lookup: Callable[[Ref], str | None]) -> str:
         if match.group(1):
             return match.group(0)[1:]  # $${{ ... }} -> ${{ ... }}
         try:
-            ref = Ref(match.group(0), _parse(match.group(2).strip()), match.start())
+            ref = Ref(match.group(0), _parse(match.group(2).strip()))
         except ExprError:
             return match.group(0)
         value = lookup(ref)

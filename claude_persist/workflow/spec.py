@@ -75,7 +75,6 @@ class Workflow:
     max_parallel: int
     budget_usd: float | None
     steps: tuple[Step, ...]
-    text_sha: str = ""
 
     def step(self, step_id: str) -> Step:
         return next(s for s in self.steps if s.id == step_id)
@@ -190,14 +189,14 @@ def load_workflow(
         problem = getattr(exc, "problem", None) or str(exc)
         raise WorkflowError([f"{file}:{where} YAML syntax error: {problem}"]) from exc
     checker = _Checker(file, marked)
-    workflow = _check(checker, text, dict(var_overrides or {}), set(known_sessions))
+    workflow = _check(checker, dict(var_overrides or {}), set(known_sessions))
     problems = checker.report()
     if problems or workflow is None:
         raise WorkflowError(problems or [f"{file}: the workflow is empty"])
     return workflow
 
 
-def _check(c: _Checker, text: str, overrides: dict[str, str], known: set[str]
+def _check(c: _Checker, overrides: dict[str, str], known: set[str]
            ) -> Workflow | None:
     data = c.marked.data
     if data is None:
@@ -229,8 +228,7 @@ def _check(c: _Checker, text: str, overrides: dict[str, str], known: set[str]
     _check_graph(c, checked, set(variables), known)
     return Workflow(path=c.file.resolve(), name=name, description=description, vars=variables,
                     max_parallel=int(max_parallel or 1), budget_usd=budget,
-                    steps=tuple(_fingerprinted(s, variables) for s in checked),
-                    text_sha=hashlib.sha256(text.encode()).hexdigest())
+                    steps=tuple(_fingerprinted(s, variables) for s in checked))
 
 
 def _vars(c: _Checker, data: dict[str, Any], overrides: dict[str, str]) -> dict[str, str]:

@@ -10,13 +10,11 @@ import re
 import secrets
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from ..errors import UsageError
-
-FINISHED_OK = "succeeded"
 
 
 @dataclass
@@ -87,7 +85,6 @@ class RunStore:
     """The folder of one workflow file's runs, next to the mapping file."""
 
     folder: Path
-    runs: list[Path] = field(default_factory=list)
 
     @classmethod
     def for_workflow(cls, mapping_folder: Path, workflow_path: Path, name: str) -> RunStore:
@@ -135,18 +132,19 @@ class RunStore:
             else []
         for path in candidates:
             state = self.load(path.stem)
-            if state.status != FINISHED_OK:
+            if state.status != "succeeded":
                 return state
         raise UsageError(f"--resume-run: this workflow has no unfinished run in {self.folder}; "
                          "run it without --resume-run")
 
 
-def started(state: RunState) -> RunState:
-    state.started_at = state.started_at or _now()
-    return state
+def now() -> str:
+    """The local time as the state file records it."""
+    return _now()
 
 
 def finish(state: RunState, status: str, duration: float, reason: str | None = None) -> None:
+    """Mark the run ended."""
     state.status = status
     state.finished_at = _now()
     state.duration_s = round(duration, 3)
