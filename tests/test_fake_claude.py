@@ -120,3 +120,26 @@ def test_json_schema_gives_structured_output(fake_claude: Any) -> None:
                                                           "score": {"type": "integer"}}})
     out = json.loads(claude("-p", "--output-format=json", f"--json-schema={schema}").stdout)
     assert out["structured_output"] == {"grade": "A", "score": 1}
+
+
+def test_json_with_verbose_is_an_array_and_text_errors_go_to_stdout(fake_claude: Any) -> None:
+    out = claude("-p", "--output-format=json", "--verbose")
+    messages = json.loads(out.stdout)
+    assert isinstance(messages, list) and messages[-1]["type"] == "result"
+    failed = claude("-p", "--output-format=text", prompt="[fake error=401] hi")
+    assert failed.returncode == 1 and "Invalid API key" in failed.stdout
+
+
+def test_a_prompt_argument_with_a_silent_stdin_waits_3_s(fake_claude: Any) -> None:
+    proc = subprocess.Popen([*FAKE, "-p", "--output-format=json", "from argv"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stderr is not None and proc.stdin is not None
+    started = time.monotonic()
+    out = proc.stdout.read()  # stdin stays open (and silent) until the fake has answered
+    took = time.monotonic() - started
+    proc.stdin.close()
+    err = proc.stderr.read()
+    proc.wait(timeout=10)
+    assert took >= 2.9 and "no stdin data received in 3s" in err
+    assert json.loads(out)["result"].endswith(": from argv")

@@ -185,8 +185,18 @@ def schema_example(schema: Any) -> Any:
 
 
 def read_prompt(positional: list[str]) -> str:
+    """The positional prompt, then stdin (argument, newline, stdin). With a prompt argument and
+    an open but silent stdin, wait 3 s for input, warn, and go on, as the real CLI does."""
     parts = list(positional[:1])
     if not sys.stdin.isatty():
+        if positional:
+            import select
+
+            ready, _, _ = select.select([sys.stdin], [], [], 3.0)
+            if not ready:
+                sys.stderr.write("Warning: no stdin data received in 3s, proceeding without "
+                                 "it\n")
+                return "\n".join(parts)
         data = sys.stdin.read()
         if data:
             parts.append(data)
@@ -351,6 +361,11 @@ def main(argv: list[str] | None = None) -> None:
     final = result_line(session, text, reported, **extra)
     if fmt == "text":
         print(final.get("result", ""), flush=True)
+    elif fmt == "json" and opts.get("--verbose"):
+        print(json.dumps([{"type": "system", "subtype": "init",
+                           "session_id": session["session_id"]},
+                          {"type": "assistant", "session_id": session["session_id"]}, final]),
+              flush=True)  # json with --verbose: an array of every message
     else:
         emit(final)
     log("end", session_id=session["session_id"], new=is_new, turns=user_turns,
