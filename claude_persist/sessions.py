@@ -162,15 +162,7 @@ class Sessions:
         text = validate.prompt(prompt) if prompt is not None else init_prompt(name)
         if not force:
             self._refuse_existing(self.store.read(), name)
-        target = _Target(
-            session_id=str(uuid.uuid4()),
-            name=name,
-            cwd=self.workspace,
-            model=options.model or self.default_model,
-            effort=options.effort or self.default_effort,
-            role=str(options.role) if options.role else None,
-            previous_total=None,
-        )
+        target = self._settings(str(uuid.uuid4()), name, options, entry=None)
         spec = self._spec(Action.CREATE, target, options, title=name)
         result = self._run(spec, text, target, options)
         self._record(name, target, result, fresh=True, force=force, reason="create --force")
@@ -280,16 +272,9 @@ class Sessions:
         options = checked(options, self.workspace)
         stored = action is not Action.CREATE and session_id is None
         entry = self.store.read().entry(name) if stored else None
-        target = _Target(
-            session_id=session_id or (entry.session_id if entry else "<new session id>"),
-            name=name,
-            cwd=self.workspace,
-            model=options.model or (entry.last_model if entry else None) or self.default_model,
-            effort=options.effort or (entry.last_reasoning_effort if entry else None)
-            or self.default_effort,
-            role=str(options.role) if options.role else (entry.role if entry else None),
-            previous_total=None,
-        )
+        target = self._settings(
+            session_id or (entry.session_id if entry else "<new session id>"), name, options,
+            entry)
         title = new_name if action is not Action.RESUME else None
         new_id = "<new session id>" if action is Action.FORK else None
         return build_argv(self.claude_cmd, self._spec(action, target, options, title=title,
@@ -330,6 +315,12 @@ class Sessions:
                 f"the role file {stored_role} of session {name} no longer exists; restore it, "
                 "or pass --role with a new one"
             )
+        return self._settings(session_id, name, options, entry)
+
+    def _settings(self, session_id: str, name: str | None, options: TurnOptions,
+                  entry: SessionEntry | None) -> _Target:
+        """The one precedence rule: the explicit option, else the session's stored value, else
+        the configured default."""
         return _Target(
             session_id=session_id,
             name=name,
@@ -337,7 +328,7 @@ class Sessions:
             model=options.model or (entry.last_model if entry else None) or self.default_model,
             effort=options.effort or (entry.last_reasoning_effort if entry else None)
             or self.default_effort,
-            role=str(options.role) if options.role else stored_role,
+            role=str(options.role) if options.role else (entry.role if entry else None),
             previous_total=entry.last_total_cost_usd if entry else None,
         )
 
