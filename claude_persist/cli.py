@@ -17,7 +17,7 @@ from importlib.metadata import version as dist_version
 from invoke.exceptions import Exit, ParseError
 from invoke.program import Program
 
-from .tasks import ns
+from .tasks import closed_stdout, ns
 
 
 @contextlib.contextmanager
@@ -60,7 +60,12 @@ program = PersistProgram(namespace=ns, name="claude-persist", binary="claude-per
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``claude-persist`` console script."""
-    program.run(argv if argv is not None else sys.argv)
+    try:
+        program.run(argv if argv is not None else sys.argv)
+    except BrokenPipeError:  # in Invoke's own output, such as --help or --list
+        exit_ = closed_stdout()
+        sys.stderr.write(f"{exit_.message}\n")
+        sys.exit(exit_.code)
 
 
 if __name__ == "__main__":

@@ -205,9 +205,9 @@ class Sessions:
         if not force:
             self._refuse_existing(self.store.read(), new_name)
         with self.store.session_lock(source.session_id, source.name, options.lock_timeout):
-            # A fork is a new session: its cost starts from nothing, not from the source's.
-            target = replace(self._target(source.name, source.session_id, options),
-                             previous_total=None)
+            # The CLI's running total of a fork carries on from the source's (2.1.330), so the
+            # source's last total is the base the fork's own cost is taken from.
+            target = self._target(source.name, source.session_id, options)
             spec = self._spec(Action.FORK, target, options, title=new_name,
                               new_session_id=str(uuid.uuid4()))
             result = self._run(spec, text, target, options)

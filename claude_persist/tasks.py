@@ -106,10 +106,7 @@ def persist_task(
         except KeyboardInterrupt as exc:
             raise Exit("claude-persist: interrupted", code=130) from exc
         except BrokenPipeError as exc:
-            # Whoever read our stdout stopped reading (``| head``); say nothing more there.
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-            raise Exit("claude-persist: stdout was closed before all output was written",
-                       code=141) from exc
+            raise closed_stdout() from exc
 
     signature = inspect.signature(body)
     params = [p for key, p in signature.parameters.items() if key not in preset]
@@ -120,6 +117,12 @@ def persist_task(
     return PersistTask(edge, name=name or body.__name__.rstrip("_"), aliases=aliases,
                        help=helps, auto_shortflags=False, positional=list(positional),
                        iterable=list(iterable))
+
+
+def closed_stdout() -> Exit:
+    """Whoever read our stdout stopped reading (``| head``): say nothing more there, exit 141."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return Exit("claude-persist: stdout was closed before all output was written", code=141)
 
 
 def _terminate_as_interrupt(signum: int, frame: FrameType | None) -> None:

@@ -346,6 +346,17 @@ def test_a_closed_stdout_is_no_traceback(workspace: Path, cp: Runner) -> None:
         text=True, timeout=60)
     assert proc.stdout.count("\n") == 1
     assert "Traceback" not in proc.stderr
+    # Invoke's own output (--help) into a pipe nobody reads: exit 141, no traceback either.
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        helped = subprocess.run([sys.executable, "-m", "claude_persist.cli", "--help"],
+                                stdout=write_end, stderr=subprocess.PIPE, text=True,
+                                cwd=workspace, timeout=60)
+    finally:
+        os.close(write_end)
+    assert helped.returncode == 141, helped.stderr
+    assert "Traceback" not in helped.stderr and "stdout was closed" in helped.stderr
 
 
 def test_stale_temp_files_of_killed_writers_are_cleaned(cp: Runner, workspace: Path) -> None:

@@ -35,6 +35,17 @@ def test_api_returns_typed_results(workspace: Path, fake_claude: Any) -> None:
     assert [e.name for e in sessions.list()] == ["api"]
 
 
+def test_a_fork_costs_only_its_own_call(workspace: Path, fake_claude: Any) -> None:
+    """The CLI's running total of a fork carries on from the source's; the turn costs one call."""
+    sessions = Sessions(workspace)
+    sessions.create("source", "one")
+    sessions.resume("source", "two")
+    forked = sessions.fork("source", "copy", "three")
+    assert forked.raw["total_cost_usd"] == pytest.approx(0.0375)
+    assert forked.cost_usd == pytest.approx(0.0125)
+    assert sessions.resume("copy", "four").cost_usd == pytest.approx(0.0125)
+
+
 def test_stream_callback_sees_every_line(workspace: Path, fake_claude: Any) -> None:
     lines: list[str] = []
     Sessions(workspace).create("cb", "x", TurnOptions(on_line=lines.append))

@@ -252,8 +252,8 @@ def open_session(opts: dict[str, Any], fmt: str) -> tuple[dict[str, Any], bool]:
                   "session_id": str(uuid.uuid4()), "errors": [message]})
         fail(message)
     if opts.get("--fork-session"):
-        forked = dict(found, session_id=wanted or str(uuid.uuid4()), total_cost_usd=0.0,
-                      turns=list(found["turns"]))
+        # The copy keeps the source's running total of cost, as 2.1.330 does.
+        forked = dict(found, session_id=wanted or str(uuid.uuid4()), turns=list(found["turns"]))
         forked["name"] = opts.get("--name", found.get("name"))
         return forked, True
     return found, False
