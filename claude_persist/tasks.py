@@ -31,6 +31,7 @@ from invoke.tasks import Task
 
 from . import validate
 from .claude.command import resolve_claude_cmd
+from .claude.result import TurnResult
 from .errors import ClaudePersistError, UsageError, WorkflowFailedError, exit_code_for
 from .sessions import Sessions, TurnOptions
 
@@ -209,6 +210,21 @@ def turn_options(
     )
 
 
+def check_output_flags(stream: bool, json: bool) -> None:
+    if stream and json:
+        raise UsageError("--stream and --json do not go together: --stream already ends with "
+                         "the result object")
+
+
+def show(result: TurnResult, *, json: bool, stream: bool, plain: str) -> None:
+    """A turn's output: the result object (--json), nothing more (--stream printed it all), or
+    ``plain``."""
+    if json:
+        print_json(result.to_json())
+    elif not stream:
+        print(plain, flush=True)
+
+
 def print_line(line: str) -> None:
     """One stream line to stdout, flushed at once: it is the caller's heartbeat."""
     sys.stdout.write(line + "\n")
@@ -236,24 +252,24 @@ def create(
     c: Context, name: str | None = None, prompt: str | None = None,
     prompt_file: str | None = None, role: str | None = None, model: str | None = None,
     effort: str | None = None, deadline: str | None = None, idle_timeout: str | None = None,
-    lock_timeout: str | None = None, force: bool = False, json: bool = False,
-    workspace: str | None = None, mapping_file: str | None = None,
-    claude_cmd: str | None = None,
+    lock_timeout: str | None = None, force: bool = False, stream: bool = False,
+    partial: bool = False, json: bool = False, workspace: str | None = None,
+    mapping_file: str | None = None, claude_cmd: str | None = None,
 ) -> None:
     """Start a new Claude Code session and remember it under --name; prints its session id.
 
     Without a prompt it sends a short init prompt. Refuses a name that exists unless --force.
+    --stream prints claude's stream-json lines as they arrive; --json prints the result object.
     Anything after -- goes to claude as is.
     """
+    check_output_flags(stream, json)
     sessions = open_sessions(c, workspace, mapping_file, claude_cmd)
     text = read_prompt(prompt, prompt_file, required=False)
     options = turn_options(c, model=model, effort=effort, role=role, deadline=deadline,
-                           idle_timeout=idle_timeout, lock_timeout=lock_timeout)
+                           idle_timeout=idle_timeout, lock_timeout=lock_timeout, stream=stream,
+                           partial=partial)
     result = sessions.create(validate.name(name), text, options, force=force)
-    if json:
-        print_json(result.to_json())
-    else:
-        print(result.session_id, flush=True)
+    show(result, json=json, stream=stream, plain=result.session_id)
 
 
 def resume(
@@ -269,9 +285,7 @@ def resume(
     --session-id wins over --name. The stored model, effort and role are used unless given.
     --stream prints claude's stream-json lines as they arrive; --json prints the result object.
     """
-    if stream and json:
-        raise UsageError("--stream and --json do not go together: --stream already ends with "
-                         "the result object")
+    check_output_flags(stream, json)
     sessions = open_sessions(c, workspace, mapping_file, claude_cmd)
     text = read_prompt(prompt, prompt_file, required=True)
     options = turn_options(c, model=model, effort=effort, role=role, deadline=deadline,
@@ -280,31 +294,30 @@ def resume(
     if session_id is None:
         name = validate.name(name)
     result = sessions.resume(name, str(text), options, session_id=session_id)
-    if json:
-        print_json(result.to_json())
-    elif not stream:
-        print(result.text, flush=True)
+    show(result, json=json, stream=stream, plain=result.text)
 
 
 def fork(
     c: Context, name: str | None = None, as_: str | None = None, prompt: str | None = None,
     prompt_file: str | None = None, role: str | None = None, model: str | None = None,
     effort: str | None = None, deadline: str | None = None, idle_timeout: str | None = None,
-    lock_timeout: str | None = None, force: bool = False, json: bool = False,
-    workspace: str | None = None, mapping_file: str | None = None,
-    claude_cmd: str | None = None,
+    lock_timeout: str | None = None, force: bool = False, stream: bool = False,
+    partial: bool = False, json: bool = False, workspace: str | None = None,
+    mapping_file: str | None = None, claude_cmd: str | None = None,
 ) -> None:
-    """Copy a session's history into a new session mapped as --as; prints the answer."""
+    """Copy a session's history into a new session mapped as --as; prints the answer.
+
+    --stream prints claude's stream-json lines as they arrive; --json prints the result object.
+    """
+    check_output_flags(stream, json)
     sessions = open_sessions(c, workspace, mapping_file, claude_cmd)
     text = read_prompt(prompt, prompt_file, required=True)
     options = turn_options(c, model=model, effort=effort, role=role, deadline=deadline,
-                           idle_timeout=idle_timeout, lock_timeout=lock_timeout)
+                           idle_timeout=idle_timeout, lock_timeout=lock_timeout, stream=stream,
+                           partial=partial)
     result = sessions.fork(validate.name(name), validate.name(as_, "--as"), str(text), options,
                            force=force)
-    if json:
-        print_json(result.to_json())
-    else:
-        print(result.text, flush=True)
+    show(result, json=json, stream=stream, plain=result.text)
 
 
 def adopt(

@@ -101,6 +101,11 @@ def test_verdict_empty_exit_0_is_a_failure_and_limits_are_timeouts() -> None:
         verdict(_collect(), _outcome(0, "idle timeout"), Limits(idle_timeout=2), "s")
     with pytest.raises(InterruptedByUserError):
         verdict(_collect(), _outcome(0, "interrupt"), Limits(), "s")
+    # What 2.1.330 sometimes prints when SIGINT lands as the request starts: exit 0, an error.
+    interrupted = {"type": "result", "subtype": "error_during_execution", "is_error": True,
+                   "errors": ["[ede_diagnostic] result_type=user"]}
+    with pytest.raises(ClaudeCallError, match="error_during_execution: \\[ede_diagnostic"):
+        verdict(_collect(interrupted), _outcome(0), Limits(), "s")
 
 
 def test_collector_keeps_only_what_it_needs() -> None:

@@ -98,13 +98,15 @@ def _stderr_tail(stderr: str, lines: int = 5) -> str:
 
 
 def _error_message(result: dict[str, Any]) -> str:
+    """The CLI's own words, led by its subtype unless that is the misleading "success"."""
     errors = result.get("errors")
     parts = [str(result["result"])] if result.get("result") else []
     if isinstance(errors, list):
         parts.extend(str(e) for e in errors)
-    if not parts:
-        parts.append(f"subtype {result.get('subtype', '?')}")
-    return "; ".join(parts)
+    subtype = result.get("subtype")
+    if subtype and subtype != "success":
+        parts.insert(0, f"{subtype}:")
+    return " ".join(parts) if parts else "an error without a message"
 
 
 def _mentions_not_found(result: dict[str, Any] | None, stderr: str) -> bool:

@@ -1,0 +1,180 @@
+"""The genuine ``claude`` binary, pinned, installed with npm into ``.cache/`` and run offline.
+
+Every test here is marked ``contract``. The binary talks only to a fake Messages API on
+127.0.0.1 (``fake_api.py``) and keeps its sessions in the test's own ``HOME``. Without ``npm`` the
+suite is skipped, and says so loudly at the end of the run; any other install problem fails it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import pytest
+from filelock import FileLock
+
+from ..conftest import REPO, Ran
+from .fake_api import FakeMessagesAPI, serve
+
+CLAUDE_CODE_VERSION = "2.1.330"
+"""The one pinned version of ``@anthropic-ai/claude-code`` this suite proves our code against."""
+
+PACKAGE = "@anthropic-ai/claude-code"
+CACHE = REPO / ".cache" / "claude-code"
+MODEL = "claude-opus-4-7"
+"""A model the CLI sends every ``output_config.effort`` level for (claude-haiku-4-5 gets none,
+claude-sonnet-4-6 gets ``high`` for ``xhigh``)."""
+
+_skipped_for_npm: list[str] = []
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if _skipped_for_npm:
+        terminalreporter.write_sep("!", "CONTRACT SUITE SKIPPED", red=True, bold=True)
+        terminalreporter.write_line(_skipped_for_npm[0], red=True, bold=True)
+
+
+def _installed_binary(folder: Path) -> Path | None:
+    """The package's binary in ``folder`` if it runs and reports the pinned version."""
+    package = folder / "node_modules" / PACKAGE
+    binary = package / "bin" / "claude.exe"
+    if not binary.is_file():
+        return None
+    version = subprocess.run([str(binary), "--version"], capture_output=True, text=True,
+                             timeout=60, stdin=subprocess.DEVNULL)
+    if "native binary not installed" in version.stdout + version.stderr:
+        # npm skipped the postinstall that puts the native binary in place.
+        subprocess.run(["node", "install.cjs"], cwd=package, check=True, timeout=600)
+        version = subprocess.run([str(binary), "--version"], capture_output=True, text=True,
+                                 timeout=60, stdin=subprocess.DEVNULL)
+    if version.returncode == 0 and version.stdout.strip().startswith(CLAUDE_CODE_VERSION):
+        return binary
+    return None
+
+
+@pytest.fixture(scope="session")
+def claude_binary() -> Path:
+    """The pinned real CLI, installed once into ``.cache/claude-code/<version>`` and reused."""
+    npm = shutil.which("npm")
+    if npm is None:
+        message = (f"npm is not on PATH, so the genuine claude CLI {CLAUDE_CODE_VERSION} cannot "
+                   "be installed: the contract suite did NOT run. Install Node.js and npm.")
+        _skipped_for_npm.append(message)
+        print(f"\n{message}", file=sys.stderr)
+        pytest.skip(message)
+    folder = CACHE / CLAUDE_CODE_VERSION
+    folder.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(CACHE / f"{CLAUDE_CODE_VERSION}.lock"), timeout=900):
+        binary = _installed_binary(folder)
+        if binary is None:
+            (folder / "package.json").write_text('{"private": true}\n')
+            # Pinned: on Node 20 an unpinned install quietly resolves to 2.1.197.
+            subprocess.run([npm, "install", "--no-audit", "--no-fund", "--loglevel=error",
+                            f"{PACKAGE}@{CLAUDE_CODE_VERSION}"], cwd=folder, check=True,
+                           timeout=900)
+            binary = _installed_binary(folder)
+        assert binary is not None, f"npm installed {PACKAGE}, but it does not report " \
+                                   f"{CLAUDE_CODE_VERSION}"
+    return binary
+
+
+@dataclass
+class RealClaude:
+    """One test's view of the real CLI: its fake API, its own HOME, and our program to run."""
+
+    binary: Path
+    api: FakeMessagesAPI
+    home: Path
+    workspace: Path
+    env: dict[str, str]
+
+    def cp(self, *args: str, input: str | None = None, timeout: float = 60) -> Ran:
+        """Run ``claude-persist`` to the end, in the workspace."""
+        proc = subprocess.run([sys.executable, "-m", "claude_persist.cli", *args], input=input,
+                              capture_output=True, text=True, cwd=self.workspace, env=self.env,
+                              timeout=timeout,
+                              stdin=None if input is not None else subprocess.DEVNULL)
+        return Ran(proc.returncode, proc.stdout, proc.stderr)
+
+    def start(self, *args: str, stdout: int | IO[Any] = subprocess.PIPE
+              ) -> subprocess.Popen[str]:
+        """Start ``claude-persist`` and return at once."""
+        return subprocess.Popen([sys.executable, "-m", "claude_persist.cli", *args],
+                                stdin=subprocess.DEVNULL, stdout=stdout,
+                                stderr=subprocess.PIPE, text=True, cwd=self.workspace,
+                                env=self.env)
+
+    def mapping(self) -> dict[str, Any]:
+        from claude_persist.store import default_mapping_file
+
+        data: dict[str, Any] = json.loads(default_mapping_file(self.workspace).read_text())
+        return data
+
+    def session_id(self, name: str) -> str:
+        return str(self.mapping()["aliases"][name]["session_id"])
+
+    def transcript(self, session_id: str) -> Path:
+        """Where the CLI keeps a session made in the workspace (the facts page's rule)."""
+        folder = "".join(c if c.isalnum() else "-" for c in str(self.workspace))
+        return self.home / ".claude" / "projects" / folder / f"{session_id}.jsonl"
+
+    def claude_processes(self) -> list[int]:
+        """Pids of live CLI processes started for this test (found by their HOME)."""
+        mark = f"HOME={self.home}".encode()
+        pids = []
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                environ = (entry / "environ").read_bytes().split(b"\0")
+                exe = os.readlink(entry / "exe")
+            except OSError:
+                continue
+            if mark in environ and exe == str(self.binary):
+                pids.append(int(entry.name))
+        return pids
+
+    def wait_for_claude_process(self, timeout: float = 10) -> int:
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            pids = self.claude_processes()
+            if pids:
+                return pids[0]
+            time.sleep(0.02)
+        raise AssertionError("no claude process started")
+
+
+@pytest.fixture
+def real(claude_binary: Path, workspace: Path, tmp_path: Path,
+         monkeypatch: pytest.MonkeyPatch) -> Iterator[RealClaude]:
+    """The real CLI for one test: isolated HOME, a fresh fake API, ``CLAUDE_CMD`` set."""
+    home = tmp_path / "home"
+    home.mkdir()
+    for key in list(os.environ):
+        if key.startswith(("ANTHROPIC_", "CLAUDE_", "FAKE_CLAUDE_")):
+            monkeypatch.delenv(key)
+    with serve(log_file=tmp_path / "api-requests.jsonl") as api:
+        isolation = {
+            "HOME": str(home),
+            "CLAUDE_CONFIG_DIR": str(home / ".claude"),
+            "ANTHROPIC_BASE_URL": api.url,
+            "ANTHROPIC_API_KEY": "contract-test-key",
+            "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
+            "DISABLE_TELEMETRY": "1",
+            "DISABLE_AUTOUPDATER": "1",
+            "DISABLE_ERROR_REPORTING": "1",
+            "CLAUDE_CODE_MAX_RETRIES": "0",
+            "CLAUDE_CMD": str(claude_binary),
+        }
+        for key, value in isolation.items():
+            monkeypatch.setenv(key, value)
+        yield RealClaude(binary=claude_binary, api=api, home=home, workspace=workspace,
+                         env=dict(os.environ))
