@@ -194,6 +194,18 @@ def test_stream_lines_arrive_as_they_are_printed(workspace: Path, fake_claude: A
     assert json.loads(rest.splitlines()[-1])["type"] == "result"
 
 
+def test_create_and_fork_stream_too(face: Runner, workspace: Path) -> None:
+    created = face("create", "-n", "s", "--stream")
+    lines = [json.loads(line) for line in created.out.splitlines()]
+    assert created.code == 0 and lines[-1]["type"] == "result"
+    assert lines[-1]["session_id"] == read_mapping(workspace)["aliases"]["s"]["session_id"]
+    forked = face("fork", "-n", "s", "--as", "t", "-p", "go", "--stream")
+    last = json.loads(forked.out.splitlines()[-1])
+    assert last["session_id"] == read_mapping(workspace)["aliases"]["t"]["session_id"]
+    both = face("create", "-n", "u", "--stream", "--json")
+    assert both.code == 2 and "--stream and --json do not go together" in both.err
+
+
 # -- exit codes and messages ----------------------------------------------------------------
 
 
