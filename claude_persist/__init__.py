@@ -14,26 +14,68 @@ Every failure is a :class:`ClaudePersistError` subclass; :func:`exit_code_for` g
 code the command-line faces use for it.
 """
 
-from .claude.command import EFFORTS
-from .claude.result import TurnResult
-from .errors import (
-    CallTimeoutError,
-    ClaudeCallError,
-    ClaudeNotFoundError,
-    ClaudePersistError,
-    InterruptedByUserError,
-    MappingFileError,
-    NameExistsError,
-    SessionBusyError,
-    SessionNotFoundError,
-    UsageError,
-    WorkflowError,
-    WorkflowFailedError,
-    exit_code_for,
-)
-from .mapping import SessionEntry
-from .sessions import Sessions, TurnOptions
-from .store import default_mapping_file
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+# Where each public name lives. They are imported on first use, so that a command which needs
+# little (``resolve``, the fake CLI) does not pay for the rest.
+_EXPORTS = {
+    "EFFORTS": ".claude.command",
+    "TurnResult": ".claude.result",
+    "CallTimeoutError": ".errors",
+    "ClaudeCallError": ".errors",
+    "ClaudeNotFoundError": ".errors",
+    "ClaudePersistError": ".errors",
+    "InterruptedByUserError": ".errors",
+    "MappingFileError": ".errors",
+    "NameExistsError": ".errors",
+    "SessionBusyError": ".errors",
+    "SessionNotFoundError": ".errors",
+    "UsageError": ".errors",
+    "WorkflowError": ".errors",
+    "WorkflowFailedError": ".errors",
+    "exit_code_for": ".errors",
+    "SessionEntry": ".mapping",
+    "Sessions": ".sessions",
+    "TurnOptions": ".sessions",
+    "default_mapping_file": ".store",
+}
+
+if TYPE_CHECKING:
+    from .claude.command import EFFORTS
+    from .claude.result import TurnResult
+    from .errors import (
+        CallTimeoutError,
+        ClaudeCallError,
+        ClaudeNotFoundError,
+        ClaudePersistError,
+        InterruptedByUserError,
+        MappingFileError,
+        NameExistsError,
+        SessionBusyError,
+        SessionNotFoundError,
+        UsageError,
+        WorkflowError,
+        WorkflowFailedError,
+        exit_code_for,
+    )
+    from .mapping import SessionEntry
+    from .sessions import Sessions, TurnOptions
+    from .store import default_mapping_file
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "EFFORTS",

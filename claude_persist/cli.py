@@ -11,12 +11,12 @@ import contextlib
 import os
 import sys
 from collections.abc import Iterator
-from importlib.metadata import PackageNotFoundError
-from importlib.metadata import version as dist_version
 
 from invoke.exceptions import Exit, ParseError
+from invoke.parser import Parser
 from invoke.program import Program
 
+from . import __version__
 from .tasks import closed_stdout, ns
 
 
@@ -33,8 +33,12 @@ class PersistProgram(Program):
     """Invoke's Program with usage errors mapped to exit 2 and ./invoke.yaml honoured."""
 
     def parse_core(self, argv: list[str] | None) -> None:
+        writes_bytecode = sys.dont_write_bytecode
         with _usage_errors():
             super().parse_core(argv)
+        # Invoke stops bytecode caching to keep it out of a tasks.py folder; there is none here,
+        # and without the cache every module imported from now on compiles on every call.
+        sys.dont_write_bytecode = writes_bytecode
 
     def parse_collection(self) -> None:
         with _usage_errors():
@@ -42,20 +46,23 @@ class PersistProgram(Program):
         self.config.set_project_location(os.getcwd())
         self.config.load_project()
 
+    def _make_parser(self) -> Parser:
+        # Invoke's parser deep-copies every task's flags on each parse (10 ms for our tasks);
+        # only the tasks named on the command line are needed. With none named, keep them all
+        # so that Invoke's own messages stay as they are.
+        contexts = self.collection.to_contexts(
+            ignore_unknown_help=self.config.tasks.ignore_unknown_help)
+        words = set(self.core.unparsed)
+        named = [c for c in contexts if c.name in words or words.intersection(c.aliases)]
+        return Parser(initial=self.initial_context, contexts=named or contexts)
+
     def parse_tasks(self) -> None:
         with _usage_errors():
             super().parse_tasks()
 
 
-def _version() -> str:
-    try:
-        return dist_version("claude-persist")
-    except PackageNotFoundError:
-        return "unknown"
-
-
 program = PersistProgram(namespace=ns, name="claude-persist", binary="claude-persist",
-                         version=_version())
+                         version=__version__)
 
 
 def main(argv: list[str] | None = None) -> None:

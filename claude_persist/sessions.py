@@ -10,7 +10,6 @@ from __future__ import annotations
 import builtins
 import os
 import threading
-import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
@@ -30,6 +29,12 @@ from .store import MappingStore, notice
 def init_prompt(name: str) -> str:
     """The first prompt of a session created without one (the seed's)."""
     return f"Initialize a new session named '{name}'. Reply only: OK"
+
+
+def _new_session_id() -> str:
+    import uuid  # only create and fork need it; resume starts faster without
+
+    return str(uuid.uuid4())
 
 
 def _now() -> str:
@@ -161,8 +166,8 @@ class Sessions:
         name = validate.name(name)
         text = validate.prompt(prompt) if prompt is not None else init_prompt(name)
         if not force:
-            self._refuse_existing(self.store.read(), name)
-        target = self._settings(str(uuid.uuid4()), name, options, entry=None)
+            self._refuse_early(name)
+        target = self._settings(_new_session_id(), name, options, entry=None)
         spec = self._spec(Action.CREATE, target, options, title=name)
         result = self._run(spec, text, target, options)
         self._record(name, target, result, fresh=True, force=force, reason="create --force")
@@ -203,13 +208,13 @@ class Sessions:
         new_name = validate.name(new_name, "--as")
         source = self.resolve(name)
         if not force:
-            self._refuse_existing(self.store.read(), new_name)
+            self._refuse_early(new_name)
         with self.store.session_lock(source.session_id, source.name, options.lock_timeout):
             # The CLI's running total of a fork carries on from the source's (2.1.330), so the
             # source's last total is the base the fork's own cost is taken from.
             target = self._target(source.name, source.session_id, options)
             spec = self._spec(Action.FORK, target, options, title=new_name,
-                              new_session_id=str(uuid.uuid4()))
+                              new_session_id=_new_session_id())
             result = self._run(spec, text, target, options)
             self._record(new_name, replace(target, name=new_name), result, fresh=True,
                          force=force, reason="fork --force", forked_from=source.session_id)
@@ -281,6 +286,11 @@ class Sessions:
                                                       new_session_id=new_id))
 
     # -- internals ----------------------------------------------------------------------------
+
+    def _refuse_early(self, name: str) -> None:
+        """Refuse an existing name before any claude call is spent on it."""
+        if self.store.may_hold(name):
+            self._refuse_existing(self.store.read(), name)
 
     def _refuse_existing(self, doc: MappingDoc, name: str, created: str | None = None) -> None:
         entry = doc.entry(name)

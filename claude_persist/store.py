@@ -3,7 +3,7 @@
 The default path sits in the shared system temp folder, where anybody can guess it, so every
 path is checked before use: no symlinks where the folder, the file or the temp file should be,
 and no folder or file owned by another user. Writes go to ``<file>.tmp.<pid>`` in the same
-folder, are fsynced and ``os.replace``d under a ``filelock`` lock, so a reader sees the old file
+folder, are fsynced and ``os.replace``d under a ``flock`` lock, so a reader sees the old file
 or the new one, never half of one, and a writer killed at any moment loses nothing committed.
 """
 
@@ -20,10 +20,9 @@ import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from filelock import FileLock, Timeout
-
 from . import mapping
 from .errors import MappingFileError, SessionBusyError
+from .locking import FileLock, LockTimeout
 
 MAPPING_FILE_NAME = "claude-code-alias-mapping.json"
 MAPPING_LOCK_TIMEOUT = 120.0
@@ -186,6 +185,14 @@ class MappingStore:
             with self.update() as doc:
                 return doc
 
+    def may_hold(self, name: str) -> bool:
+        """False only when the file surely has no entry ``name``: a text search, 1 ms where a
+        parse of 10,000 sessions takes 20. (The entry is checked again under the lock.)"""
+        if not self._check_folder(create=False):
+            return False
+        text = self._read_text()
+        return text is not None and re.search(f'"{re.escape(name)}"\\s*:', text) is not None
+
     def _parse(self, text: str | None) -> mapping.MappingDoc:
         doc = mapping.parse(text) if text is not None else mapping.MappingDoc()
         if not doc.workspace_dir:
@@ -205,7 +212,7 @@ class MappingStore:
         lock = self._lock(self.folder / (self.path.name + ".lock"))
         try:
             lock.acquire(timeout=timeout)
-        except Timeout as exc:
+        except LockTimeout as exc:
             raise MappingFileError(
                 f"the mapping file {self.path} stayed locked for {timeout:g}s; is another "
                 f"claude-persist stuck? Its lock file is {lock.lock_file}."
@@ -218,10 +225,9 @@ class MappingStore:
                 self._quarantine(str(exc))
                 doc = self._parse(None)
                 text = None
-            before = mapping.dump(doc) if text is not None else None
             yield doc
             after = mapping.dump(doc)
-            if after != before:
+            if after != text:  # unchanged documents are not rewritten (ours dump the same)
                 self._write(after)
         finally:
             lock.release()
@@ -312,13 +318,13 @@ class MappingStore:
         lock = self._lock(locks / f"{session_id}.lock")
         try:
             lock.acquire(timeout=0)
-        except Timeout:
+        except LockTimeout:
             limit = "until it is free" if timeout is None else f"up to {timeout:g}s"
             self._notify(f"session {label} is in use by another process; waiting {limit} "
                          f"(lock {lock.lock_file})")
             try:
                 lock.acquire(timeout=-1 if timeout is None else timeout)
-            except Timeout as exc:
+            except LockTimeout as exc:
                 raise SessionBusyError(
                     f"session {label} is busy: another process is still running a turn on it "
                     f"(waited {timeout:g}s for {lock.lock_file}). Try again later, or raise "

@@ -235,11 +235,13 @@ def test_exit_2_for_usage_errors(face: Runner, workspace: Path) -> None:
         assert "Traceback" not in ran.err
 
 
-def test_exit_2_for_an_existing_name_and_force_keeps_history(face: Runner,
-                                                              workspace: Path) -> None:
+def test_exit_2_for_an_existing_name_and_force_keeps_history(
+        face: Runner, workspace: Path, fake_claude: Any) -> None:
     old = face("create", "-n", "dup").out.strip()
+    calls = len(fake_claude.calls())
     refused = face("create", "-n", "dup")
     assert refused.code == 2 and "--force" in refused.err and old in refused.err
+    assert len(fake_claude.calls()) == calls  # refused before any claude call
     new = face("create", "-n", "dup", "--force").out.strip()
     entry = read_mapping(workspace)["aliases"]["dup"]
     assert entry["session_id"] == new != old

@@ -211,3 +211,36 @@ def test_kill_9_of_writers_loses_no_committed_entry(workspace: Path) -> None:
         missing = set(committed) - set(data["aliases"])
         assert not missing, f"round {round_}: lost {sorted(missing)}"
     assert len(committed) >= 60
+
+
+def test_a_lock_waits_times_out_and_dies_with_its_holder(tmp_path: Path) -> None:
+    from claude_persist.locking import FileLock, LockTimeout
+
+    path = tmp_path / "x.lock"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time\nfrom claude_persist.locking import FileLock\n"
+         f"FileLock({str(path)!r}).acquire()\nprint('held', flush=True)\ntime.sleep(60)"],
+        stdout=subprocess.PIPE, text=True)
+    assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+    started = time.monotonic()
+    with pytest.raises(LockTimeout):
+        FileLock(path).acquire(timeout=0.3)
+    assert 0.3 <= time.monotonic() - started < 1.0
+    holder.send_signal(signal.SIGKILL)
+    holder.wait()
+    with FileLock(path).acquire(timeout=1) as lock:  # the kernel let go of the dead holder's
+        assert lock.is_locked
+    assert not lock.is_locked and oct(path.stat().st_mode & 0o777) == "0o600"
+
+
+def test_the_early_name_check_finds_every_spelling_of_a_key(tmp_path: Path) -> None:
+    from claude_persist.store import MappingStore
+
+    store = MappingStore.for_workspace(tmp_path, tmp_path / "m.json")
+    assert not store.may_hold("a")  # no file yet
+    for text in ('{"aliases": {"a": {"session_id": "x"}}}', '{"a" : "x"}',
+                 '{\n  "aliases": {\n    "a":\n {}}}'):
+        (tmp_path / "m.json").write_text(text)
+        assert store.may_hold("a"), text
+    (tmp_path / "m.json").write_text('{"aliases": {"ab": {"role": "a"}}}')
+    assert not store.may_hold("a") and not store.may_hold("b")

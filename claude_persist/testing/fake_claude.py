@@ -18,6 +18,7 @@ marker in the prompt (the marker wins):
 ``error=STATUS``     fail as an API error with that HTTP status (401, 429, 500, 529)
 ``error_times=N``    with ``error``: fail only the first N calls with this prompt, then answer
 ``lines=N``          add N assistant lines of ``line_bytes`` bytes (default 200) each
+``line_interval=S``  sleep S seconds before each of those lines (a paced stream)
 ``cost=USD``         what the call costs (default 0.0125)
 ``cost_mode=M``      ``cumulative`` (2.1.330: a resume reports the session total) or ``call``
 ``ignore_signals=1`` ignore SIGINT and SIGTERM (only SIGKILL stops it)
@@ -331,7 +332,10 @@ def main(argv: list[str] | None = None) -> None:
                   "event": {"type": "content_block_delta",
                             "delta": {"type": "text_delta", "text": text}}})
         filler = "x" * int(sw.get("line_bytes", "200"))
+        interval = float(sw.get("line_interval", "0") or 0)
         for index in range(int(sw.get("lines", "0") or 0)):
+            if interval:
+                time.sleep(interval)
             emit({"type": "assistant", "session_id": session["session_id"], "index": index,
                   "message": {"role": "assistant", "content": [{"type": "text",
                                                                  "text": filler}]}})

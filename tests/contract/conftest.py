@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import IO, Any
 
 import pytest
-from filelock import FileLock
+
+from claude_persist.locking import FileLock
 
 from ..conftest import REPO, Ran
 from .fake_api import FakeMessagesAPI, serve
@@ -72,7 +73,7 @@ def claude_binary() -> Path:
         pytest.skip(message)
     folder = CACHE / CLAUDE_CODE_VERSION
     folder.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(CACHE / f"{CLAUDE_CODE_VERSION}.lock"), timeout=900):
+    with FileLock(CACHE / f"{CLAUDE_CODE_VERSION}.lock").acquire(timeout=900):
         binary = _installed_binary(folder)
         if binary is None:
             (folder / "package.json").write_text('{"private": true}\n')

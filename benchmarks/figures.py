@@ -1,0 +1,383 @@
+"""The figures users feel, each measured against its baseline from the same run.
+
+Every function takes its sizes as arguments (the benchmark uses the full ones, ``tests/stress``
+short ones) and returns a :class:`Figure`: a ratio or a count against a target, with the absolute
+times as context.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from .lab import (
+    CLAUDE_PERSIST,
+    FAKE,
+    INV,
+    PYTHON,
+    Lab,
+    RssSampler,
+    interleaved,
+    median,
+    percentile,
+    wall,
+)
+
+
+@dataclass
+class Figure:
+    """One measured figure: ``value`` against ``target`` (``ok`` says whether it is met)."""
+
+    key: str
+    what: str
+    value: float
+    unit: str
+    target: str
+    ok: bool
+    baseline: str
+    context: dict[str, Any] = field(default_factory=dict)
+
+    def as_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _ms(seconds: float) -> float:
+    return round(seconds * 1000, 1)
+
+
+# -- per-call overhead -------------------------------------------------------------------------
+
+
+def call_overhead(rounds: int = 20) -> list[Figure]:
+    """``claude-persist resume`` and ``inv resume`` through a fake that answers at once, against
+    the same fake called directly; the overhead is compared with Python's own cost of starting
+    and importing invoke."""
+    lab = Lab.make("overhead")
+    lab.cp("create", "-n", "bench")
+    sid = lab.session_id("bench")
+    direct = [*FAKE, "-p", "--output-format=stream-json", "--verbose", f"--resume={sid}"]
+    times = interleaved({
+        "python -c 'import invoke'": lambda: lab.run([PYTHON, "-c", "import invoke"]),
+        "fake claude, direct": lambda: lab.run(direct, input="hi"),
+        "claude-persist resume": lambda: lab.cp("resume", "-n", "bench", "-p", "hi"),
+        "inv resume": lambda: lab.run([*INV, "resume", "-n", "bench", "-p", "hi"]),
+    }, rounds)
+    medians = {key: median(values) for key, values in times.items()}
+    floor = medians["python -c 'import invoke'"]
+    figures = []
+    for face in ("claude-persist resume", "inv resume"):
+        overhead = medians[face] - medians["fake claude, direct"]
+        ratio = overhead / floor
+        figures.append(Figure(
+            key=f"overhead-{face.split()[0]}",
+            what=f"per-call overhead of {face} (fake answering at once)",
+            value=round(ratio, 2), unit="x", target="<= 1.3x", ok=ratio <= 1.3,
+            baseline="(face - fake called directly) / python -c 'import invoke'",
+            context={"median_ms": {k: _ms(v) for k, v in medians.items()},
+                     "overhead_ms": _ms(overhead), "rounds": rounds}))
+    return figures
+
+
+# -- streaming ---------------------------------------------------------------------------------
+
+
+def stream_latency(lines: int = 300, interval: float = 0.005) -> Figure:
+    """Delay from the fake printing a stream line to the line on our stdout (the fake stamps
+    each line with the time it printed it)."""
+    lab = Lab.make("latency")
+    lab.cp("create", "-n", "live")
+    proc = subprocess.Popen(
+        [*CLAUDE_PERSIST, "resume", "-n", "live", "--stream",
+         "-p", f"[fake lines={lines} line_interval={interval}] go"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=lab.workspace,
+        env=lab.env, bufsize=1)
+    assert proc.stdout is not None
+    delays = []
+    for line in proc.stdout:
+        arrived = time.time()
+        emitted = json.loads(line).get("fake_emitted_at")
+        if isinstance(emitted, float):
+            delays.append(arrived - emitted)
+    proc.wait()
+    if proc.returncode != 0 or len(delays) < lines:
+        raise RuntimeError(f"streaming run failed ({proc.returncode}, {len(delays)} lines)")
+    middle = median(delays)
+    return Figure(
+        key="stream-latency", what="stream pass-through: fake prints a line -> our stdout",
+        value=_ms(middle), unit="ms median", target="< 5 ms", ok=middle < 0.005,
+        baseline="the fake's own timestamp on each line",
+        context={"lines": len(delays), "p95_ms": _ms(percentile(delays, 0.95)),
+                 "max_ms": _ms(max(delays))})
+
+
+def _stream_peak_rss(lab: Lab, megabytes: int, line_bytes: int = 2000) -> tuple[float, float]:
+    count = megabytes * 2**20 // line_bytes
+    proc = subprocess.Popen(
+        [*CLAUDE_PERSIST, "resume", "-n", "big", "--stream",
+         "-p", f"[fake lines={count} line_bytes={line_bytes}] flood"],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, cwd=lab.workspace, env=lab.env)
+    assert proc.stdout is not None
+    passed = 0
+    started = time.perf_counter()
+    with RssSampler(proc.pid) as rss:
+        while chunk := proc.stdout.read1(1 << 20):  # type: ignore[attr-defined]
+            passed += len(chunk)
+    proc.wait()
+    took = time.perf_counter() - started
+    if proc.returncode != 0 or passed < megabytes * 2**20:
+        raise RuntimeError(f"flood run failed ({proc.returncode}, {passed} bytes)")
+    return rss.peak_mb, passed / 2**20 / took
+
+
+def stream_memory(megabytes: int = 200, small: int = 2) -> Figure:
+    """Peak memory of ``resume --stream`` while ``megabytes`` of stream lines pass, against the
+    same with ``small`` megabytes."""
+    lab = Lab.make("memory")
+    lab.cp("create", "-n", "big")
+    small_peak, _ = _stream_peak_rss(lab, small)
+    big_peak, rate = _stream_peak_rss(lab, megabytes)
+    ratio = big_peak / small_peak
+    return Figure(
+        key="stream-memory", what=f"peak RSS while {megabytes} MB of stream lines pass",
+        value=round(ratio, 2), unit="x", target="flat (<= 1.1x)", ok=ratio <= 1.1,
+        baseline=f"the same command passing {small} MB",
+        context={"peak_mb": round(big_peak, 1), "baseline_peak_mb": round(small_peak, 1),
+                 "throughput_mb_s": round(rate, 1)})
+
+
+# -- workflows ---------------------------------------------------------------------------------
+
+
+def _workflow(lab: Lab, name: str, steps: list[str]) -> str:
+    path = lab.workspace / f"{name}.yml"
+    path.write_text("version: 1\nname: " + name + "\nsteps:\n" + "\n".join(steps) + "\n")
+    return path.name
+
+
+def _run_report(lab: Lab, workflow: str, *extra: str) -> tuple[float, dict[str, Any]]:
+    started = time.perf_counter()
+    ran = lab.cp("run", workflow, "--json", *extra)
+    took = time.perf_counter() - started
+    return took, json.loads(ran.stdout)
+
+
+def parallel_workflow(sessions: int = 8, step_seconds: float = 1.0) -> Figure:
+    """A workflow of independent sessions with one ``step_seconds`` step each, all at once,
+    against its critical path: that one step, called directly."""
+    lab = Lab.make("parallel")
+    prompt = f"[fake delay={step_seconds}] work"
+    critical = median([wall(lambda: lab.run(
+        [*FAKE, "-p", "--output-format=stream-json", "--verbose"], input=prompt))
+        for _ in range(3)])
+
+    def all_at_once() -> None:  # the same calls started together, no claude-persist at all
+        procs = [subprocess.Popen([*FAKE, "-p", "--output-format=stream-json", "--verbose"],
+                                  stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                                  cwd=lab.workspace, env=lab.env) for _ in range(sessions)]
+        for proc in procs:
+            assert proc.stdin is not None
+            proc.stdin.write(prompt.encode())
+            proc.stdin.close()
+        for proc in procs:
+            proc.wait()
+
+    together = median([wall(all_at_once) for _ in range(3)])
+    steps = [f"  - {{id: s{i}, create: s{i}, prompt: \"{prompt}\"}}" for i in range(sessions)]
+    workflow = _workflow(lab, "parallel", steps)
+    took, report = _run_report(lab, workflow, "--max-parallel", str(sessions))
+    run_seconds = float(report["duration_s"])
+    ratio = run_seconds / critical
+    return Figure(
+        key="workflow-parallel",
+        what=f"workflow of {sessions} independent {step_seconds:g} s steps, "
+             f"--max-parallel {sessions}",
+        value=round(ratio, 2), unit="x", target="<= 1.15x", ok=ratio <= 1.15,
+        baseline="the critical path: one such step, run directly",
+        context={"run_s": round(run_seconds, 3), "critical_path_s": round(critical, 3),
+                 f"{sessions}_direct_calls_at_once_s": round(together, 3),
+                 "whole_command_s": round(took, 3), "cpus": os.cpu_count()})
+
+
+def sequential_workflow(steps: int = 50) -> Figure:
+    """A workflow of ``steps`` short steps on one session, against as many direct fake calls."""
+    lab = Lab.make("sequential")
+    fake_home = lab.root / "fake-home"
+
+    def direct_calls() -> None:
+        sid = str(uuid.uuid4())
+        lab.run([*FAKE, "-p", "--output-format=stream-json", "--verbose",
+                 f"--session-id={sid}"], input="step 0")
+        for index in range(1, steps):
+            lab.run([*FAKE, "-p", "--output-format=stream-json", "--verbose",
+                     f"--resume={sid}"], input=f"step {index}")
+
+    direct = wall(direct_calls)
+    lines = ['  - {id: s0, create: one, prompt: "step 0"}']
+    lines += [f'  - {{id: s{i}, resume: one, prompt: "step {i}"}}' for i in range(1, steps)]
+    workflow = _workflow(lab, "sequential", lines)
+    took, report = _run_report(lab, workflow)
+    assert fake_home.is_dir()
+    per_step = (took - direct) / steps
+    return Figure(
+        key="workflow-sequential", what=f"workflow of {steps} short steps on one session",
+        value=_ms(per_step), unit="ms per step", target="< 10 ms", ok=per_step < 0.010,
+        baseline=f"{steps} direct fake calls",
+        context={"workflow_s": round(took, 3), "direct_s": round(direct, 3),
+                 "run_s": report["duration_s"],
+                 "per_step_in_run_ms": _ms((float(report["duration_s"]) - direct) / steps)})
+
+
+# -- a big mapping file --------------------------------------------------------------------------
+
+
+def _fill(lab: Lab, count: int) -> None:
+    """A mapping file with ``count`` sessions, in the seed's format plus our fields."""
+    lab.cp("create", "-n", "seed-session")
+    data = lab.mapping()
+    template = data["aliases"]["seed-session"]
+    for index in range(count - 1):
+        data["aliases"][f"session-{index:05d}"] = {**template,
+                                                    "session_id": str(uuid.uuid4())}
+    lab.mapping_file.write_text(json.dumps(data, indent=2))
+
+
+def big_mapping(sizes: tuple[int, ...] = (10, 5_000, 10_000), rounds: int = 15) -> list[Figure]:
+    """``resolve``, ``list --json`` and ``create`` on mapping files of each size."""
+    labs = {}
+    for size in sizes:
+        labs[size] = Lab.make(f"mapping-{size}")
+        _fill(labs[size], size)
+    counters = dict.fromkeys(sizes, 0)
+
+    def create(size: int) -> None:
+        counters[size] += 1
+        labs[size].cp("create", "-n", f"new-{counters[size]}")
+
+    actions: dict[str, Any] = {}
+    for size in sizes:
+        actions[f"resolve {size}"] = lambda s=size: labs[s].cp("resolve", "-n", "seed-session")
+        actions[f"list {size}"] = lambda s=size: labs[s].cp("list", "--json")
+        actions[f"create {size}"] = lambda s=size: create(s)
+    medians = {key: median(v) for key, v in interleaved(actions, rounds).items()}
+    small, big = sizes[0], sizes[-1]
+    figures = []
+    for command in ("resolve", "create"):
+        ratio = medians[f"{command} {big}"] / medians[f"{command} {small}"]
+        figures.append(Figure(
+            key=f"mapping-{command}", what=f"{command} with {big:,} sessions in the mapping",
+            value=round(ratio, 2), unit="x", target="< 1.5x", ok=ratio < 1.5,
+            baseline=f"the same with {small} sessions",
+            context={f"{size}_ms": _ms(medians[f"{command} {size}"]) for size in sizes}))
+    # Linear: the time each extra entry adds stays the same from the middle size to the top one.
+    per_entry = {size: (medians[f"list {size}"] - medians[f"list {small}"]) / (size - small)
+                 for size in sizes[1:]}
+    mid = sizes[len(sizes) // 2]
+    growth = per_entry[big] / per_entry[mid] if per_entry[mid] > 0 else float("inf")
+    figures.append(Figure(
+        key="mapping-list", what=f"list --json with {big:,} sessions: cost per entry",
+        value=round(growth, 2), unit="x", target="linear (0.5x to 1.5x)",
+        ok=0.5 <= growth <= 1.5, baseline=f"cost per entry at {mid:,} sessions",
+        context={**{f"{size}_ms": _ms(medians[f"list {size}"]) for size in sizes},
+                 "us_per_entry": {size: round(v * 1e6, 2) for size, v in per_entry.items()},
+                 "vs_10_sessions": round(medians[f"list {big}"] / medians[f"list {small}"],
+                                         2)}))
+    return figures
+
+
+# -- concurrency and crashes ---------------------------------------------------------------------
+
+_CREATE_WORKER = textwrap.dedent("""
+    import sys
+    from claude_persist import Sessions
+    sessions = Sessions(sys.argv[1])
+    for index in range(int(sys.argv[3])):
+        sessions.create(f"w{sys.argv[2]}-{index}", "hi")
+""")
+
+
+def concurrent_creates(processes: int = 32, creates: int = 25) -> Figure:
+    """``processes`` processes each creating ``creates`` sessions at the same time."""
+    lab = Lab.make("concurrent")
+    started = time.perf_counter()
+    procs = [subprocess.Popen([PYTHON, "-c", _CREATE_WORKER, str(lab.workspace), str(p),
+                               str(creates)], env=lab.env, cwd=lab.workspace,
+                              stderr=subprocess.PIPE, text=True)
+             for p in range(processes)]
+    errors = [p.communicate()[1] for p in procs]
+    took = time.perf_counter() - started
+    failed = [e for p, e in zip(procs, errors, strict=True) if p.returncode != 0]
+    aliases = lab.mapping()["aliases"]
+    expected = {f"w{p}-{i}" for p in range(processes) for i in range(creates)}
+    missing = expected - set(aliases)
+    ids = {entry["session_id"] for entry in aliases.values()}
+    total = processes * creates
+    return Figure(
+        key="concurrent-creates", what=f"{processes} processes x {creates} creates at once",
+        value=len(expected & set(aliases)), unit="entries", target=f"{total}, none lost",
+        ok=not missing and not failed and len(ids) == len(aliases) == total,
+        baseline="none",
+        context={"seconds": round(took, 2), "creates_per_s": round(total / took, 1),
+                 "missing": len(missing), "failed_processes": len(failed),
+                 "first_error": failed[0][-300:] if failed else None})
+
+
+_WRITER = textwrap.dedent("""
+    import sys, uuid
+    from claude_persist import Sessions
+    sessions = Sessions(sys.argv[1])
+    print("ready", flush=True)
+    index = 0
+    while True:
+        name = f"r{sys.argv[2]}-{index}"
+        sessions.adopt(name, str(uuid.uuid4()))
+        print(name, flush=True)
+        index += 1
+""")
+
+
+def kill_writers(rounds: int = 200, seed: int = 7) -> Figure:
+    """A writer killed with SIGKILL at a random moment, ``rounds`` times; after each, the file
+    must parse and hold every entry the writer had reported as written."""
+    lab = Lab.make("kill")
+    lab.cp("create", "-n", "first")
+    chance = random.Random(seed)
+    committed: set[str] = {"first"}
+    unparsable = lost = 0
+    started = time.perf_counter()
+    for round_ in range(rounds):
+        proc = subprocess.Popen([PYTHON, "-c", _WRITER, str(lab.workspace), str(round_)],
+                                stdout=subprocess.PIPE, text=True, env=lab.env,
+                                cwd=lab.workspace)
+        assert proc.stdout is not None
+        proc.stdout.readline()  # ready: the next instant is inside the write loop
+        time.sleep(chance.uniform(0, 0.03))
+        os.kill(proc.pid, signal.SIGKILL)
+        out = proc.stdout.read()
+        proc.wait()
+        committed.update(line for line in out.split() if line)
+        try:
+            aliases = json.loads(lab.mapping_file.read_text())["aliases"]
+        except ValueError:
+            unparsable += 1
+            continue
+        lost += len(committed - set(aliases))
+    took = time.perf_counter() - started
+    return Figure(
+        key="kill-writers", what=f"kill -9 of a writer at random moments, {rounds} times",
+        value=unparsable + lost, unit="failures", target="0 (always parses, none lost)",
+        ok=unparsable == 0 and lost == 0, baseline="none",
+        context={"rounds": rounds, "committed_entries": len(committed),
+                 "unparsable": unparsable, "lost": lost, "seconds": round(took, 1)})
+
+
+if sys.platform != "linux":  # /proc is read for memory figures
+    raise ImportError("the benchmarks read /proc and run on Linux only")
