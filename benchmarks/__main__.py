@@ -9,34 +9,29 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from . import figures
 from .figures import Figure
 
-FULL: dict[str, Callable[[], Figure | list[Figure]]] = {
-    "overhead": lambda: figures.call_overhead(rounds=20),
-    "stream-latency": lambda: figures.stream_latency(lines=300),
-    "stream-memory": lambda: figures.stream_memory(megabytes=200),
-    "workflow-parallel": lambda: figures.parallel_workflow(sessions=8),
-    "workflow-sequential": lambda: figures.sequential_workflow(steps=50),
-    "mapping": lambda: figures.big_mapping(sizes=(10, 5_000, 10_000)),
-    "concurrent-creates": lambda: figures.concurrent_creates(processes=32, creates=25),
-    "kill-writers": lambda: figures.kill_writers(rounds=200),
-}
-QUICK: dict[str, Callable[[], Figure | list[Figure]]] = {
-    "overhead": lambda: figures.call_overhead(rounds=5),
-    "stream-latency": lambda: figures.stream_latency(lines=100),
-    "stream-memory": lambda: figures.stream_memory(megabytes=20),
-    "workflow-parallel": lambda: figures.parallel_workflow(sessions=8),
-    "workflow-sequential": lambda: figures.sequential_workflow(steps=50),
-    "mapping": lambda: figures.big_mapping(sizes=(10, 5_000, 10_000), rounds=3),
-    "concurrent-creates": lambda: figures.concurrent_creates(processes=8, creates=5),
-    "kill-writers": lambda: figures.kill_writers(rounds=20),
+# Each figure: the function that measures it, its full sizes, and its --quick sizes.
+PLAN: dict[str, tuple[Callable[..., Figure | list[Figure]], dict[str, Any], dict[str, Any]]] = {
+    "overhead": (figures.call_overhead, {"rounds": 20}, {"rounds": 5}),
+    "stream-latency": (figures.stream_latency, {"lines": 300}, {"lines": 100}),
+    "stream-memory": (figures.stream_memory, {"megabytes": 200}, {"megabytes": 20}),
+    "workflow-parallel": (figures.parallel_workflow, {"sessions": 8}, {"sessions": 8}),
+    "workflow-sequential": (figures.sequential_workflow, {"steps": 50}, {"steps": 50}),
+    "mapping": (figures.big_mapping, {"sizes": (10, 5_000, 10_000)},
+                {"sizes": (10, 5_000, 10_000), "rounds": 3}),
+    "concurrent-creates": (figures.concurrent_creates, {"processes": 32, "creates": 25},
+                           {"processes": 8, "creates": 5}),
+    "kill-writers": (figures.kill_writers, {"rounds": 200}, {"rounds": 20}),
 }
 
 
@@ -54,19 +49,18 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="small sizes (about a minute)")
-    parser.add_argument("--only", action="append", choices=sorted(FULL), default=None,
+    parser.add_argument("--only", action="append", choices=sorted(PLAN), default=None,
                         help="run only this figure (repeatable)")
     parser.add_argument("--json", type=Path, default=Path(__file__).parent / "results.json",
                         help="where to write the results (default: benchmarks/results.json)")
     args = parser.parse_args(argv)
-    plan = QUICK if args.quick else FULL
     results: list[Figure] = []
     started = time.perf_counter()
-    for key, measure in plan.items():
+    for key, (measure, full, quick) in PLAN.items():
         if args.only and key not in args.only:
             continue
         print(f"measuring {key} ...", file=sys.stderr, flush=True)
-        measured = measure()
+        measured = measure(**(quick if args.quick else full))
         for figure in measured if isinstance(measured, list) else [measured]:
             results.append(figure)
             print(f"  {figure.what}: {figure.value:g} {figure.unit} "
@@ -76,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     report = {
         "quick": args.quick,
         "python": platform.python_version(),
-        "machine": {"cpus": __import__("os").cpu_count(), "platform": platform.platform()},
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
         "seconds": round(time.perf_counter() - started, 1),
         "figures": [f.as_json() for f in results],
     }

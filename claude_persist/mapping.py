@@ -92,12 +92,11 @@ def entry_from_raw(name: str, raw: dict[str, Any]) -> SessionEntry | None:
     session_id = raw.get("session_id")
     if not session_id or not isinstance(session_id, str):
         return None
-    texts = [value if value and isinstance(value, str) else None
-             for value in map(raw.get, _TEXT_FIELDS)]
+    used, model, effort, cwd, role = (value if value and isinstance(value, str) else None
+                                      for value in map(raw.get, _TEXT_FIELDS))
     created = raw.get("created_at")
     cost = raw.get("last_total_cost_usd")
     history = raw.get("history")
-    used, model, effort, cwd, role = texts
     return SessionEntry(
         name, session_id, None if created is None else str(created), used, model, effort, cwd,
         role, last_total_cost_usd=float(cost) if isinstance(cost, (int, float)) else None,

@@ -12,7 +12,6 @@ Defaults come from Invoke configuration under ``claude_persist`` (``invoke.yaml`
 from __future__ import annotations
 
 import functools
-import importlib
 import inspect
 import json
 import os
@@ -119,21 +118,6 @@ def persist_task(
     return PersistTask(edge, name=name or body.__name__.rstrip("_"), aliases=aliases,
                        help=helps, auto_shortflags=False, positional=list(positional),
                        iterable=list(iterable))
-
-
-def import_cached(module: str) -> Any:
-    """Import one of our modules lazily, letting Python cache its bytecode.
-
-    Invoke turns bytecode writing off after parsing its core flags (to keep ``__pycache__`` out
-    of the folder of a ``tasks.py``), which would make a module first imported later compile
-    from source on every call (about 5 ms for ``validate`` in an editable install).
-    """
-    before = sys.dont_write_bytecode
-    sys.dont_write_bytecode = bool(sys.flags.dont_write_bytecode)  # what -B or the env asked
-    try:
-        return importlib.import_module(module)
-    finally:
-        sys.dont_write_bytecode = before
 
 
 def closed_stdout() -> Exit:
@@ -423,8 +407,8 @@ def run(
     --json prints the run's report on stdout; --report F writes it to F. Exit 1 if a step
     failed (continue it with --resume-run), 2 if the file is invalid.
     """
-    workflow = import_cached("claude_persist.workflow")  # yaml and the scheduler: runs only
-    reports = import_cached("claude_persist.workflow.report")
+    from . import workflow  # lazily: yaml and the scheduler are for workflows only
+    from .workflow import report as reports
 
     if file is None:
         raise UsageError("run needs a workflow file, e.g.: run workflows/review.yml")
@@ -464,7 +448,7 @@ def validate_(
 
     Prints every problem with its file, line and column; exit 2 if there is any.
     """
-    workflow = import_cached("claude_persist.workflow")
+    from . import workflow
 
     if file is None:
         raise UsageError("validate needs a workflow file, e.g.: validate workflows/review.yml")

@@ -7,7 +7,6 @@ suite is skipped, and says so loudly at the end of the run; any other install pr
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
@@ -22,7 +21,7 @@ import pytest
 
 from claude_persist.locking import FileLock
 
-from ..conftest import REPO, Ran
+from ..conftest import REPO, Ran, Runner, read_mapping
 from .fake_api import FakeMessagesAPI, serve
 
 CLAUDE_CODE_VERSION = "2.1.330"
@@ -99,11 +98,9 @@ class RealClaude:
 
     def cp(self, *args: str, input: str | None = None, timeout: float = 60) -> Ran:
         """Run ``claude-persist`` to the end, in the workspace."""
-        proc = subprocess.run([sys.executable, "-m", "claude_persist.cli", *args], input=input,
-                              capture_output=True, text=True, cwd=self.workspace, env=self.env,
-                              timeout=timeout,
-                              stdin=None if input is not None else subprocess.DEVNULL)
-        return Ran(proc.returncode, proc.stdout, proc.stderr)
+        face = Runner("claude-persist", [sys.executable, "-m", "claude_persist.cli"],
+                      self.workspace)
+        return face(*args, input=input, env=self.env, timeout=timeout)
 
     def start(self, *args: str, stdout: int | IO[Any] = subprocess.PIPE
               ) -> subprocess.Popen[str]:
@@ -114,10 +111,7 @@ class RealClaude:
                                 env=self.env)
 
     def mapping(self) -> dict[str, Any]:
-        from claude_persist.store import default_mapping_file
-
-        data: dict[str, Any] = json.loads(default_mapping_file(self.workspace).read_text())
-        return data
+        return read_mapping(self.workspace)
 
     def session_id(self, name: str) -> str:
         return str(self.mapping()["aliases"][name]["session_id"])
