@@ -14,6 +14,8 @@ from typing import Any
 
 import pytest
 
+from claude_persist.claude import runner
+
 pytest_plugins = ["claude_persist.testing.pytest_plugin"]
 
 REPO = Path(__file__).resolve().parent.parent
@@ -97,10 +99,14 @@ def read_mapping(workspace: Path) -> dict[str, Any]:
 
 
 @pytest.fixture
-def no_survivors() -> Iterator[Callable[[int], bool]]:
-    """``alive(pgid)``: True while any process of that group exists."""
+def group_alive() -> Iterator[Callable[[int], bool]]:
+    """``alive(pgid)``: True while a process of that group runs (zombies waiting for PID 1 to
+    reap them do not count; ``test_runner`` checks that distinction on its own)."""
 
     def alive(pgid: int) -> bool:
+        members = runner.live_group_members(pgid)
+        if members is not None:
+            return bool(members)
         try:
             os.killpg(pgid, 0)
         except ProcessLookupError:

@@ -306,7 +306,7 @@ def test_exit_127_when_claude_is_missing(cp: Runner) -> None:
 
 
 def test_exit_130_on_ctrl_c_and_the_session_stays_usable(workspace: Path, fake_claude: Any,
-                                                         cp: Runner, no_survivors: Any) -> None:
+                                                         cp: Runner, group_alive: Any) -> None:
     import signal
     import subprocess
     import sys
@@ -325,7 +325,7 @@ def test_exit_130_on_ctrl_c_and_the_session_stays_usable(workspace: Path, fake_c
     _, err = proc.communicate(timeout=20)
     assert proc.returncode == 130, err
     assert "interrupted" in err
-    assert not no_survivors(child_group)
+    assert not group_alive(child_group)
     again = cp("resume", "-n", "ctrl-c", "-p", "after")
     assert again.code == 0 and "turn 3" in again.out  # the interrupted turn stayed
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import shlex
+import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -31,7 +33,7 @@ def _group_of_last_call(fake_claude: Any) -> int:
 
 @pytest.mark.parametrize("limit", ["deadline", "idle_timeout"])
 def test_limits_end_the_whole_group_behind_a_non_exec_wrapper(
-        workspace: Path, fake_claude: Any, wrapper: str, no_survivors: Any, limit: str) -> None:
+        workspace: Path, fake_claude: Any, wrapper: str, group_alive: Any, limit: str) -> None:
     sessions = Sessions(workspace, claude_cmd=wrapper)
     sessions.create("w")
     switch = "delay=60 child=1" if limit == "deadline" else "silence=60 child=1"
@@ -43,7 +45,27 @@ def test_limits_end_the_whole_group_behind_a_non_exec_wrapper(
     assert caught.value.limit == ("deadline" if limit == "deadline" else "idle timeout")
     assert took < 1.0 + 2 * runner.Limits().grace + 2.0  # SIGINT, SIGTERM ignored, SIGKILL
     group = _group_of_last_call(fake_claude)
-    assert not no_survivors(group), "a process of the claude group survived"
+    assert not group_alive(group), "a process of the claude group survived"
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="reads /proc")
+def test_a_zombie_is_not_a_live_member_of_its_group() -> None:
+    """A killed process nobody has reaped yet still answers ``killpg(pgid, 0)``; in a container
+    whose PID 1 never reaps, stopping a call would otherwise wait for it until the last timeout."""
+    child = subprocess.Popen(["sleep", "30"], start_new_session=True)
+    try:
+        assert runner.live_group_members(child.pid) == [child.pid]
+        os.kill(child.pid, signal.SIGKILL)
+        end = time.monotonic() + 5
+        while runner.live_group_members(child.pid) and time.monotonic() < end:
+            time.sleep(0.01)
+        assert runner.live_group_members(child.pid) == []
+        os.killpg(child.pid, 0)  # the unreaped zombie is still there: the kernel sees the group
+    finally:
+        child.kill()
+        child.wait()
+    with pytest.raises(ProcessLookupError):
+        os.killpg(child.pid, 0)
 
 
 def test_a_polite_child_stops_at_sigint_without_waiting_for_the_grace(
@@ -77,14 +99,14 @@ def test_a_chatty_stderr_never_hangs_the_call(workspace: Path, fake_claude: Any)
 
 
 def test_a_cli_that_hangs_after_its_result_is_stopped_and_counted_as_success(
-        workspace: Path, fake_claude: Any, no_survivors: Any) -> None:
+        workspace: Path, fake_claude: Any, group_alive: Any) -> None:
     notes: list[str] = []
     sessions = Sessions(workspace, notify=notes.append)
     sessions.create("h")
     result = sessions.resume("h", "[fake hang_after=1] x")
     assert "turn 2" in result.text and result.notes
     assert any("did not exit" in n for n in notes)
-    assert not no_survivors(_group_of_last_call(fake_claude))
+    assert not group_alive(_group_of_last_call(fake_claude))
 
 
 def test_the_failure_message_is_the_clis_own(workspace: Path, fake_claude: Any) -> None:

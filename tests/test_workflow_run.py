@@ -256,7 +256,7 @@ def test_a_role_on_a_resume_step_replaces_the_sessions_role(workspace: Path,
 
 
 def test_ctrl_c_stops_the_children_and_exits_130(workspace: Path, fake_claude: Any,
-                                                 cp: Runner, no_survivors: Any) -> None:
+                                                 cp: Runner, group_alive: Any) -> None:
     write(workspace, """
         version: 1
         max_parallel: 2
@@ -275,7 +275,7 @@ def test_ctrl_c_stops_the_children_and_exits_130(workspace: Path, fake_claude: A
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == 130, err
     assert "--resume-run" in err
-    assert not any(no_survivors(g) for g in groups)
+    assert not any(group_alive(g) for g in groups)
 
 
 def test_validate_and_run_through_both_faces(face: Runner, workspace: Path) -> None:

@@ -82,13 +82,39 @@ def _feed_stdin(stream: object, data: bytes) -> None:
             stream.close()  # type: ignore[attr-defined]
 
 
+def live_group_members(pgid: int) -> list[int] | None:
+    """The pids of the group's processes that are not zombies, or None where /proc is not there.
+
+    A killed grandchild is reparented to PID 1 and stays a zombie until PID 1 reaps it; in a
+    container whose PID 1 never reaps, ``killpg(pgid, 0)`` would see it for ever.
+    """
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return None
+    members = []
+    for entry in entries:
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as stat:
+                fields = stat.read().rsplit(b")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # it ended while we looked
+        # after "pid (comm)": state, ppid, pgrp
+        if len(fields) > 2 and int(fields[2]) == pgid and fields[0] not in (b"Z", b"X"):
+            members.append(int(entry))
+    return members
+
+
 def _group_alive(proc: subprocess.Popen[bytes]) -> bool:
     proc.poll()  # reap our direct child, so a zombie does not count as alive
     try:
         os.killpg(proc.pid, 0)
     except (ProcessLookupError, PermissionError):
         return False
-    return True
+    members = live_group_members(proc.pid)
+    return members is None or bool(members)
 
 
 def _signal_group(proc: subprocess.Popen[bytes], sig: int) -> None:
