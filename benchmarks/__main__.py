@@ -22,11 +22,12 @@ from .figures import Figure
 
 # Each figure: the function that measures it, its full sizes, and its --quick sizes.
 PLAN: dict[str, tuple[Callable[..., Figure | list[Figure]], dict[str, Any], dict[str, Any]]] = {
-    "overhead": (figures.call_overhead, {"rounds": 20}, {"rounds": 5}),
+    "overhead": (figures.call_overhead, {"rounds": 30}, {"rounds": 5}),
     "stream-latency": (figures.stream_latency, {"lines": 300}, {"lines": 100}),
     "stream-memory": (figures.stream_memory, {"megabytes": 200}, {"megabytes": 20}),
     "workflow-parallel": (figures.parallel_workflow, {"sessions": 8}, {"sessions": 8}),
-    "workflow-sequential": (figures.sequential_workflow, {"steps": 50}, {"steps": 50}),
+    "workflow-sequential": (figures.sequential_workflow, {"steps": 50, "rounds": 5},
+                            {"steps": 50, "rounds": 2}),
     "mapping": (figures.big_mapping, {"sizes": (10, 5_000, 10_000)},
                 {"sizes": (10, 5_000, 10_000), "rounds": 3}),
     "concurrent-creates": (figures.concurrent_creates, {"processes": 32, "creates": 25},
