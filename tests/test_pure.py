@@ -19,6 +19,7 @@ from claude_persist.claude.result import StreamCollector, turn_cost, verdict
 from claude_persist.claude.runner import NO_EXIT, Limits, ProcessOutcome
 from claude_persist.errors import EXIT_CODES, NameExistsError
 from claude_persist.mapping import CorruptMappingError, MappingDoc, dump, parse
+from claude_persist.workflow.state import RunState, StepState, state_text
 
 SID = "11111111-2222-4333-8444-555555555555"
 
@@ -143,6 +144,19 @@ def test_mapping_round_trip_keeps_unknown_keys() -> None:
 def test_mapping_corrupt_text_is_reported(text: str) -> None:
     with pytest.raises(CorruptMappingError):
         parse(text)
+
+
+def test_a_run_state_round_trips_one_step_per_line() -> None:
+    steps = {f"s{i}": StepState(id=f"s{i}", action="resume", session="one", status="succeeded",
+                                result="line one\nünïcode, \"quoted\"", output={"n": [i, None]},
+                                cost_usd=0.5) for i in range(3)}
+    state = RunState(run_id="r1", workflow="w.yml", workflow_name="w", started_at="now",
+                     vars={"target": "src/"}, steps=steps)
+    text = state_text(state)
+    assert RunState.from_json(json.loads(text)) == state
+    assert json.loads(text)["total_cost_usd"] == 1.5
+    step_lines = [line for line in text.splitlines() if line.startswith('    {"id": ')]
+    assert len(step_lines) == 3 and all(json.loads(line.rstrip(",")) for line in step_lines)
 
 
 def test_empty_mapping_text_is_an_empty_doc() -> None:

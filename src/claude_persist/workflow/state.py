@@ -10,7 +10,7 @@ import re
 import secrets
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -59,8 +59,11 @@ class RunState:
         return sum(s.cost_usd or 0.0 for s in self.steps.values() if not s.reused)
 
     def to_json(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["steps"] = list(data["steps"].values())
+        # Shallow on purpose: the result is only serialised (asdict's deep copy of every step
+        # was most of the cost of saving the state after each step).
+        data = {name: getattr(self, name) for name in _RUN_FIELDS}
+        data["steps"] = [{name: getattr(step, name) for name in _STEP_FIELDS}
+                         for step in self.steps.values()]
         data["total_cost_usd"] = round(self.total_cost_usd, 6)
         return data
 
@@ -69,6 +72,20 @@ class RunState:
         steps = {s["id"]: StepState(**s) for s in data["steps"]}
         fields = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
         return cls(**{**fields, "steps": steps})
+
+
+_RUN_FIELDS = tuple(f.name for f in fields(RunState))
+_STEP_FIELDS = tuple(f.name for f in fields(StepState))
+_encode = json.JSONEncoder(ensure_ascii=False, default=str).encode
+
+
+def state_text(state: RunState) -> str:
+    """The state as JSON, one step per line, written by the C encoder: an indented dump is
+    pure Python and is redone after every step of a run, however long the run grows."""
+    data = state.to_json()
+    steps = data.pop("steps")
+    rows = ",\n    ".join(_encode(step) for step in steps)
+    return f'{_encode(data)[:-1]}, "steps": [\n    {rows}\n]}}\n'
 
 
 def _now() -> str:
@@ -103,7 +120,7 @@ class RunStore:
         fd, temp = tempfile.mkstemp(dir=self.folder, prefix=".run-", suffix=".tmp")
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                json.dump(state.to_json(), handle, indent=2, default=str)
+                handle.write(state_text(state))
                 handle.flush()
                 os.fsync(handle.fileno())
             os.replace(temp, self.path(state.run_id))
