@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from claude_persist import MappingFileError, Sessions
+from claude_persist import MappingFileError, Sessions, TurnOptions, mapping
 from claude_persist.store import MappingStore, default_mapping_file, workspace_key
 
 from .conftest import Runner, mapping_path, read_mapping
@@ -244,3 +244,60 @@ def test_the_early_name_check_finds_every_spelling_of_a_key(tmp_path: Path) -> N
         assert store.may_hold("a"), text
     (tmp_path / "m.json").write_text('{"aliases": {"ab": {"role": "a"}}}')
     assert not store.may_hold("a") and not store.may_hold("b")
+
+
+def test_every_change_reaches_a_big_file_whose_other_lines_are_kept(
+        workspace: Path, fake_claude: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A write reuses the lines of untouched entries and checks only a sample of them (here
+    just the first, which is none of ours): a change made in place, not by assignment, would
+    be lost."""
+    monkeypatch.setattr(mapping, "_SPOT_CHECKS", 1)
+    sessions = Sessions(workspace)
+    sessions.create("s-main", "hi")
+    path = mapping_path(workspace)
+    data = read_mapping(workspace)
+    for index in range(300):
+        data["aliases"][f"other-{index:03d}"] = {"session_id": str(uuid.uuid4()),
+                                                 "note": f"ünïcode {index}"}
+    path.write_text(json.dumps(data))
+    with sessions.store.update():
+        pass  # rewritten once in our layout, one entry per line
+    before = path.read_text().splitlines()
+
+    sessions.resume("s-main", "again", TurnOptions(model="opus", effort="low"))
+    after = read_mapping(workspace)["aliases"]
+    assert after["s-main"]["last_model"] == "opus"
+    assert after["s-main"]["last_reasoning_effort"] == "low"
+    sessions.fork("s-main", "s-fork", "branch")
+    assert read_mapping(workspace)["aliases"]["s-fork"]["forked_from"] == \
+        after["s-main"]["session_id"]
+    sessions.create("s-main", "over", force=True)
+    assert len(read_mapping(workspace)["aliases"]["s-main"]["history"]) == 1
+    sessions.adopt("s-adopted", str(uuid.uuid4()))
+    sessions.delete("other-150")
+    after = read_mapping(workspace)["aliases"]
+    assert after["s-adopted"]["adopted"] and "other-150" not in after
+    assert len(after) == 300 - 1 + 3
+    text = path.read_text()
+    assert text == mapping.dump(mapping.parse(text))  # still our layout, byte for byte
+    kept = set(before) & set(text.splitlines())
+    assert sum(line.startswith('    "other-') for line in kept) == 299
+
+
+def test_dump_of_a_read_document_is_the_full_encoding(tmp_path: Path) -> None:
+    """Reusing rows gives the text of encoding every entry afresh, whatever the layout read;
+    a line spaced by hand is kept as it is (still the same JSON) unless the sample checks it."""
+    doc = mapping.MappingDoc(workspace_dir="/w", aliases={
+        f"s{i}": {"session_id": str(uuid.uuid4()), "n": i} for i in range(40)})
+    ours = mapping.dump(doc)
+    for text in (ours, json.dumps(json.loads(ours), indent=2), json.dumps(json.loads(ours)),
+                 ours.replace('"n": 7', '"n":7')):
+        read = mapping.parse(text)
+        if '"n":7' in text:
+            assert json.loads(mapping.dump(read)) == json.loads(ours)
+        else:
+            assert mapping.dump(read) == ours
+        read.aliases["s3"] = {**read.aliases["s3"], "n": -3}
+        del read.aliases["s5"]
+        changed = json.loads(mapping.dump(read))["aliases"]
+        assert changed["s3"]["n"] == -3 and "s5" not in changed and len(changed) == 39

@@ -412,7 +412,7 @@ class Sessions:
         """
         when = _now()
         with self.store.update() as doc:
-            raw: dict[str, Any] = doc.aliases.get(name, {})
+            raw: dict[str, Any] = dict(doc.aliases.get(name, {}))  # a new dict: see MappingDoc
             if fresh:
                 if raw and not force:
                     self._refuse_existing(doc, name, created=result.session_id)
