@@ -193,8 +193,9 @@ class MappingStore:
         text = self._read_text()
         return text is not None and re.search(f'"{re.escape(name)}"\\s*:', text) is not None
 
-    def _parse(self, text: str | None) -> mapping.MappingDoc:
-        doc = mapping.parse(text) if text is not None else mapping.MappingDoc()
+    def _parse(self, text: str | None, for_writing: bool = False) -> mapping.MappingDoc:
+        doc = (mapping.parse(text, for_writing=for_writing) if text is not None
+               else mapping.MappingDoc())
         if not doc.workspace_dir:
             doc.workspace_dir = str(self.workspace_dir)
         return doc
@@ -220,7 +221,7 @@ class MappingStore:
         try:
             text = self._read_text()
             try:
-                doc = self._parse(text)
+                doc = self._parse(text, for_writing=True)
             except mapping.CorruptMappingError as exc:
                 self._quarantine(str(exc))
                 doc = self._parse(None)
