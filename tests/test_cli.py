@@ -3,6 +3,7 @@ the fake claude behind them. Each test is one behaviour a user would see."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import uuid
@@ -317,8 +318,15 @@ def test_exit_130_on_ctrl_c_and_the_session_stays_usable(workspace: Path, fake_c
         [sys.executable, "-m", "claude_persist.cli", "resume", "-n", "ctrl-c", "-p",
          "[fake delay=30] x"], cwd=workspace, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         text=True)
+    sid = read_mapping(workspace)["aliases"]["ctrl-c"]["session_id"]
+
+    def turns_saved() -> int:  # the fake saves the prompt before it starts its delay
+        with contextlib.suppress(FileNotFoundError, ValueError):
+            return sum(t["role"] == "user" for t in fake_claude.transcript(sid)["turns"])
+        return 0
+
     deadline = time.monotonic() + 10
-    while len(fake_claude.records()) < 3 and time.monotonic() < deadline:
+    while turns_saved() < 2 and time.monotonic() < deadline:
         time.sleep(0.05)
     child_group = fake_claude.records()[-1]["pgid"]
     proc.send_signal(signal.SIGINT)
