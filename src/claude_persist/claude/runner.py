@@ -72,9 +72,30 @@ def _drain_stderr(stream: object, tail: bytearray) -> None:
         pass
 
 
+def _write_what_fits(stream: object, data: bytes) -> bytes:
+    """Write as much of ``data`` as the pipe takes without waiting; return the rest.
+
+    A prompt that fits the pipe's buffer (64 KiB on Linux) needs no feeder thread; starting
+    one per call was a measurable share of starting eight calls at once.
+    """
+    fd = stream.fileno()  # type: ignore[attr-defined]
+    os.set_blocking(fd, False)
+    try:
+        written = os.write(fd, data)
+    except BlockingIOError:
+        written = 0
+    except (BrokenPipeError, OSError):
+        return b""  # the child closed stdin early; its exit status will say why
+    finally:
+        with contextlib.suppress(OSError):
+            os.set_blocking(fd, True)
+    return data[written:]
+
+
 def _feed_stdin(stream: object, data: bytes) -> None:
     try:
-        stream.write(data)  # type: ignore[attr-defined]
+        if data:
+            stream.write(data)  # type: ignore[attr-defined]
     except (BrokenPipeError, OSError, ValueError):
         pass  # the child closed stdin early; its exit status will say why
     finally:
@@ -191,11 +212,15 @@ def run(
     proc = _spawn(argv, cwd, env)
     lines: queue.Queue[object] = queue.Queue(maxsize=LINE_QUEUE_SIZE)
     tail = bytearray()
+    rest = _write_what_fits(proc.stdin, prompt.encode("utf-8"))
     workers = [
-        threading.Thread(target=_feed_stdin, args=(proc.stdin, prompt.encode("utf-8"))),
         threading.Thread(target=_pump_stdout, args=(proc.stdout, lines)),
         threading.Thread(target=_drain_stderr, args=(proc.stderr, tail)),
     ]
+    if rest:
+        workers.append(threading.Thread(target=_feed_stdin, args=(proc.stdin, rest)))
+    else:
+        _feed_stdin(proc.stdin, b"")  # closes stdin: the whole prompt is in the pipe
     for worker in workers:
         worker.daemon = True
         worker.start()
