@@ -100,17 +100,7 @@ def read_mapping(workspace: Path) -> dict[str, Any]:
 
 @pytest.fixture
 def group_alive() -> Iterator[Callable[[int], bool]]:
-    """``alive(pgid)``: True while a process of that group runs (zombies waiting for PID 1 to
-    reap them do not count; ``test_runner`` checks that distinction on its own)."""
-
-    def alive(pgid: int) -> bool:
-        members = runner.live_group_members(pgid)
-        if members is not None:
-            return bool(members)
-        try:
-            os.killpg(pgid, 0)
-        except ProcessLookupError:
-            return False
-        return True
-
-    yield alive
+    """``alive(pgid)``: the runner's own check, True while a process of that group runs
+    (zombies waiting for PID 1 to reap them do not count; ``test_runner`` checks that
+    distinction against the kernel's view on its own)."""
+    yield runner.group_alive

@@ -185,17 +185,19 @@ def _entry_rows(doc: MappingDoc) -> list[str]:
     for name in names:
         entry = doc.aliases[name]
         kept = doc.rows.get(name)
-        rows.append(kept[1] if kept is not None and kept[0] is entry
-                    else f"    {_encode_name(name)}: {_encode(entry)}")
+        rows.append(kept[1] if kept is not None and kept[0] is entry else _row(name, entry))
     # A check that the kept lines still say what their entries hold: all of a small file, a
     # spread of a big one. A caller that changed an entry in place is caught here and the
     # whole block is encoded afresh.
     step = max(1, len(names) // _SPOT_CHECKS)
     for index in range(0, len(names), step):
-        name = names[index]
-        if rows[index] != f"    {_encode_name(name)}: {_encode(doc.aliases[name])}":
-            return [f"    {_encode_name(n)}: {_encode(doc.aliases[n])}" for n in names]
+        if rows[index] != _row(names[index], doc.aliases[names[index]]):
+            return [_row(name, doc.aliases[name]) for name in names]
     return rows
+
+
+def _row(name: str, entry: dict[str, Any]) -> str:
+    return f"    {_encode_name(name)}: {_encode(entry)}"
 
 
 def dump(doc: MappingDoc) -> str:

@@ -84,7 +84,7 @@ def _write_what_fits(stream: object, data: bytes) -> bytes:
         written = os.write(fd, data)
     except BlockingIOError:
         written = 0
-    except (BrokenPipeError, OSError):
+    except OSError:
         return b""  # the child closed stdin early; its exit status will say why
     finally:
         with contextlib.suppress(OSError):
@@ -92,15 +92,18 @@ def _write_what_fits(stream: object, data: bytes) -> bytes:
     return data[written:]
 
 
+def _close_stdin(stream: object) -> None:
+    with contextlib.suppress(OSError, ValueError):
+        stream.close()  # type: ignore[attr-defined]
+
+
 def _feed_stdin(stream: object, data: bytes) -> None:
     try:
-        if data:
-            stream.write(data)  # type: ignore[attr-defined]
-    except (BrokenPipeError, OSError, ValueError):
+        stream.write(data)  # type: ignore[attr-defined]
+    except (OSError, ValueError):
         pass  # the child closed stdin early; its exit status will say why
     finally:
-        with contextlib.suppress(OSError, ValueError):
-            stream.close()  # type: ignore[attr-defined]
+        _close_stdin(stream)
 
 
 def live_group_members(pgid: int) -> list[int] | None:
@@ -128,14 +131,19 @@ def live_group_members(pgid: int) -> list[int] | None:
     return members
 
 
-def _group_alive(proc: subprocess.Popen[bytes]) -> bool:
-    proc.poll()  # reap our direct child, so a zombie does not count as alive
+def group_alive(pgid: int) -> bool:
+    """True while a process of the group runs; zombies do not count where /proc tells them."""
     try:
-        os.killpg(proc.pid, 0)
+        os.killpg(pgid, 0)
     except (ProcessLookupError, PermissionError):
         return False
-    members = live_group_members(proc.pid)
+    members = live_group_members(pgid)
     return members is None or bool(members)
+
+
+def _group_alive(proc: subprocess.Popen[bytes]) -> bool:
+    proc.poll()  # reap our direct child, so a zombie does not count as alive
+    return group_alive(proc.pid)
 
 
 def _signal_group(proc: subprocess.Popen[bytes], sig: int) -> None:
@@ -220,7 +228,7 @@ def run(
     if rest:
         workers.append(threading.Thread(target=_feed_stdin, args=(proc.stdin, rest)))
     else:
-        _feed_stdin(proc.stdin, b"")  # closes stdin: the whole prompt is in the pipe
+        _close_stdin(proc.stdin)  # the whole prompt is in the pipe
     for worker in workers:
         worker.daemon = True
         worker.start()
