@@ -66,7 +66,7 @@ def call_overhead(rounds: int = 20) -> list[Figure]:
     sid = lab.session_id("bench")
     direct = [*FAKE, "-p", "--output-format=stream-json", "--verbose", f"--resume={sid}"]
     times = interleaved({
-        "python -c 'import invoke'": lambda: lab.run([PYTHON, "-c", "import invoke"]),
+        "python -c 'import invoke, filelock'": lambda: lab.run([PYTHON, "-c", "import invoke, filelock"]),
         "fake claude, direct": lambda: lab.run(direct, input="hi"),
         "claude-persist resume": lambda: lab.cp("resume", "-n", "bench", "-p", "hi"),
         "inv resume": lambda: lab.run([*INV, "resume", "-n", "bench", "-p", "hi"]),
@@ -78,13 +78,13 @@ def call_overhead(rounds: int = 20) -> list[Figure]:
         # Each round's ratio from that round's own three timings, then the median of those:
         # a busy moment of the machine then moves one round, not the numerator alone.
         ratio = median([(own - fake) / floor for own, fake, floor in zip(
-            times[face], times["fake claude, direct"], times["python -c 'import invoke'"],
+            times[face], times["fake claude, direct"], times["python -c 'import invoke, filelock'"],
             strict=True)])
         figures.append(Figure(
             key=f"overhead-{face.split()[0]}",
             what=f"per-call overhead of {face} (fake answering at once)",
             value=round(ratio, 2), unit="x", target="<= 1.3x", ok=ratio <= 1.3,
-            baseline="(face - fake called directly) / python -c 'import invoke', "
+            baseline="(face - fake called directly) / python -c 'import invoke, filelock', "
                      "median of the rounds' ratios",
             context={"median_ms": {k: _ms(v) for k, v in medians.items()},
                      "overhead_ms": _ms(overhead), "rounds": rounds}))

@@ -218,7 +218,7 @@ def test_examples_validate_against_the_shipped_schema() -> None:
     for example in (REPO / "workflows").glob("*.yml"):
         first = example.read_text().splitlines()[0]
         assert first == \
-            "# yaml-language-server: $schema=../src/claude_persist/schemas/workflow.schema.json"
+            "# yaml-language-server: $schema=../claude_persist/schemas/workflow.schema.json"
         jsonschema.validate(yaml.safe_load(example.read_text()), schema)
         assert load_workflow(example).steps
 

@@ -19,7 +19,7 @@ from typing import IO, Any
 
 import pytest
 
-from claude_persist.locking import FileLock
+from claude_persist.fsio import Lock
 
 from ..conftest import REPO, Ran, Runner, read_mapping
 from .fake_api import FakeMessagesAPI, serve
@@ -72,7 +72,7 @@ def claude_binary() -> Path:
         pytest.skip(message)
     folder = CACHE / CLAUDE_CODE_VERSION
     folder.mkdir(parents=True, exist_ok=True)
-    with FileLock(CACHE / f"{CLAUDE_CODE_VERSION}.lock").acquire(timeout=900):
+    with Lock(CACHE / f"{CLAUDE_CODE_VERSION}.lock").acquire(timeout=900):
         binary = _installed_binary(folder)
         if binary is None:
             (folder / "package.json").write_text('{"private": true}\n')

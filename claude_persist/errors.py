@@ -20,7 +20,16 @@ class NameExistsError(UsageError):
     """``create`` of a name the mapping already holds, without ``--force``."""
 
 
-class MappingFileError(ClaudePersistError):
+class UnsafeFileError(ClaudePersistError):
+    """A file or folder of ours is unsafe or unusable (symlink, foreign owner, not a regular
+    file, I/O error); ``path`` names it."""
+
+    def __init__(self, message: str, *, path: object = None) -> None:
+        super().__init__(message)
+        self.path = path
+
+
+class MappingFileError(UnsafeFileError):
     """The mapping file or its folder is unsafe or unusable (symlink, foreign owner, I/O)."""
 
 
@@ -79,7 +88,7 @@ EXIT_CODES: dict[type[BaseException], int] = {
     ClaudeCallError: 1,
     WorkflowFailedError: 1,
     UsageError: 2,
-    MappingFileError: 2,
+    UnsafeFileError: 2,
     SessionNotFoundError: 3,
     SessionBusyError: 4,
     CallTimeoutError: 124,

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from .. import fsio
 from ..claude.command import Action
 from ..claude.result import TurnResult
 from ..errors import (
@@ -113,12 +114,11 @@ def call_step(sessions: Sessions, step: Step, prompt: str, options: TurnOptions)
 
 def write_output(path: Path, result: TurnResult) -> None:
     """The step's ``output:`` file: the text, or the structured output as JSON."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     if result.structured_output is not None:
-        path.write_text(json.dumps(result.structured_output, indent=2) + "\n", encoding="utf-8")
+        text = json.dumps(result.structured_output, indent=2) + "\n"
     else:
-        path.write_text(result.text + ("\n" if not result.text.endswith("\n") else ""),
-                        encoding="utf-8")
+        text = result.text + ("\n" if not result.text.endswith("\n") else "")
+    fsio.write_in_folder(path, text, "the step's output file")
 
 
 class Scheduler:

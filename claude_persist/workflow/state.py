@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
-import os
 import re
 import secrets
-import tempfile
 import time
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from .. import fsio
 from ..errors import UsageError
 
 
@@ -116,18 +114,7 @@ class RunStore:
 
     def save(self, state: RunState) -> None:
         """Write atomically (temp file, fsync, rename), so a crash never leaves half a state."""
-        self.folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-        fd, temp = tempfile.mkstemp(dir=self.folder, prefix=".run-", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                handle.write(state_text(state))
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(temp, self.path(state.run_id))
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(temp)
-            raise
+        fsio.write_in_folder(self.path(state.run_id), state_text(state), "the run state")
 
     def load(self, run_id: str) -> RunState:
         path = self.path(run_id)

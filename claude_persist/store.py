@@ -10,7 +10,6 @@ or the new one, never half of one, and a writer killed at any moment loses nothi
 from __future__ import annotations
 
 import contextlib
-import errno
 import hashlib
 import os
 import re
@@ -20,9 +19,9 @@ import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from . import mapping
-from .errors import MappingFileError, SessionBusyError
-from .locking import FileLock, LockTimeout
+from . import fsio, mapping
+from .errors import MappingFileError, SessionBusyError, UnsafeFileError
+from .fsio import Lock, LockTimeout
 
 MAPPING_FILE_NAME = "claude-code-alias-mapping.json"
 MAPPING_LOCK_TIMEOUT = 120.0
@@ -45,21 +44,6 @@ def default_mapping_file(workspace: Path) -> Path:
     """The seed's default location under the system temp folder."""
     root = Path(tempfile.gettempdir()) / "agent-sessions"
     return root / workspace_key(workspace) / MAPPING_FILE_NAME
-
-
-def _check_owned(path: Path, st: os.stat_result, what: str) -> None:
-    if st.st_uid != os.getuid():
-        raise MappingFileError(
-            f"refusing {what} {path}: it is owned by uid {st.st_uid}, not by you "
-            f"(uid {os.getuid()}). Remove it, or pass --mapping-file to use another path."
-        )
-
-
-def _lstat(path: Path) -> os.stat_result | None:
-    try:
-        return path.lstat()
-    except FileNotFoundError:
-        return None
 
 
 class MappingStore:
@@ -99,32 +83,19 @@ class MappingStore:
         """Check (and with ``create``, make) the folder; False when it does not exist."""
         if self._shared_root is not None:
             self._check_shared_root(create)
-        st = _lstat(self.folder)
-        if st is None:
-            if not create:
-                return False
-            try:
-                self.folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-            except OSError as exc:
-                raise MappingFileError(
-                    f"cannot create the mapping folder {self.folder}: {exc.strerror}. "
-                    "Pass --mapping-file to use another path."
-                ) from exc
-            st = self.folder.lstat()
-        if stat.S_ISLNK(st.st_mode):
-            raise MappingFileError(
-                f"refusing the mapping folder {self.folder}: it is a symlink. "
-                "Remove it, or pass --mapping-file to use another path."
-            )
-        if not stat.S_ISDIR(st.st_mode):
-            raise MappingFileError(f"the mapping folder {self.folder} is not a directory")
-        _check_owned(self.folder, st, "the mapping folder")
-        return True
+        try:
+            if create:
+                fsio.ensure_folder(self.folder, "the mapping folder")
+                return True
+            return fsio.check_folder(self.folder, "the mapping folder")
+        except UnsafeFileError as exc:
+            raise MappingFileError(f"{exc} Or pass --mapping-file to use another path.",
+                                   path=exc.path) from exc
 
     def _check_shared_root(self, create: bool) -> None:
         root = self._shared_root
         assert root is not None
-        st = _lstat(root)
+        st = fsio.lstat(root)
         if st is None:
             if create:
                 root.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -132,43 +103,28 @@ class MappingStore:
         if stat.S_ISLNK(st.st_mode):
             raise MappingFileError(
                 f"refusing {root}: it is a symlink in the shared temp folder. "
-                "Remove it, or pass --mapping-file to use another path."
+                "Remove it, or pass --mapping-file to use another path.", path=root
             )
         # Another user's folder is only safe if its sticky bit stops them renaming ours.
         if st.st_uid != os.getuid() and not st.st_mode & stat.S_ISVTX:
-            _check_owned(root, st, "the shared sessions folder")
+            raise MappingFileError(
+                f"refusing the shared sessions folder {root}: it is owned by uid {st.st_uid}, "
+                f"not by you (uid {os.getuid()}), and has no sticky bit. Remove it, or pass "
+                "--mapping-file to use another path.", path=root)
 
     def _tighten_folder(self) -> None:
+        """The default path's own folder (the seed's, which made it 0755) becomes 0700; a folder
+        named by --mapping-file is the user's and keeps its mode."""
+        if self._shared_root is None:
+            return
         mode = stat.S_IMODE(self.folder.lstat().st_mode)
         if mode != 0o700:
             os.chmod(self.folder, 0o700)
 
-    def _check_file(self, st: os.stat_result, path: Path, what: str) -> None:
-        if stat.S_ISLNK(st.st_mode):
-            raise MappingFileError(
-                f"refusing {what} {path}: it is a symlink. Remove it, or pass --mapping-file."
-            )
-        if not stat.S_ISREG(st.st_mode):
-            raise MappingFileError(f"refusing {what} {path}: it is not a regular file")
-        _check_owned(path, st, what)
-
     # -- reading ------------------------------------------------------------------------------
 
     def _read_text(self) -> str | None:
-        try:
-            fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        except FileNotFoundError:
-            return None
-        except OSError as exc:
-            if exc.errno == errno.ELOOP:
-                raise MappingFileError(
-                    f"refusing the mapping file {self.path}: it is a symlink. "
-                    "Remove it, or pass --mapping-file."
-                ) from exc
-            raise MappingFileError(f"cannot read {self.path}: {exc.strerror}") from exc
-        with os.fdopen(fd, "rb") as handle:
-            self._check_file(os.fstat(handle.fileno()), self.path, "the mapping file")
-            return handle.read().decode("utf-8", errors="replace")
+        return fsio.read_text(self.path, "the mapping file")
 
     def read(self) -> mapping.MappingDoc:
         """The current document, without taking the lock (writes are atomic).
@@ -202,8 +158,8 @@ class MappingStore:
 
     # -- locking and writing ------------------------------------------------------------------
 
-    def _lock(self, path: Path) -> FileLock:
-        return FileLock(str(path), mode=0o600)
+    def _lock(self, path: Path) -> Lock:
+        return Lock(path)
 
     @contextlib.contextmanager
     def update(self, timeout: float = MAPPING_LOCK_TIMEOUT) -> Iterator[mapping.MappingDoc]:
@@ -216,7 +172,7 @@ class MappingStore:
         except LockTimeout as exc:
             raise MappingFileError(
                 f"the mapping file {self.path} stayed locked for {timeout:g}s; is another "
-                f"claude-persist stuck? Its lock file is {lock.lock_file}."
+                f"claude-persist stuck? Its lock file is {lock.path}."
             ) from exc
         try:
             text = self._read_text()
@@ -239,54 +195,9 @@ class MappingStore:
         self._notify(f"warning: the mapping file {self.path} was corrupt ({why}); "
                      f"moved it aside to {bad} and started a new one.")
 
-    def _open_temp(self) -> tuple[int, Path]:
-        temp = self.path.with_name(f"{self.path.name}.tmp.{os.getpid()}")
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-        try:
-            return os.open(temp, flags, 0o600), temp
-        except FileExistsError:
-            st = temp.lstat()
-            self._check_file(st, temp, "the temp file")
-            temp.unlink()  # our own leftover from a writer that died with this pid
-            return os.open(temp, flags, 0o600), temp
-
-    def _remove_stale_temps(self) -> None:
-        """Temp files of writers that were killed mid-write (their process is gone)."""
-        for temp in self.folder.glob(f"{self.path.name}.tmp.*"):
-            pid = temp.name.rsplit(".", 1)[-1]
-            if not pid.isdigit() or int(pid) == os.getpid():
-                continue
-            try:
-                os.kill(int(pid), 0)
-            except ProcessLookupError:
-                st = _lstat(temp)
-                if st and stat.S_ISREG(st.st_mode) and st.st_uid == os.getuid():
-                    with contextlib.suppress(OSError):
-                        temp.unlink()
-            except PermissionError:
-                pass  # alive, another user's
-
     def _write(self, text: str) -> None:
-        self._remove_stale_temps()
-        current = _lstat(self.path)
-        if current is not None:
-            self._check_file(current, self.path, "the mapping file")
-        fd, temp = self._open_temp()
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(text.encode("utf-8"))
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(temp, self.path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                temp.unlink()
-            raise
-        dir_fd = os.open(self.folder, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        fsio.remove_stale_temps(self.path)
+        fsio.atomic_write(self.path, text, "the mapping file")
 
     def remove_file(self) -> bool:
         """Delete the mapping file (``delete --all``), under the lock. True if it existed."""
@@ -294,10 +205,10 @@ class MappingStore:
             return False
         lock = self._lock(self.folder / (self.path.name + ".lock"))
         with lock.acquire(timeout=MAPPING_LOCK_TIMEOUT):
-            current = _lstat(self.path)
+            current = fsio.lstat(self.path)
             if current is None:
                 return False
-            self._check_file(current, self.path, "the mapping file")
+            fsio.check_file(self.path, current, "the mapping file")
             self.path.unlink()
             return True
 
@@ -312,23 +223,20 @@ class MappingStore:
         """
         self._check_folder(create=True)
         self._tighten_folder()
-        locks = self.folder / "locks"
-        locks.mkdir(mode=0o700, exist_ok=True)
-        if locks.is_symlink() or not locks.is_dir():
-            raise MappingFileError(f"refusing {locks}: it is not a plain folder")
+        locks = fsio.ensure_folder(self.folder / "locks", "the session locks folder")
         lock = self._lock(locks / f"{session_id}.lock")
         try:
             lock.acquire(timeout=0)
         except LockTimeout:
             limit = "until it is free" if timeout is None else f"up to {timeout:g}s"
             self._notify(f"session {label} is in use by another process; waiting {limit} "
-                         f"(lock {lock.lock_file})")
+                         f"(lock {lock.path})")
             try:
-                lock.acquire(timeout=-1 if timeout is None else timeout)
+                lock.acquire(timeout=timeout)
             except LockTimeout as exc:
                 raise SessionBusyError(
                     f"session {label} is busy: another process is still running a turn on it "
-                    f"(waited {timeout:g}s for {lock.lock_file}). Try again later, or raise "
+                    f"(waited {timeout:g}s for {lock.path}). Try again later, or raise "
                     "--lock-timeout."
                 ) from exc
         try:

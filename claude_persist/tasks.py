@@ -238,11 +238,9 @@ def print_json(data: Any) -> None:
 
 def write_json(path: Path, data: Any) -> None:
     """A JSON report file (``--report``), its folder made if needed."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-    except OSError as exc:
-        raise UsageError(f"--report {path}: cannot write it: {exc.strerror}") from exc
+    from . import fsio
+
+    fsio.write_in_folder(path, json.dumps(data, indent=2) + "\n", "the --report file")
 
 
 # -- the tasks ----------------------------------------------------------------------------------
