@@ -66,7 +66,8 @@ def call_overhead(rounds: int = 20) -> list[Figure]:
     sid = lab.session_id("bench")
     direct = [*FAKE, "-p", "--output-format=stream-json", "--verbose", f"--resume={sid}"]
     times = interleaved({
-        "python -c 'import invoke, filelock'": lambda: lab.run([PYTHON, "-c", "import invoke, filelock"]),
+        "python -c 'import invoke, filelock'":
+            lambda: lab.run([PYTHON, "-c", "import invoke, filelock"]),
         "fake claude, direct": lambda: lab.run(direct, input="hi"),
         "claude-persist resume": lambda: lab.cp("resume", "-n", "bench", "-p", "hi"),
         "inv resume": lambda: lab.run([*INV, "resume", "-n", "bench", "-p", "hi"]),

@@ -1,8 +1,8 @@
 """Named sessions: create, resume, fork, adopt, resolve, list, delete.
 
-Each call is ``store`` + ``command`` + ``runner``: resolve the name, take the session's lock,
-build the argv, run it, judge the result, record it. The runner knows nothing of names, the
-store nothing of processes.
+Orchestration only: resolve the name, take the session's lock, merge the settings
+(``settings.merge``), hand the turn to the turn runner (``claude.call``: argv, process, verdict),
+record what it reported. The runner knows nothing of names, the store nothing of processes.
 """
 
 from __future__ import annotations
@@ -11,18 +11,18 @@ import builtins
 import os
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from . import validate
-from .claude import runner
+from .claude.call import Turn, TurnRunner, run_turn
 from .claude.command import Action, CallSpec, build_argv, resolve_claude_cmd
-from .claude.result import StreamCollector, TurnResult, turn_cost, verdict
-from .claude.runner import NO_EXIT
+from .claude.result import TurnResult
 from .errors import NameExistsError, SessionNotFoundError, UsageError
 from .mapping import MappingDoc, SessionEntry, replaced_history
+from .settings import CallSettings, from_stored, merge, to_stored
 from .store import MappingStore, notice
 
 
@@ -41,40 +41,8 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat()
 
 
-@dataclass(frozen=True)
-class TurnOptions:
-    """Per-call settings. Model, effort and role default to the session's stored ones."""
-
-    model: str | None = None
-    effort: str | None = None
-    role: str | Path | None = None
-    deadline: float | None = None
-    idle_timeout: float | None = None
-    lock_timeout: float | None = None
-    include_partial: bool = False
-    json_schema: str | None = None
-    max_turns: int | None = None
-    max_budget_usd: float | None = None
-    extra_args: tuple[str, ...] = field(default_factory=tuple)
-    on_line: Callable[[str], None] | None = None
-    """Called with each raw stream-json line as it arrives (a heartbeat, or ``--stream``)."""
-    cancel: threading.Event | None = None
-    """Set it from another thread to stop the call as Ctrl-C would (used by workflows)."""
-
-
-def checked(options: TurnOptions | None, base: Path) -> TurnOptions:
-    """``options`` checked and normalised (effort lower-cased, role made absolute), so that a
-    bad value fails before any lock is waited for or any process started."""
-    options = options or TurnOptions()
-    return replace(
-        options,
-        model=validate.model(options.model),
-        effort=validate.effort(options.effort),
-        role=validate.role_file(options.role, base),
-        deadline=validate.seconds(options.deadline, "--deadline"),
-        idle_timeout=validate.seconds(options.idle_timeout, "--idle-timeout"),
-        lock_timeout=validate.seconds(options.lock_timeout, "--lock-timeout", allow_zero=True),
-    )
+#: The API's name for per-call settings (model, effort, role, limits...): see ``settings``.
+TurnOptions = CallSettings
 
 
 @dataclass(frozen=True)
@@ -84,9 +52,7 @@ class _Target:
     session_id: str
     name: str | None
     cwd: Path
-    model: str | None
-    effort: str | None
-    role: str | None
+    settings: CallSettings
     previous_total: float | None
 
 
@@ -103,11 +69,17 @@ class Sessions:
         *,
         mapping_file: str | Path | None = None,
         claude_cmd: str | Sequence[str] | None = None,
+        defaults: CallSettings | None = None,
         default_model: str | None = None,
         default_effort: str | None = None,
         env: Mapping[str, str] | None = None,
         notify: Callable[[str], None] = notice,
+        turn_runner: TurnRunner = run_turn,
     ) -> None:
+        """``defaults`` is the configuration layer of the settings merge (the lowest: a flag,
+        a workflow step and the session's stored value all win over it); ``default_model`` and
+        ``default_effort`` are shorthands for two of its fields. ``turn_runner`` runs each
+        claude call (``claude_persist.testing.InProcessClaude`` answers without a process)."""
         self.workspace = Path(workspace or os.getcwd()).resolve()
         if not self.workspace.is_dir():
             raise UsageError(f"--workspace {workspace}: no such folder")
@@ -121,10 +93,11 @@ class Sessions:
             self.claude_cmd = list(claude_cmd)
         if not self.claude_cmd:
             raise UsageError("the claude command is empty: name one with --claude-cmd")
-        self.default_model = validate.model(default_model, "the default model")
-        self.default_effort = validate.effort(default_effort, "the default effort")
+        shorthand = CallSettings(model=default_model, effort=default_effort)
+        self.defaults = merge(shorthand, defaults).checked(self.workspace)
         self.env = env
         self.notify = notify
+        self.turn_runner = turn_runner
 
     @property
     def mapping_file(self) -> Path:
@@ -157,19 +130,24 @@ class Sessions:
         self,
         name: str,
         prompt: str | None = None,
-        options: TurnOptions | None = None,
+        options: CallSettings | None = None,
         *,
         force: bool = False,
+        on_line: Callable[[str], None] | None = None,
+        cancel: threading.Event | None = None,
     ) -> TurnResult:
-        """Start a new session and map ``name`` to it (``force`` replaces an existing name)."""
-        options = checked(options, self.workspace)
+        """Start a new session and map ``name`` to it (``force`` replaces an existing name).
+
+        ``on_line`` is called with each raw stream-json line as it arrives; setting ``cancel``
+        from another thread stops the call as Ctrl-C would."""
+        options = self._checked(options)
         name = validate.name(name)
         text = validate.prompt(prompt) if prompt is not None else init_prompt(name)
         if not force:
             self._refuse_early(name)
         target = self._settings(_new_session_id(), name, options, entry=None)
-        spec = self._spec(Action.CREATE, target, options, title=name)
-        result = self._run(spec, text, target, options)
+        spec = self._spec(Action.CREATE, target, title=name)
+        result = self._run(spec, text, target, on_line, cancel)
         self._record(name, target, result, fresh=True, force=force, reason="create --force")
         return result
 
@@ -177,18 +155,21 @@ class Sessions:
         self,
         name: str | None,
         prompt: str,
-        options: TurnOptions | None = None,
+        options: CallSettings | None = None,
         *,
         session_id: str | None = None,
+        on_line: Callable[[str], None] | None = None,
+        cancel: threading.Event | None = None,
     ) -> TurnResult:
         """Continue a session by name (or by ``session_id``, which wins over the name)."""
-        options = checked(options, self.workspace)
+        options = self._checked(options)
         text = validate.prompt(prompt)
         sid, mapped_name = self._locate(name, session_id)
-        with self.store.session_lock(sid, mapped_name or sid, options.lock_timeout):
+        lock_timeout = merge(options, self.defaults).lock_timeout
+        with self.store.session_lock(sid, mapped_name or sid, lock_timeout):
             target = self._target(mapped_name, sid, options)
-            spec = self._spec(Action.RESUME, target, options)
-            result = self._run(spec, text, target, options)
+            spec = self._spec(Action.RESUME, target)
+            result = self._run(spec, text, target, on_line, cancel)
             if target.name is not None:  # under the lock: the next turn sees these defaults
                 self._record(target.name, target, result)
         return result
@@ -198,24 +179,27 @@ class Sessions:
         name: str,
         new_name: str,
         prompt: str,
-        options: TurnOptions | None = None,
+        options: CallSettings | None = None,
         *,
         force: bool = False,
+        on_line: Callable[[str], None] | None = None,
+        cancel: threading.Event | None = None,
     ) -> TurnResult:
         """Copy ``name``'s history into a new session mapped as ``new_name``."""
-        options = checked(options, self.workspace)
+        options = self._checked(options)
         text = validate.prompt(prompt)
         new_name = validate.name(new_name, "--as")
         source = self.resolve(name)
         if not force:
             self._refuse_early(new_name)
-        with self.store.session_lock(source.session_id, source.name, options.lock_timeout):
+        lock_timeout = merge(options, self.defaults).lock_timeout
+        with self.store.session_lock(source.session_id, source.name, lock_timeout):
             # The CLI's running total of a fork carries on from the source's (2.1.330), so the
             # source's last total is the base the fork's own cost is taken from.
             target = self._target(source.name, source.session_id, options)
-            spec = self._spec(Action.FORK, target, options, title=new_name,
+            spec = self._spec(Action.FORK, target, title=new_name,
                               new_session_id=_new_session_id())
-            result = self._run(spec, text, target, options)
+            result = self._run(spec, text, target, on_line, cancel)
             self._record(new_name, replace(target, name=new_name), result, fresh=True,
                          force=force, reason="fork --force", forked_from=source.session_id)
         return result
@@ -266,23 +250,25 @@ class Sessions:
         return names
 
     def preview_argv(
-        self, action: Action, name: str, options: TurnOptions | None = None,
+        self, action: Action, name: str, options: CallSettings | None = None,
         new_name: str | None = None, session_id: str | None = None,
+        stored: CallSettings | None = None,
     ) -> builtins.list[str]:
         """The argv a call would run, without running it or writing anything.
 
         Ids not known yet are placeholders; ``session_id`` stands in for the session's id (a
-        dry run passes the placeholder of a session an earlier step will create).
+        dry run passes the placeholder of a session an earlier step will create, with what that
+        step will have ``stored``).
         """
-        options = checked(options, self.workspace)
-        stored = action is not Action.CREATE and session_id is None
-        entry = self.store.read().entry(name) if stored else None
+        options = self._checked(options)
+        known = action is not Action.CREATE and session_id is None
+        entry = self.store.read().entry(name) if known else None
         target = self._settings(
             session_id or (entry.session_id if entry else "<new session id>"), name, options,
-            entry)
+            entry, stored)
         title = new_name if action is not Action.RESUME else None
         new_id = "<new session id>" if action is Action.FORK else None
-        return build_argv(self.claude_cmd, self._spec(action, target, options, title=title,
+        return build_argv(self.claude_cmd, self._spec(action, target, title=title,
                                                       new_session_id=new_id))
 
     # -- internals ----------------------------------------------------------------------------
@@ -314,7 +300,10 @@ class Sessions:
         entry = self._entry(doc, validate.name(name))
         return entry.session_id, entry.name
 
-    def _target(self, name: str | None, session_id: str, options: TurnOptions) -> _Target:
+    def _checked(self, options: CallSettings | None) -> CallSettings:
+        return (options or CallSettings()).checked(self.workspace)
+
+    def _target(self, name: str | None, session_id: str, options: CallSettings) -> _Target:
         """Effective settings, read after the session lock is held (so they are current)."""
         entry = self.store.read().entry(name) if name is not None else None
         if entry is not None and entry.session_id != session_id:
@@ -323,82 +312,56 @@ class Sessions:
         if options.role is None and stored_role and not Path(stored_role).is_file():
             raise UsageError(
                 f"the role file {stored_role} of session {name} no longer exists; restore it, "
-                "or pass --role with a new one"
+                "or give a new role"
             )
         return self._settings(session_id, name, options, entry)
 
-    def _settings(self, session_id: str, name: str | None, options: TurnOptions,
-                  entry: SessionEntry | None) -> _Target:
-        """The one precedence rule: the explicit option, else the session's stored value, else
-        the configured default."""
+    def _settings(self, session_id: str, name: str | None, options: CallSettings,
+                  entry: SessionEntry | None, stored: CallSettings | None = None) -> _Target:
+        """The one merge: the explicit options (a flag, or a workflow step), then the session's
+        stored values, then configuration."""
         return _Target(
             session_id=session_id,
             name=name,
             cwd=Path(entry.cwd) if entry and entry.cwd else self.workspace,
-            model=options.model or (entry.last_model if entry else None) or self.default_model,
-            effort=options.effort or (entry.last_reasoning_effort if entry else None)
-            or self.default_effort,
-            role=str(options.role) if options.role else (entry.role if entry else None),
+            settings=merge(options, stored or from_stored(entry), self.defaults),
             previous_total=entry.last_total_cost_usd if entry else None,
         )
 
-    def _spec(
-        self, action: Action, target: _Target, options: TurnOptions, *, title: str | None = None,
-        new_session_id: str | None = None,
-    ) -> CallSpec:
-        return CallSpec(
-            action=action,
-            session_id=target.session_id,
-            new_session_id=new_session_id,
-            title=title,
-            model=target.model,
-            effort=target.effort,
-            role_file=target.role,
-            include_partial=options.include_partial,
-            json_schema=options.json_schema,
-            max_turns=options.max_turns,
-            max_budget_usd=options.max_budget_usd,
-            extra_args=tuple(options.extra_args),
-        )
+    @staticmethod
+    def _spec(action: Action, target: _Target, *, title: str | None = None,
+              new_session_id: str | None = None) -> CallSpec:
+        return CallSpec(action=action, session_id=target.session_id,
+                        new_session_id=new_session_id, title=title, settings=target.settings)
 
-    def _run(self, spec: CallSpec, prompt: str, target: _Target, options: TurnOptions
+    def _run(self, spec: CallSpec, prompt: str, target: _Target,
+             on_line: Callable[[str], None] | None, cancel: threading.Event | None
              ) -> TurnResult:
-        limits = runner.Limits(deadline=options.deadline, idle_timeout=options.idle_timeout)
-        collector = StreamCollector()
-        user_callback = options.on_line
-
-        def on_line(line: str) -> bool:
-            done = collector.feed(line)
-            if user_callback is not None:
-                user_callback(line)
-            return done
-
-        label = f"session {target.name or target.session_id}"
-        outcome = runner.run(build_argv(self.claude_cmd, spec), prompt=prompt, cwd=target.cwd,
-                             limits=limits, on_line=on_line, env=self.env,
-                             cancel=options.cancel)
-        raw = verdict(collector, outcome, limits, label)
-        notes: tuple[str, ...] = ()
-        if outcome.stopped_by == NO_EXIT:
-            notes = ("claude did not exit after its result; its process group was stopped",)
-            self.notify(f"warning: {notes[0]}")
+        turn = Turn(claude_cmd=self.claude_cmd, spec=spec, prompt=prompt, cwd=target.cwd,
+                    label=f"session {target.name or target.session_id}",
+                    previous_total=target.previous_total, env=self.env, on_line=on_line,
+                    cancel=cancel)
+        answer = self.turn_runner(turn)
+        for note in answer.notes:
+            self.notify(f"warning: {note}")
+        raw = answer.raw
         reported_id = raw.get("session_id")
         expected = spec.new_session_id or spec.session_id
+        settings = target.settings
         return TurnResult(
             session_id=reported_id if isinstance(reported_id, str) and reported_id else expected,
             text=str(raw.get("result") or ""),
             raw=raw,
             name=target.name,
             mapping_file=str(self.store.path),
-            model=target.model,
-            effort=target.effort,
-            cost_usd=turn_cost(raw.get("total_cost_usd"), target.previous_total,
-                               collector.cli_version),
+            model=settings.model,
+            effort=settings.effort,
+            cost_usd=answer.cost_usd,
             structured_output=raw.get("structured_output"),
             num_turns=raw.get("num_turns") if isinstance(raw.get("num_turns"), int) else None,
             duration_ms=raw.get("duration_ms") if isinstance(raw.get("duration_ms"), int)
             else None,
-            notes=notes,
+            notes=answer.notes,
         )
 
     def _record(
@@ -420,15 +383,17 @@ class Sessions:
                 raw = {"created_at": when, "cwd": str(target.cwd), "history": history}
                 if forked_from:
                     raw["forked_from"] = forked_from
-            elif not raw:
-                raw = {"created_at": when, "cwd": str(target.cwd)}
+            elif raw.get("session_id") != target.session_id:
+                # Re-pointed (create/adopt --force) or deleted while the turn ran: keep that.
+                now_points = (f"now maps to {raw['session_id']}" if raw
+                              else "was deleted meanwhile")
+                self.notify(f"warning: the name {name!r} {now_points}; the finished turn "
+                            f"belongs to session {target.session_id}, which stays unnamed "
+                            "unless you map it again")
+                return
             raw["session_id"] = result.session_id
             raw["last_used_at"] = when
-            for key, value in (("last_model", target.model),
-                               ("last_reasoning_effort", target.effort),
-                               ("role", target.role)):
-                if value:
-                    raw[key] = value
+            raw.update(to_stored(target.settings))
             total = result.raw.get("total_cost_usd")
             if isinstance(total, (int, float)):
                 raw["last_total_cost_usd"] = float(total)

@@ -33,33 +33,25 @@ from . import validate
 from .claude.command import resolve_claude_cmd
 from .claude.result import TurnResult
 from .errors import ClaudePersistError, UsageError, WorkflowFailedError, exit_code_for
-from .sessions import Sessions, TurnOptions
+from .sessions import Sessions
+from .settings import CONFIG_KEYS, CallSettings, from_config
+from .settings import HELP as SETTINGS_HELP
 
 CONFIG_DEFAULTS: dict[str, Any] = {
     "workspace": None,
     "mapping_file": None,
     "claude_cmd": None,
-    "model": None,
-    "effort": None,
-    "deadline": None,
-    "idle_timeout": None,
-    "lock_timeout": None,
+    **dict.fromkeys(CONFIG_KEYS),
 }
 
 HELP = {
+    **SETTINGS_HELP,
     "name": "session name (letters, digits, '.', '_', '-')",
     "prompt": "the prompt text",
     "prompt_file": "read the prompt from FILE ('-' for stdin)",
-    "role": "role file (.md) appended to the system prompt on every turn",
-    "model": "model for this call and the session's default from now on",
-    "effort": "reasoning effort: low, medium, high, xhigh, max (kept for later turns)",
-    "deadline": "stop the call after S seconds (exit 124); only when you need a limit",
-    "idle_timeout": "stop the call after S seconds without output (exit 124)",
-    "lock_timeout": "wait at most S seconds for a session another process is using (exit 4)",
     "force": "replace an existing name (the old id is kept in the entry's history)",
     "session_id": "a claude session id (UUID); wins over --name",
     "stream": "print claude's stream-json lines as they arrive",
-    "partial": "with --stream: include partial message events",
     "json": "print one JSON object instead of text",
     "as_": "the name for the forked session",
     "all_": "every name of the workspace (with --yes)",
@@ -148,8 +140,7 @@ def open_sessions(
         workspace or cfg["workspace"],
         mapping_file=mapping_file or cfg["mapping_file"],
         claude_cmd=resolve_claude_cmd(claude_cmd, cfg["claude_cmd"], os.environ),
-        default_model=cfg["model"],
-        default_effort=cfg["effort"],
+        defaults=from_config(cfg),
     )
 
 
@@ -188,25 +179,14 @@ def read_prompt(prompt: str | None, prompt_file: str | None, required: bool) -> 
 def turn_options(
     c: Context, *, model: str | None = None, effort: str | None = None,
     role: str | None = None, deadline: Any = None, idle_timeout: Any = None,
-    lock_timeout: Any = None, stream: bool = False, partial: bool = False,
-) -> TurnOptions:
-    """Per-call options from flags, configuration filling in the limits."""
-    cfg = settings(c)
-    on_line = print_line if stream else None
-    return TurnOptions(
-        model=model,
-        effort=effort,
-        role=role,
-        deadline=validate.seconds(deadline if deadline is not None else cfg["deadline"],
-                                  "--deadline"),
-        idle_timeout=validate.seconds(idle_timeout if idle_timeout is not None
-                                      else cfg["idle_timeout"], "--idle-timeout"),
-        lock_timeout=validate.seconds(lock_timeout if lock_timeout is not None
-                                      else cfg["lock_timeout"], "--lock-timeout",
-                                      allow_zero=True),
-        include_partial=partial,
+    lock_timeout: Any = None, partial: bool = False,
+) -> CallSettings:
+    """The explicit layer of the settings merge: what the flags set (configuration is the
+    ``Sessions``' own lowest layer)."""
+    return CallSettings(
+        model=model, effort=effort, role=role, deadline=deadline, idle_timeout=idle_timeout,
+        lock_timeout=lock_timeout, include_partial=partial or None,
         extra_args=passthrough_args(c),
-        on_line=on_line,
     )
 
 
@@ -264,9 +244,10 @@ def create(
     sessions = open_sessions(c, workspace, mapping_file, claude_cmd)
     text = read_prompt(prompt, prompt_file, required=False)
     options = turn_options(c, model=model, effort=effort, role=role, deadline=deadline,
-                           idle_timeout=idle_timeout, lock_timeout=lock_timeout, stream=stream,
+                           idle_timeout=idle_timeout, lock_timeout=lock_timeout,
                            partial=partial)
-    result = sessions.create(validate.name(name), text, options, force=force)
+    result = sessions.create(validate.name(name), text, options, force=force,
+                             on_line=print_line if stream else None)
     show(result, json=json, stream=stream, plain=result.session_id)
 
 
@@ -287,11 +268,12 @@ def resume(
     sessions = open_sessions(c, workspace, mapping_file, claude_cmd)
     text = read_prompt(prompt, prompt_file, required=True)
     options = turn_options(c, model=model, effort=effort, role=role, deadline=deadline,
-                           idle_timeout=idle_timeout, lock_timeout=lock_timeout, stream=stream,
+                           idle_timeout=idle_timeout, lock_timeout=lock_timeout,
                            partial=partial)
     if session_id is None:
         name = validate.name(name)
-    result = sessions.resume(name, str(text), options, session_id=session_id)
+    result = sessions.resume(name, str(text), options, session_id=session_id,
+                             on_line=print_line if stream else None)
     show(result, json=json, stream=stream, plain=result.text)
 
 
@@ -311,10 +293,10 @@ def fork(
     sessions = open_sessions(c, workspace, mapping_file, claude_cmd)
     text = read_prompt(prompt, prompt_file, required=True)
     options = turn_options(c, model=model, effort=effort, role=role, deadline=deadline,
-                           idle_timeout=idle_timeout, lock_timeout=lock_timeout, stream=stream,
+                           idle_timeout=idle_timeout, lock_timeout=lock_timeout,
                            partial=partial)
     result = sessions.fork(validate.name(name), validate.name(as_, "--as"), str(text), options,
-                           force=force)
+                           force=force, on_line=print_line if stream else None)
     show(result, json=json, stream=stream, plain=result.text)
 
 
@@ -417,9 +399,7 @@ def run(
     if dry_run:
         print(workflow.dry_run(loaded, plan, sessions), flush=True)
         return
-    cfg = settings(c)
-    limit = validate.seconds(lock_timeout if lock_timeout is not None else cfg["lock_timeout"],
-                             "--lock-timeout", allow_zero=True)
+    limit = validate.seconds(lock_timeout, "--lock-timeout", allow_zero=True)
     run_settings = workflow.RunSettings(max_parallel=parallel or loaded.max_parallel,
                                         resume_run=resume_run, run_id=run_id,
                                         lock_timeout=limit)

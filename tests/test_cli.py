@@ -216,7 +216,7 @@ def test_exit_2_for_usage_errors(face: Runner, workspace: Path) -> None:
         (["create", "-n", "bad name!"], "not a valid session name"),
         (["create"], "--name is required"),
         (["create", "-n", "e", "--effort", "huge"], "not an effort level"),
-        (["create", "-n", "e", "--deadline", "0"], "--deadline must be > 0"),
+        (["create", "-n", "e", "--deadline", "0"], "deadline must be > 0"),
         (["create", "-n", "e", "--deadline", "soon"], "not a number of seconds"),
         (["create", "-n", "e", "--role", "missing.md"], "no such file"),
         (["adopt", "-n", "a", "--session-id", "not-a-uuid"], "not a session id"),

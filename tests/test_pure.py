@@ -19,14 +19,15 @@ from claude_persist.claude.result import StreamCollector, turn_cost, verdict
 from claude_persist.claude.runner import NO_EXIT, Limits, ProcessOutcome
 from claude_persist.errors import EXIT_CODES, NameExistsError
 from claude_persist.mapping import CorruptMappingError, MappingDoc, dump, parse
+from claude_persist.settings import CallSettings
 from claude_persist.workflow.state import RunState, StepState, state_text
 
 SID = "11111111-2222-4333-8444-555555555555"
 
 
 def test_create_argv_uses_flag_equals_value_and_never_the_prompt() -> None:
-    argv = build_argv(["claude"], CallSpec(Action.CREATE, SID, title="review", model="-odd",
-                                           effort="high", role_file="/r.md"))
+    settings = CallSettings(model="-odd", effort="high", role="/r.md")
+    argv = build_argv(["claude"], CallSpec(Action.CREATE, SID, title="review", settings=settings))
     assert argv == ["claude", "-p", "--output-format=stream-json", "--verbose",
                     f"--session-id={SID}", "--name=review", "--model=-odd", "--effort=high",
                     "--append-system-prompt-file=/r.md"]
@@ -34,11 +35,13 @@ def test_create_argv_uses_flag_equals_value_and_never_the_prompt() -> None:
 
 def test_resume_and_fork_argv() -> None:
     resume = build_argv(["w", "--x"], CallSpec(Action.RESUME, SID, title="ignored",
-                                                include_partial=True, extra_args=("--bare",)))
+                                                settings=CallSettings(include_partial=True,
+                                                                      extra_args=("--bare",))))
     assert resume == ["w", "--x", "-p", "--output-format=stream-json", "--verbose",
                       f"--resume={SID}", "--include-partial-messages", "--bare"]
     fork = build_argv(["claude"], CallSpec(Action.FORK, SID, new_session_id="N", title="b",
-                                           json_schema="{}", max_turns=3, max_budget_usd=0.5))
+                                           settings=CallSettings(json_schema="{}", max_turns=3,
+                                                                 max_budget_usd=0.5)))
     assert fork[4:] == [f"--resume={SID}", "--fork-session", "--session-id=N", "--name=b",
                         "--json-schema={}", "--max-turns=3", "--max-budget-usd=0.5"]
 

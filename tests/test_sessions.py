@@ -48,7 +48,7 @@ def test_a_fork_costs_only_its_own_call(workspace: Path, fake_claude: Any) -> No
 
 def test_stream_callback_sees_every_line(workspace: Path, fake_claude: Any) -> None:
     lines: list[str] = []
-    Sessions(workspace).create("cb", "x", TurnOptions(on_line=lines.append))
+    Sessions(workspace).create("cb", "x", on_line=lines.append)
     assert '"type": "system"' in lines[0] and '"type": "result"' in lines[-1]
 
 

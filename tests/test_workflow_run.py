@@ -67,12 +67,13 @@ def test_four_independent_sessions_run_side_by_side(cp: Runner, workspace: Path,
     steps = "".join(f"  - {{id: s{i}, create: w{i}, prompt: '[fake delay=1] go'}}\n"
                     for i in range(4))
     write(workspace, "version: 1\nsteps:\n" + steps)
-    started = time.monotonic()
     ran = cp("run", "wf.yml", "--max-parallel", "4", "--json")
-    took = time.monotonic() - started  # the whole command, Python start-up included
     assert ran.code == 0, ran.err
-    assert ran.json()["duration_s"] < 1.75, ran.json()["duration_s"]
-    assert took < 2.0, f"4 parallel 1-second steps took {took:.2f}s"
+    # All four were running at one moment: the last to start started before the first to end
+    # (the fake's own clock; how long that took is the benchmark's business, not a test's).
+    calls = fake_claude.calls()
+    assert len(calls) == 4
+    assert max(c["started"] for c in calls) < min(c["ended"] for c in calls)
 
 
 def test_sequential_runs_in_file_order_one_at_a_time(workspace: Path, fake_claude: Any) -> None:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 from ..errors import UsageError
+from ..settings import CallSettings
 
 EFFORTS = ("low", "medium", "high", "xhigh", "max")
 
@@ -33,14 +34,7 @@ class CallSpec:
     session_id: str
     new_session_id: str | None = None
     title: str | None = None
-    model: str | None = None
-    effort: str | None = None
-    role_file: str | None = None
-    include_partial: bool = False
-    json_schema: str | None = None
-    max_turns: int | None = None
-    max_budget_usd: float | None = None
-    extra_args: tuple[str, ...] = field(default_factory=tuple)
+    settings: CallSettings = field(default_factory=CallSettings)
 
 
 def build_argv(claude_cmd: Sequence[str], spec: CallSpec) -> list[str]:
@@ -56,22 +50,7 @@ def build_argv(claude_cmd: Sequence[str], spec: CallSpec) -> list[str]:
             argv.append(f"--session-id={spec.new_session_id}")
     if spec.title and spec.action is not Action.RESUME:
         argv.append(f"--name={spec.title}")
-    if spec.model:
-        argv.append(f"--model={spec.model}")
-    if spec.effort:
-        argv.append(f"--effort={spec.effort}")
-    if spec.role_file:
-        argv.append(f"--append-system-prompt-file={spec.role_file}")
-    if spec.include_partial:
-        argv.append("--include-partial-messages")
-    if spec.json_schema is not None:
-        argv.append(f"--json-schema={spec.json_schema}")
-    if spec.max_turns is not None:
-        argv.append(f"--max-turns={spec.max_turns}")
-    if spec.max_budget_usd is not None:
-        argv.append(f"--max-budget-usd={spec.max_budget_usd:g}")
-    argv.extend(spec.extra_args)
-    return argv
+    return argv + spec.settings.argv()
 
 
 def resolve_claude_cmd(

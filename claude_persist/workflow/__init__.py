@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import replace
 from pathlib import Path
 
 from ..claude.command import Action
-from ..sessions import Sessions, TurnOptions
+from ..sessions import Sessions
+from ..settings import CallSettings, merge, remembered
 from . import expr, plan, report
 from .execute import RunSettings, Scheduler, lookup_in, step_options
 from .spec import Workflow, load_workflow, validate_var_assignments
@@ -36,25 +36,24 @@ def dry_run(workflow: Workflow, the_plan: plan.Plan, sessions: Sessions) -> str:
     steps will create are shown as placeholders, and what those steps will store (model,
     effort, role) is carried to later steps on the same session, as a real run would.
     """
-    made_here: dict[str, tuple[str, TurnOptions]] = {}
+    made_here: dict[str, tuple[str, CallSettings]] = {}
     lookup = lookup_in(workflow, {}, None, os.environ)
     argvs, prompts = {}, {}
     for step_id in the_plan.order:
         step = workflow.step(step_id)
-        options = step_options(step, RunSettings(), None)
-        placeholder, stored = made_here.get(step.session, (None, TurnOptions()))
-        if step.action is not Action.CREATE:
-            options = replace(options, model=options.model or stored.model,
-                              effort=options.effort or stored.effort,
-                              role=options.role or stored.role)
-        argvs[step_id] = sessions.preview_argv(step.action, step.session, options,
-                                               new_name=step.target, session_id=placeholder)
+        options = step_options(step, RunSettings())
+        placeholder, stored = made_here.get(step.session, (None, None))
+        argvs[step_id] = sessions.preview_argv(
+            step.action, step.session, options, new_name=step.target, session_id=placeholder,
+            stored=stored if step.action is not Action.CREATE else CallSettings())
         prompts[step_id] = expr.render(step.prompt, lookup)
+        # What the step will store for its session, as the real run's record would.
+        kept = remembered(merge(options, stored, sessions.defaults))
         if step.action is Action.RESUME and placeholder is not None:
-            made_here[step.target] = (placeholder, options)
+            made_here[step.target] = (placeholder, kept)
         elif step.action is not Action.RESUME:
             made_here[step.target] = (f"<session id of {step.target} from step {step.id}>",
-                                      options)
+                                      kept)
     return report.dry_run_text(workflow, the_plan, argvs, prompts)
 
 

@@ -25,7 +25,8 @@ from ..errors import (
     SessionNotFoundError,
     UsageError,
 )
-from ..sessions import Sessions, TurnOptions
+from ..sessions import Sessions
+from ..settings import CallSettings, merge
 from . import expr
 from .plan import Plan
 from .spec import Step, Workflow
@@ -92,24 +93,24 @@ def lookup_in(workflow: Workflow, states: dict[str, StepState], run_id: str | No
     return lookup
 
 
-def step_options(step: Step, settings: RunSettings, cancel: threading.Event | None
-                 ) -> TurnOptions:
-    """The library call's options for ``step``."""
-    return TurnOptions(
-        model=step.model, effort=step.effort, role=step.role, deadline=step.deadline,
-        idle_timeout=step.idle_timeout, lock_timeout=settings.lock_timeout,
-        json_schema=step.schema, max_turns=step.max_turns, max_budget_usd=step.max_budget_usd,
-        extra_args=step.args, cancel=cancel,
-    )
+def step_options(step: Step, settings: RunSettings) -> CallSettings:
+    """The step's own layer of the settings merge, under the run's flags (``--lock-timeout``);
+    ``Sessions`` merges it over the session's stored values and configuration."""
+    return merge(CallSettings(lock_timeout=settings.lock_timeout), CallSettings(
+        model=step.model, effort=step.effort, role=str(step.role) if step.role else None,
+        deadline=step.deadline, idle_timeout=step.idle_timeout, json_schema=step.schema,
+        max_turns=step.max_turns, max_budget_usd=step.max_budget_usd, extra_args=step.args))
 
 
-def call_step(sessions: Sessions, step: Step, prompt: str, options: TurnOptions) -> TurnResult:
+def call_step(sessions: Sessions, step: Step, prompt: str, options: CallSettings,
+              cancel: threading.Event | None = None) -> TurnResult:
     """One attempt of one step. A workflow's ``create:`` always makes a fresh session."""
     if step.action is Action.CREATE:
-        return sessions.create(step.session, prompt, options, force=True)
+        return sessions.create(step.session, prompt, options, force=True, cancel=cancel)
     if step.action is Action.FORK:
-        return sessions.fork(step.session, step.target, prompt, options, force=True)
-    return sessions.resume(step.session, prompt, options)
+        return sessions.fork(step.session, step.target, prompt, options, force=True,
+                             cancel=cancel)
+    return sessions.resume(step.session, prompt, options, cancel=cancel)
 
 
 def write_output(path: Path, result: TurnResult) -> None:
@@ -244,12 +245,12 @@ class Scheduler:
 
     def _execute(self, step: Step, state: StepState, prompt: str) -> None:
         began = time.monotonic()
-        options = step_options(step, self.settings, self.cancel)
+        options = step_options(step, self.settings)
         try:
             for attempt in range(1, step.retries + 2):
                 state.attempts = attempt
                 try:
-                    result = call_step(self.sessions, step, prompt, options)
+                    result = call_step(self.sessions, step, prompt, options, self.cancel)
                 except STEP_ERRORS as error:
                     if attempt <= step.retries and is_transient(error) and \
                             not self.cancel.is_set():
