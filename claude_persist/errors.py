@@ -17,7 +17,16 @@ class UsageError(ClaudePersistError):
 
 
 class NameExistsError(UsageError):
-    """``create`` of a name the mapping already holds, without ``--force``."""
+    """``create`` (or ``fork``, ``adopt``) of a name the mapping already holds, not forced.
+
+    ``unmapped`` is the id of a session that was created but could not be named."""
+
+    def __init__(self, message: str, *, name: str, session_id: str,
+                 unmapped: str | None = None) -> None:
+        super().__init__(message)
+        self.name = name
+        self.session_id = session_id
+        self.unmapped = unmapped
 
 
 class UnsafeFileError(ClaudePersistError):
@@ -34,7 +43,11 @@ class MappingFileError(UnsafeFileError):
 
 
 class SessionNotFoundError(ClaudePersistError):
-    """No such name in the mapping, or claude has no transcript for the session id."""
+    """No such name in the mapping (``name``), or claude has no transcript for the session id."""
+
+    def __init__(self, message: str, *, name: str | None = None) -> None:
+        super().__init__(message)
+        self.name = name
 
 
 class SessionBusyError(ClaudePersistError):
@@ -66,6 +79,11 @@ class ClaudeNotFoundError(ClaudePersistError):
     """The claude command (or ``--claude-cmd`` / ``CLAUDE_CMD``) cannot be started."""
 
 
+class InternalError(ClaudePersistError):
+    """A bug of ours: an exception nobody expected. The faces print one line, not a traceback
+    (set ``CLAUDE_PERSIST_TRACEBACK=1`` to see it)."""
+
+
 class InterruptedByUserError(ClaudePersistError):
     """The user interrupted us (Ctrl-C or SIGTERM); children were stopped."""
 
@@ -93,6 +111,7 @@ EXIT_CODES: dict[type[BaseException], int] = {
     SessionBusyError: 4,
     CallTimeoutError: 124,
     ClaudeNotFoundError: 127,
+    InternalError: 70,
     InterruptedByUserError: 130,
     KeyboardInterrupt: 130,
     BrokenPipeError: 141,

@@ -82,7 +82,7 @@ class Sessions:
         claude call (``claude_persist.testing.InProcessClaude`` answers without a process)."""
         self.workspace = Path(workspace or os.getcwd()).resolve()
         if not self.workspace.is_dir():
-            raise UsageError(f"--workspace {workspace}: no such folder")
+            raise UsageError(f"the workspace folder {workspace} does not exist")
         self.store = MappingStore.for_workspace(
             self.workspace, Path(mapping_file) if mapping_file else None, notify=notify
         )
@@ -92,7 +92,7 @@ class Sessions:
         else:
             self.claude_cmd = list(claude_cmd)
         if not self.claude_cmd:
-            raise UsageError("the claude command is empty: name one with --claude-cmd")
+            raise UsageError("the claude command is empty: name one (claude, or a wrapper)")
         shorthand = CallSettings(model=default_model, effort=default_effort)
         self.defaults = merge(shorthand, defaults).checked(self.workspace)
         self.env = env
@@ -119,9 +119,8 @@ class Sessions:
         if entry is None:
             known = ", ".join(doc.aliases) or "none yet"
             raise SessionNotFoundError(
-                f"no session named {name!r} in {self.store.path} (known names: {known}). "
-                f"Create it with: create --name {name}"
-            )
+                f"no session named {name!r} in {self.store.path} (known names: {known})",
+                name=name)
         return entry
 
     # -- calls --------------------------------------------------------------------------------
@@ -227,7 +226,7 @@ class Sessions:
     ) -> builtins.list[str]:
         """Remove the entry for ``name`` (or every name of ``session_id``); transcripts stay."""
         if (name is None) == (session_id is None):
-            raise UsageError("delete needs exactly one of --name, --session-id or --all --yes")
+            raise UsageError("delete needs exactly one of a name or a session id")
         with self.store.update() as doc:
             if name is not None:
                 name = validate.name(name)
@@ -282,13 +281,12 @@ class Sessions:
         entry = doc.entry(name)
         if entry is None:
             return
-        lost = (f" Session {created} was created but not mapped; map it with: adopt --name "
-                f"<other-name> --session-id {created}.") if created else ""
+        lost = (f" Session {created} was created but could not be named; it is not lost: "
+                "adopt it under another name.") if created else ""
         raise NameExistsError(
             f"a session named {name!r} already exists (id {entry.session_id}) in "
-            f"{self.store.path}. Pass --force to replace it (the old id is kept in the entry's "
-            f"history), or choose another name.{lost}"
-        )
+            f"{self.store.path}.{lost}", name=name, session_id=entry.session_id,
+            unmapped=created)
 
     def _locate(self, name: str | None, session_id: str | None) -> tuple[str, str | None]:
         """The session id to resume and the name it is mapped under (if any)."""

@@ -89,7 +89,7 @@ class MappingStore:
                 return True
             return fsio.check_folder(self.folder, "the mapping folder")
         except UnsafeFileError as exc:
-            raise MappingFileError(f"{exc} Or pass --mapping-file to use another path.",
+            raise MappingFileError(str(exc),
                                    path=exc.path) from exc
 
     def _check_shared_root(self, create: bool) -> None:
@@ -236,8 +236,7 @@ class MappingStore:
             except LockTimeout as exc:
                 raise SessionBusyError(
                     f"session {label} is busy: another process is still running a turn on it "
-                    f"(waited {timeout:g}s for {lock.path}). Try again later, or raise "
-                    "--lock-timeout."
+                    f"(waited {timeout:g}s for {lock.path})"
                 ) from exc
         try:
             yield

@@ -32,7 +32,17 @@ from invoke.tasks import Task
 from . import validate
 from .claude.command import resolve_claude_cmd
 from .claude.result import TurnResult
-from .errors import ClaudePersistError, UsageError, WorkflowFailedError, exit_code_for
+from .errors import (
+    ClaudePersistError,
+    InternalError,
+    MappingFileError,
+    NameExistsError,
+    SessionBusyError,
+    SessionNotFoundError,
+    UsageError,
+    WorkflowFailedError,
+    exit_code_for,
+)
 from .sessions import Sessions
 from .settings import CONFIG_KEYS, CallSettings, from_config
 from .settings import HELP as SETTINGS_HELP
@@ -88,6 +98,8 @@ def persist_task(
     """Make a task of ``body``: errors become exit codes; ``preset`` fixes some flags."""
     preset = preset or {}
 
+    task_name = name or body.__name__.rstrip("_")
+
     @functools.wraps(body)
     def edge(c: Context, *args: Any, **kwargs: Any) -> Any:
         if threading.current_thread() is threading.main_thread():
@@ -95,11 +107,20 @@ def persist_task(
         try:
             return body(c, *args, **kwargs, **preset)
         except ClaudePersistError as exc:
-            raise Exit(f"claude-persist: error: {exc}", code=exit_code_for(exc)) from exc
+            hint = face_hint(exc, task_name)
+            raise Exit(f"claude-persist: error: {exc}{' ' + hint if hint else ''}",
+                       code=exit_code_for(exc)) from exc
         except KeyboardInterrupt as exc:
             raise Exit("claude-persist: interrupted", code=130) from exc
         except BrokenPipeError as exc:
             raise closed_stdout() from exc
+        except Exception as exc:
+            if os.environ.get("CLAUDE_PERSIST_TRACEBACK"):
+                raise
+            bug = InternalError(f"{type(exc).__name__}: {exc}")
+            raise Exit(f"claude-persist: internal error: {bug} (this is a bug; run again with "
+                       "CLAUDE_PERSIST_TRACEBACK=1 to see where)", code=exit_code_for(bug)
+                       ) from exc
 
     signature = inspect.signature(body)
     params = [p for key, p in signature.parameters.items() if key not in preset]
@@ -110,6 +131,41 @@ def persist_task(
     return PersistTask(edge, name=name or body.__name__.rstrip("_"), aliases=aliases,
                        help=helps, auto_shortflags=False, positional=list(positional),
                        iterable=list(iterable))
+
+
+def command_prefix() -> str:
+    """How the user called us, to name another task in a hint: ``claude-persist `` or, under
+    Invoke, ``inv `` plus the collection's prefix as typed (``inv claude.``)."""
+    program = Path(sys.argv[0]).name if sys.argv else ""
+    if program in ("inv", "invoke") or Path(sys.argv[0]).parent.name == "invoke":
+        names = {task.name for task in ns.tasks.values()} | {
+            alias for task in ns.tasks.values() for alias in task.aliases}
+        for word in sys.argv[1:]:
+            head, _, last = word.rpartition(".")
+            if last in names and not word.startswith("-"):
+                return f"inv {head + '.' if head else ''}"
+        return "inv "
+    return "claude-persist "
+
+
+def face_hint(error: ClaudePersistError, task: str) -> str:
+    """What to type next, in this face's words (the library's messages name no flags)."""
+    cmd = command_prefix()
+    if isinstance(error, NameExistsError):
+        hint = ("Pass --force to replace it (the old id is kept in the entry's history), or "
+                "choose another name.")
+        if error.unmapped:
+            hint += f" Name the new session with: {cmd}adopt -n OTHER --session-id " \
+                    f"{error.unmapped}"
+        return hint
+    if isinstance(error, SessionNotFoundError) and error.name and task not in (
+            "delete", "delete-session"):
+        return f"Create it with: {cmd}create -n {error.name}"
+    if isinstance(error, SessionBusyError):
+        return "Try again later, or raise --lock-timeout."
+    if isinstance(error, MappingFileError):
+        return "Or pass --mapping-file to use another path."
+    return ""
 
 
 def closed_stdout() -> Exit:
