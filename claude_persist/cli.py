@@ -1,8 +1,11 @@
 """The ``claude-persist`` command: Invoke's ``Program`` over the same task collection.
 
-``claude-persist resume -n x -p hi`` behaves as ``inv resume -n x -p hi``, with two differences
-a standalone tool needs: Invoke's own parse errors exit 2 (usage), not 1, and ``./invoke.yaml``
-in the current directory is read even though no ``tasks.py`` is loaded.
+``claude-persist resume -n x -p hi`` behaves as ``inv resume -n x -p hi``, with the differences
+a standalone tool needs: Invoke's own parse errors exit 2 (usage), not 1; ``./invoke.yaml``
+(``.yml``, ``.json``) in the current directory is read, but never ``invoke.py``, so running in an
+untrusted checkout runs no code from it, and a broken file is a usage error naming its line; and
+only the core flags that mean something here are shown and accepted (no ``--dry``, which would
+not stop claude, and no ``--pty`` beside ``-p/--prompt``).
 """
 
 from __future__ import annotations
@@ -29,8 +32,14 @@ def _usage_errors() -> Iterator[None]:
                    code=2) from exc
 
 
+#: Invoke's core flags that mean something for claude-persist; the others (--dry, --pty, --echo,
+#: --hide, --warn-only, ...) are about ``c.run`` shell commands, which our tasks never run.
+CORE_FLAGS = {"help", "version", "list", "list-depth", "list-format", "complete",
+              "print-completion-script", "debug", "config"}
+
+
 class PersistProgram(Program):
-    """Invoke's Program with usage errors mapped to exit 2 and ./invoke.yaml honoured."""
+    """Invoke's Program for a standalone command: see the module's docstring."""
 
     def parse_core(self, argv: list[str] | None) -> None:
         writes_bytecode = sys.dont_write_bytecode
@@ -39,12 +48,30 @@ class PersistProgram(Program):
         # Invoke stops bytecode caching to keep it out of a tasks.py folder; there is none here,
         # and without the cache every module imported from now on compiles on every call.
         sys.dont_write_bytecode = writes_bytecode
+        for flag in self.args.values():
+            if flag.name not in CORE_FLAGS and flag.name != "write-pyc" and flag.got_value:
+                raise Exit(f"claude-persist: usage error: --{flag.name} is not an option of "
+                           "claude-persist (see claude-persist --help)", code=2)
+
+    def print_help(self) -> None:
+        print(f"Usage: {self.binary} [--core-opts] <task> [--task-opts] ...\n")
+        print("Core options:\n")
+        self.print_columns([row for row in self.initial_context.help_tuples()
+                            if _names_core(row[0])])
+        self.list_tasks()
 
     def parse_collection(self) -> None:
         with _usage_errors():
             super().parse_collection()
         self.config.set_project_location(os.getcwd())
-        self.config.load_project()
+        # Data files only: invoke.py would run code from whatever folder we are started in.
+        self.config._set(_file_suffixes=("yaml", "yml", "json"))
+        try:
+            self.config.load_project()
+        except Exception as exc:  # a YAML or JSON error, with its line when the parser has it
+            raise Exit(f"claude-persist: error: the configuration file in {os.getcwd()} is "
+                       f"broken: {' '.join(str(exc).split())}. Fix it or remove it.",
+                       code=2) from exc
 
     def _make_parser(self) -> Parser:
         # Invoke's parser deep-copies every task's flags on each parse (10 ms for our tasks);
@@ -61,6 +88,14 @@ class PersistProgram(Program):
             super().parse_tasks()
 
 
+def _names_core(column: str) -> bool:
+    """True when a help row's flag column (``-h [STRING], --help[=STRING]``) names a core flag
+    we keep."""
+    words = column.replace(",", " ").split()
+    return any(word.lstrip("-").split("=")[0].split("[")[0] in CORE_FLAGS for word in words
+               if word.startswith("--"))
+
+
 program = PersistProgram(namespace=ns, name="claude-persist", binary="claude-persist",
                          version=__version__)
 
@@ -70,9 +105,9 @@ def main(argv: list[str] | None = None) -> None:
     try:
         program.run(argv if argv is not None else sys.argv)
     except BrokenPipeError:  # in Invoke's own output, such as --help or --list
-        exit_ = closed_stdout()
-        sys.stderr.write(f"{exit_.message}\n")
-        sys.exit(exit_.code)
+        sys.exit(closed_stdout().code)
+    except KeyboardInterrupt:  # before a task took over its signals: start-up, parsing
+        sys.exit(130)
 
 
 if __name__ == "__main__":

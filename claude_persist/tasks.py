@@ -103,7 +103,10 @@ def persist_task(
     @functools.wraps(body)
     def edge(c: Context, *args: Any, **kwargs: Any) -> Any:
         if threading.current_thread() is threading.main_thread():
+            # A closed terminal (SIGHUP) or a kill (SIGTERM) stops like Ctrl-C: claude's
+            # process groups are ended and a workflow's state is saved as interrupted.
             signal.signal(signal.SIGTERM, _terminate_as_interrupt)
+            signal.signal(signal.SIGHUP, _terminate_as_interrupt)
         try:
             return body(c, *args, **kwargs, **preset)
         except ClaudePersistError as exc:
@@ -169,9 +172,10 @@ def face_hint(error: ClaudePersistError, task: str) -> str:
 
 
 def closed_stdout() -> Exit:
-    """Whoever read our stdout stopped reading (``| head``): say nothing more there, exit 141."""
+    """Whoever read our stdout stopped reading (``| head``): that is their choice, not an error,
+    so say nothing (as ``yes | head`` does) and exit 141, as shells report a broken pipe."""
     os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-    return Exit("claude-persist: stdout was closed before all output was written", code=141)
+    return Exit(code=141)
 
 
 def _terminate_as_interrupt(signum: int, frame: FrameType | None) -> None:
@@ -246,10 +250,13 @@ def turn_options(
     )
 
 
-def check_output_flags(stream: bool, json: bool) -> None:
+def check_output_flags(stream: bool, json: bool, partial: bool = False) -> None:
     if stream and json:
         raise UsageError("--stream and --json do not go together: --stream already ends with "
                          "the result object")
+    if partial and not stream:
+        raise UsageError("--partial adds partial message events to --stream's output; add "
+                         "--stream, or drop --partial")
 
 
 def show(result: TurnResult, *, json: bool, stream: bool, plain: str) -> None:
@@ -296,7 +303,7 @@ def create(
     --stream prints claude's stream-json lines as they arrive; --json prints the result object.
     Anything after -- goes to claude as is.
     """
-    check_output_flags(stream, json)
+    check_output_flags(stream, json, partial)
     sessions = open_sessions(c, workspace, mapping_file, claude_cmd)
     text = read_prompt(prompt, prompt_file, required=False)
     options = turn_options(c, model=model, effort=effort, role=role, deadline=deadline,
@@ -320,7 +327,7 @@ def resume(
     --session-id wins over --name. The stored model, effort and role are used unless given.
     --stream prints claude's stream-json lines as they arrive; --json prints the result object.
     """
-    check_output_flags(stream, json)
+    check_output_flags(stream, json, partial)
     sessions = open_sessions(c, workspace, mapping_file, claude_cmd)
     text = read_prompt(prompt, prompt_file, required=True)
     options = turn_options(c, model=model, effort=effort, role=role, deadline=deadline,
@@ -345,7 +352,7 @@ def fork(
 
     --stream prints claude's stream-json lines as they arrive; --json prints the result object.
     """
-    check_output_flags(stream, json)
+    check_output_flags(stream, json, partial)
     sessions = open_sessions(c, workspace, mapping_file, claude_cmd)
     text = read_prompt(prompt, prompt_file, required=True)
     options = turn_options(c, model=model, effort=effort, role=role, deadline=deadline,
@@ -453,6 +460,9 @@ def run(
     loaded, plan = workflow.load(file, sessions, workflow.validate_var_assignments(var or []),
                                  parallel)
     if dry_run:
+        if json or report is not None or resume_run:
+            raise UsageError("--dry-run prints the plan as text and runs nothing: drop --json, "
+                             "--report and --resume-run, or drop --dry-run")
         print(workflow.dry_run(loaded, plan, sessions), flush=True)
         return
     limit = validate.seconds(lock_timeout, "--lock-timeout", allow_zero=True)
@@ -522,8 +532,9 @@ for _task in (
                  doc="Resume a session, printing claude's stream-json lines as they arrive "
                      "(seed stage)."),
     persist_task(delete, name="delete-all-sessions",
-                 preset={"all_": True, "yes": True, "name": None, "session_id": None},
-                 doc="Forget every name of the workspace (seed stage; transcripts stay)."),
+                 preset={"all_": True, "name": None, "session_id": None},
+                 doc="Forget every name of the workspace with --yes (seed stage; transcripts "
+                     "stay)."),
     persist_task(run, positional=("file",), iterable=("var",)),
     persist_task(validate_, name="validate", positional=("file",), iterable=("var",)),
 ):

@@ -49,7 +49,8 @@ def test_resume_and_fork_argv() -> None:
 def test_claude_cmd_precedence() -> None:
     env = {"CLAUDE_CMD": "from-env --a"}
     assert resolve_claude_cmd("flag 'x y'", "cfg", env) == ["flag", "x y"]
-    assert resolve_claude_cmd(None, "cfg", env) == ["cfg"]
+    assert resolve_claude_cmd(None, "cfg", env) == ["from-env", "--a"]  # env over a project file
+    assert resolve_claude_cmd(None, "cfg", {}) == ["cfg"]
     assert resolve_claude_cmd(None, None, env) == ["from-env", "--a"]
     assert resolve_claude_cmd(None, "  ", {}) == ["claude"]
     with pytest.raises(UsageError, match="cannot split"):

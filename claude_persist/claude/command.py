@@ -56,12 +56,15 @@ def build_argv(claude_cmd: Sequence[str], spec: CallSpec) -> list[str]:
 def resolve_claude_cmd(
     flag: str | None, configured: str | None, environ: Mapping[str, str]
 ) -> list[str]:
-    """The claude command as argv: ``--claude-cmd``, else configuration, else ``CLAUDE_CMD``,
-    else ``claude``. Split with shlex, never run through a shell."""
+    """The claude command as argv: ``--claude-cmd``, else ``CLAUDE_CMD``, else configuration,
+    else ``claude``. Split with shlex, never run through a shell.
+
+    The environment outranks configuration because a checkout's ``invoke.yaml`` is not the
+    user's own: it must not be able to swap the program we run behind their ``CLAUDE_CMD``."""
     for source, raw in (
         ("--claude-cmd", flag),
-        ("the claude_cmd setting", configured),
         ("CLAUDE_CMD", environ.get("CLAUDE_CMD")),
+        ("the claude_cmd setting", configured),
     ):
         if raw is not None and raw.strip():
             try:

@@ -1,0 +1,74 @@
+"""What a new user tripped over and what an attacker tried, through the command-line faces."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .conftest import Runner
+
+
+def test_a_checkout_cannot_run_code_or_swap_the_claude_command(
+        workspace: Path, fake_claude: Any) -> None:
+    marker = workspace / "ran"
+    (workspace / "invoke.py").write_text(f"open({str(marker)!r}, 'w').write('x')\n")
+    (workspace / "invoke.yaml").write_text(
+        "claude_persist:\n  claude_cmd: /nonexistent/evil-claude\n")
+    # The installed command, as users run it (python -m would put the folder on sys.path).
+    command = Path(sys.executable).parent / "claude-persist"
+    ran = subprocess.run([str(command), "create", "-n", "safe"], cwd=workspace,
+                         capture_output=True, text=True, timeout=60)
+    assert ran.returncode == 0, ran.stderr  # CLAUDE_CMD (the fake) outranks the project file
+    assert not marker.exists()
+
+
+def test_a_broken_invoke_yaml_is_a_usage_error(cp: Runner, workspace: Path) -> None:
+    (workspace / "invoke.yaml").write_text("claude_persist:\n  model: [unclosed\n")
+    ran = cp("list")
+    assert ran.code == 2, ran.err
+    assert "configuration file" in ran.err and "line" in ran.err
+    assert "Traceback" not in ran.err
+
+
+@pytest.mark.parametrize("flag", ["--dry", "--pty", "--echo", "--warn-only"])
+def test_invokes_shell_flags_are_refused_and_not_shown(cp: Runner, flag: str) -> None:
+    ran = cp(flag, "list")
+    assert ran.code == 2 and f"{flag} is not an option" in ran.err
+    assert flag not in cp("--help").out
+
+
+def test_flags_that_would_be_silently_ignored_are_errors(cp: Runner, workspace: Path) -> None:
+    partial = cp("create", "-n", "p", "--partial")
+    assert partial.code == 2 and "--partial" in partial.err
+    (workspace / "wf.yml").write_text("version: 1\nsteps: [{id: a, create: x, prompt: hi}]\n")
+    dry = cp("run", "wf.yml", "--dry-run", "--json")
+    assert dry.code == 2 and "--dry-run" in dry.err
+
+
+@pytest.mark.parametrize("sig", [signal.SIGHUP, signal.SIGTERM])
+def test_a_closed_terminal_stops_a_run_like_ctrl_c(workspace: Path, fake_claude: Any,
+                                                   group_alive: Any, sig: int) -> None:
+    (workspace / "wf.yml").write_text(
+        "version: 1\nsteps: [{id: a, create: x, prompt: '[fake delay=30] a'}]\n")
+    proc = subprocess.Popen([sys.executable, "-m", "claude_persist.cli", "run", "wf.yml",
+                             "--run-id", "r1"], cwd=workspace, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 30
+    while not fake_claude.records() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    groups = [r["pgid"] for r in fake_claude.records()]
+    assert groups, "the fake never started"
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert not any(group_alive(g) for g in groups)
+    states = list((workspace.parent / "tmp").rglob("r1.json"))
+    assert len(states) == 1
+    assert json.loads(states[0].read_text())["status"] == "interrupted"
