@@ -31,6 +31,18 @@ def init_prompt(name: str) -> str:
     return f"Initialize a new session named '{name}'. Reply only: OK"
 
 
+def find_workspace(start: Path) -> Path:
+    """The default workspace: the root of the git repository holding ``start`` (a ``.git``
+    folder, or the ``.git`` file of a worktree or submodule), else ``start`` itself. So names
+    made at a repository's top are found from any folder inside it, as ``inv`` finds
+    ``tasks.py`` upwards."""
+    start = start.resolve()
+    for folder in (start, *start.parents):
+        if (folder / ".git").exists():
+            return folder
+    return start
+
+
 def _new_session_id() -> str:
     import uuid  # only create and fork need it; resume starts faster without
 
@@ -80,7 +92,8 @@ class Sessions:
         a workflow step and the session's stored value all win over it); ``default_model`` and
         ``default_effort`` are shorthands for two of its fields. ``turn_runner`` runs each
         claude call (``claude_persist.testing.InProcessClaude`` answers without a process)."""
-        self.workspace = Path(workspace or os.getcwd()).resolve()
+        self.workspace = (Path(workspace).resolve() if workspace
+                          else find_workspace(Path(os.getcwd())))
         if not self.workspace.is_dir():
             raise UsageError(f"the workspace folder {workspace} does not exist")
         self.store = MappingStore.for_workspace(

@@ -66,7 +66,8 @@ HELP = {
     "as_": "the name for the forked session",
     "all_": "every name of the workspace (with --yes)",
     "yes": "confirm --all",
-    "workspace": "the workspace folder (default: the current directory)",
+    "workspace": "the workspace folder (default: the root of the git repository around the "
+                 "current folder, else the current folder)",
     "mapping_file": "use this mapping file instead of the workspace's default",
     "claude_cmd": "the claude command to run, e.g. 'claude' or a wrapper (default: CLAUDE_CMD)",
     "file": "the workflow file (YAML)",
@@ -186,9 +187,25 @@ def _terminate_as_interrupt(signum: int, frame: FrameType | None) -> None:
 
 
 def settings(c: Context) -> dict[str, Any]:
-    """The ``claude_persist`` configuration section, with every known key present."""
+    """The ``claude_persist`` configuration section, with every known key present; unknown
+    keys and ``INVOKE_CLAUDE_PERSIST_*`` variables are named in a warning (a typo would
+    otherwise be ignored without a word)."""
     section = c.config.get("claude_persist") or {}
+    unknown = sorted(set(section) - set(CONFIG_DEFAULTS))
+    unknown += sorted(key for key in os.environ if key.startswith(ENV_PREFIX)
+                      and key[len(ENV_PREFIX):].lower() not in CONFIG_DEFAULTS)
+    if unknown:
+        _warn_once(f"warning: unknown configuration ignored: {', '.join(unknown)} (known under "
+                   f"claude_persist: {', '.join(CONFIG_DEFAULTS)})")
     return {key: section.get(key, default) for key, default in CONFIG_DEFAULTS.items()}
+
+
+ENV_PREFIX = "INVOKE_CLAUDE_PERSIST_"
+
+
+@functools.cache
+def _warn_once(message: str) -> None:
+    print(f"claude-persist: {message}", file=sys.stderr, flush=True)
 
 
 def open_sessions(
@@ -197,11 +214,23 @@ def open_sessions(
     """The library object for these flags, configuration filling in what they leave out."""
     cfg = settings(c)
     return Sessions(
-        workspace or cfg["workspace"],
+        workspace or _configured_workspace(c, cfg["workspace"]),
         mapping_file=mapping_file or cfg["mapping_file"],
         claude_cmd=resolve_claude_cmd(claude_cmd, cfg["claude_cmd"], os.environ),
         defaults=from_config(cfg),
     )
+
+
+def _configured_workspace(c: Context, value: str | None) -> str | None:
+    """``workspace:`` from configuration; a relative one is relative to the project's
+    ``invoke.yaml`` that sets it (else to the current folder)."""
+    if not value or Path(value).expanduser().is_absolute():
+        return str(Path(value).expanduser()) if value else None
+    project_file = getattr(c.config, "_project_path", None)
+    project = getattr(c.config, "_project", None) or {}
+    if project_file and (project.get("claude_persist") or {}).get("workspace") == value:
+        return str(Path(project_file).parent / value)
+    return value
 
 
 def passthrough_args(c: Context) -> tuple[str, ...]:

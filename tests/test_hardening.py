@@ -72,3 +72,29 @@ def test_a_closed_terminal_stops_a_run_like_ctrl_c(workspace: Path, fake_claude:
     states = list((workspace.parent / "tmp").rglob("r1.json"))
     assert len(states) == 1
     assert json.loads(states[0].read_text())["status"] == "interrupted"
+
+
+def test_sessions_are_found_from_a_subfolder_of_the_repository(cp: Runner,
+                                                               workspace: Path) -> None:
+    (workspace / ".git").mkdir()
+    (workspace / "src" / "deep").mkdir(parents=True)
+    assert cp("create", "-n", "top").code == 0
+    below = cp("resolve", "-n", "top", cwd=workspace / "src" / "deep")
+    assert below.code == 0, below.err
+    elsewhere = cp("resolve", "-n", "top", "--workspace", str(workspace / "src"))
+    assert elsewhere.code == 3  # an explicit workspace still wins
+
+
+def test_a_relative_workspace_in_invoke_yaml_is_relative_to_that_file(
+        cp: Runner, workspace: Path) -> None:
+    (workspace / "proj").mkdir()
+    (workspace / "invoke.yaml").write_text("claude_persist:\n  workspace: proj\n")
+    listed = cp("list", "--json")
+    assert listed.json()["workspace_dir"] == str((workspace / "proj").resolve())
+
+
+def test_unknown_configuration_is_named_in_a_warning(cp: Runner, workspace: Path) -> None:
+    (workspace / "invoke.yaml").write_text("claude_persist:\n  modle: opus\n")
+    ran = cp("list", env={"INVOKE_CLAUDE_PERSIST_DEADLNE": "5"})
+    assert ran.code == 0
+    assert "unknown configuration ignored: modle, INVOKE_CLAUDE_PERSIST_DEADLNE" in ran.err

@@ -95,10 +95,11 @@ def test_a_name_taken_while_creating_loses_no_session(workspace: Path, fake_clau
         return result
 
     monkeypatch.setattr(sessions, "_run", run_then_race)
-    with pytest.raises(NameExistsError, match=r"was created but not mapped.*adopt") as caught:
+    with pytest.raises(NameExistsError, match=r"was created but could not be named.*adopt"
+                       ) as caught:
         sessions.create("race")
     created = fake_claude.calls()[-1]["session_id"]
-    assert created in str(caught.value)
+    assert created in str(caught.value) and caught.value.unmapped == created
 
 
 def test_resume_by_unmapped_session_id_works_and_records_nothing(workspace: Path,
