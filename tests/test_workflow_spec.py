@@ -4,8 +4,11 @@ never a traceback. Plus expressions and planning (pure)."""
 from __future__ import annotations
 
 import json
+import re
 import textwrap
+from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -61,6 +64,7 @@ def test_every_problem_is_reported_at_once_with_positions(tmp_path: Path) -> Non
     path = write(tmp_path, """
         version: 2
         colour: blue
+        description: 5
         steps:
           - id: one
             create: s
@@ -76,26 +80,34 @@ def test_every_problem_is_reported_at_once_with_positions(tmp_path: Path) -> Non
             prompt_file: missing.md
             needs: [ghost]
             retries: -1
+          - {id: three, create: t, prompt: x, deadline: [1]}
     """)
     found = problems(path)
     text = "\n".join(found)
     assert all(line.startswith(f"{path}:") for line in found)
     expected = [
-        ":2:1: version: must be 1",
-        ":3:1: colour: unknown key",
-        "needs exactly one of create: NAME, resume: NAME or fork: NAME",
-        ":11:5: steps.1.effort: 'extreme' is not an effort level",
-        ":12:5: steps.1.deadline: 'soon' is not a duration",
+        ":2:1: version: expected 1 (the only version of the format), got 2",
+        ":3:1: colour: unknown key; expected one of budget_usd, defaults, description, ",
+        ":4:1: description: expected text, got 5",
+        ":6:5: steps[0]: needs exactly one of create: NAME, resume: NAME or fork: NAME",
+        ":12:5: steps[1].effort: expected an effort level: low, medium, high, xhigh or max, "
+        "got 'extreme'",
+        ":13:5: steps[1].deadline: expected a number of seconds above 0, or a duration like "
+        "90s, 15m or 2h, got 'soon'",
         "no step 'nope'", "no var 'missing'", "${{ os.system }} is not a known lookup",
         "session 'nobody' is neither created by an earlier step nor in the workspace",
-        ":14:5: steps.2.id: duplicate id 'two'",
-        "'bad name' is not a valid session name",
-        ":16:5: steps.2.prompt_file: no such file: missing.md",
-        "needs 'ghost', which is no step id",
-        "steps.2.retries: must be a whole number >= 0",
+        ":15:5: steps[2].id: duplicate id 'two'",
+        ":16:5: steps[2].create: expected a name of letters, digits, '.', '_' and '-' (like "
+        "review-src), got 'bad name'",
+        ":17:5: steps[2].prompt_file: no such file: missing.md",
+        ":18:5: steps[2].needs: needs 'ghost', which is no step id",
+        ":19:5: steps[2].retries: expected a whole number, 0 or more, got -1",
+        ":20:39: steps[3].deadline: expected a number of seconds above 0, or a duration like "
+        "90s, 15m or 2h, got [1]",
     ]
     for fragment in expected:
         assert fragment in text, f"missing {fragment!r} in:\n{text}"
+    assert len(found) == len(expected), text  # one message for each problem, no echoes
 
 
 def test_env_lookups_need_the_variable_set(tmp_path: Path,
@@ -130,15 +142,15 @@ def test_output_needs_a_schema_and_prompt_needs_exactly_one_source(tmp_path: Pat
     text = "\n".join(problems(path))
     assert text.count("needs exactly one of prompt: TEXT or prompt_file: FILE") == 2
     assert "step 'a' has no schema, so no output" in text
-    assert "fork: needs as: NEW" in text
-    assert "as: goes only with fork:" in text
+    assert "steps[3].fork: needs as: as well (as: NEW names the copy" in text
+    assert "steps[4].as: needs fork: as well" in text
 
 
 def test_yaml_syntax_errors_and_odd_documents(tmp_path: Path) -> None:
     bad = write(tmp_path, "version: 1\nsteps: [\n")
     assert "YAML syntax error" in problems(bad)[0] and ":3:1:" in problems(bad)[0]
-    for text, fragment in (("", "empty"), ("- a\n- b\n", "must be a mapping"),
-                           ("version: 1\nsteps: []\n", "non-empty list"),
+    for text, fragment in (("", "empty"), ("- a\n- b\n", "expected a workflow: a mapping"),
+                           ("version: 1\nsteps: []\n", "expected a non-empty list of steps"),
                            ("version: 1\nversion: 1\nsteps: [x]\n", "duplicate key"),
                            ("!!python/object:os.system {}\n", "unsupported value")):
         assert fragment in "\n".join(problems(write(tmp_path, text))), text
@@ -160,9 +172,11 @@ def test_var_overrides_must_name_known_vars(tmp_path: Path) -> None:
 def test_durations() -> None:
     assert [parse_duration(v) for v in (5, 2.5, "90s", "15m", "2h", "7")] == \
         [5, 2.5, 90, 900, 7200, 7]
-    for bad in (0, -1, "1d", "soon", True, "0s"):
+    for bad in (0, -1, "1d", "soon", True, "0s", "5\n", float("nan")):
         with pytest.raises(ValueError):
             parse_duration(bad)
+    # A limit too long to matter stays one the timers can wait for.
+    assert parse_duration(10**400) == parse_duration("99999999999h") == 1e9
 
 
 def test_expressions_render_once_and_escape() -> None:
@@ -204,8 +218,21 @@ def test_cycles_and_forward_needs_are_reported(tmp_path: Path) -> None:
   - {id: a, create: s1, prompt: x, needs: [b]}
   - {id: b, create: s2, prompt: x, needs: [a]}
 """
-    with pytest.raises(WorkflowError, match="dependency cycle among steps a -> b -> a"):
+    with pytest.raises(WorkflowError) as caught:
         _plan_of(tmp_path, cyclic)
+    assert caught.value.problems == [
+        f"{tmp_path / 'wf.yml'}:5:5: steps[0]: dependency cycle among steps a (5:5) -> "
+        "b (6:5) -> a (5:5), where -> means 'waits for' (through needs, ${{ steps... }} "
+        "lookups, or an earlier step on the same session); remove one of these links"]
+    longer = """
+  - {id: a, create: s1, prompt: x}
+  - {id: b, create: s2, prompt: "${{ steps.d.result }}"}
+  - {id: c, resume: s1, prompt: x, needs: [b]}
+  - {id: d, resume: s1, prompt: x}
+"""
+    with pytest.raises(WorkflowError, match=r"steps\[1\]: dependency cycle among steps "
+                       r"b \(6:5\) -> d \(8:5\) -> c \(7:5\) -> b \(6:5\)"):
+        _plan_of(tmp_path, longer)
     with pytest.raises(WorkflowError, match="which come later in the file"):
         _plan_of(tmp_path, cyclic, parallel=1)
 
@@ -224,6 +251,13 @@ def test_examples_validate_against_the_shipped_schema() -> None:
 
 
 @pytest.mark.parametrize("doc", [
+    {"version": 1, "description": 5, "steps": [{"id": "a", "create": "s", "prompt": "x"}]},
+    {"version": 1, "defaults": None, "steps": [{"id": "a", "create": "s", "prompt": "x"}]},
+    {"version": 1, "vars": {"a.b": 1}, "steps": [{"id": "a", "create": "s", "prompt": "x"}]},
+    {"version": 1, "steps": [{"id": "a", "create": "s\n", "prompt": "x"}]},
+    {"version": 1, "steps": [{"id": "a", "create": "s", "prompt": "x", "deadline": "0s"}]},
+    {"version": 1, "steps": [{"id": "a", "create": "s", "prompt": "x", "output": "a\0b"}]},
+    {"version": 1, "steps": [{"id": "a", "create": "s", "as": "t", "prompt": "x"}]},
     {"version": 1, "steps": [{"id": "a", "create": "s", "resume": "t", "prompt": "x"}]},
     {"version": 1, "steps": [{"id": "a", "create": "s"}]},
     {"version": 1, "steps": [{"id": "a", "create": "s", "prompt": "x", "colour": 1}]},
@@ -280,3 +314,230 @@ def test_fuzzed_steps_never_raise_anything_but_workflow_errors(tmp_path: Path,
         plan.build(load_workflow(path))
     except WorkflowError as exc:
         assert exc.problems
+
+
+def test_odd_numbers_and_names_are_refused_with_their_place(tmp_path: Path) -> None:
+    text = "\n".join(problems(write(tmp_path, """
+        version: 1
+        budget_usd: .nan
+        steps:
+          - {id: a, create: "s\\n", prompt: x, max_turns: .inf}
+    """)))
+    assert ":3:13: unsupported value: .nan; write a finite number" in text
+    assert ":5:50: unsupported value: .inf; write a finite number" in text
+    assert "steps[0].create: expected a name of letters" in text
+    assert "steps[0].max_turns: expected a whole number, 1 or more, got inf" in text
+
+
+def test_numbers_the_schema_calls_whole_are_whole(tmp_path: Path) -> None:
+    path = write(tmp_path, """
+        version: 1.0
+        max_parallel: 2.0
+        steps: [{id: a, create: s, prompt: x, retries: 3.0, max_turns: 1.0e+3, deadline: " 1.5 h "}]
+    """)
+    wf = load_workflow(path)
+    step = wf.steps[0]
+    assert (wf.max_parallel, step.retries, step.max_turns, step.deadline) == (2, 3, 1000, 5400)
+    assert all(isinstance(v, int) for v in (wf.max_parallel, step.retries, step.max_turns))
+
+
+def test_every_constraint_of_the_schema_says_what_it_expects() -> None:
+    """Messages quote the failing part's title; a constraint without one would fall back on
+    jsonschema's own wording."""
+    untitled = []
+
+    def walk(node: object, where: str) -> None:
+        if isinstance(node, dict):
+            constrains = {"type", "const", "enum", "pattern", "minimum", "exclusiveMinimum",
+                          "minItems", "oneOf"} & set(node)
+            if constrains and "title" not in node:
+                untitled.append(where)
+            for key, value in node.items():
+                if key not in ("oneOf", "anyOf"):  # alternatives speak through their parent
+                    walk(value, f"{where}/{key}")
+        elif isinstance(node, list):
+            for i, value in enumerate(node):
+                walk(value, f"{where}/{i}")
+
+    walk(json.loads(SCHEMA_PATH.read_text()), "#")
+    assert untitled == []
+
+
+def test_the_schema_is_loaded_only_with_a_workflow() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys, claude_persist.cli, claude_persist.workflow; "
+            "print('jsonschema' in sys.modules)")
+    ran = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True)
+    assert ran.stdout.strip() == "False"
+
+
+# -- the loader's verdict on shape is the schema's --------------------------------------------
+
+AGREEMENT_EXAMPLES = 300
+# libyaml where there is one: the test's own YAML work need not be as slow as the loader's.
+FAST_DUMPER = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+FAST_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+SETTINGS = ("model", "effort", "deadline", "idle_timeout", "retries", "args", "max_turns",
+            "max_budget_usd")
+# Values of every type and none: some are right for some keys, wrong for others.
+JUNK = st.sampled_from((None, True, False, 0, 1, -1, 2.0, 0.5, -0.5, "", " ", "x", "HIGH",
+                        "15m", "0s", "1 d", "bad name", "a\nb", (), (1,), ("x",), "{}",
+                        "{a: 1}")).map(lambda v: yaml.safe_load(v) if v in ("{}", "{a: 1}")
+                                       else list(v) if isinstance(v, tuple) else v)
+# Wrong values for keys whose right values carry meaning (ids, sessions, files, needs): a
+# right one could break a reference, which is a matter of meaning, not of shape.
+BAD_NAMES = st.sampled_from(("", " ", "bad name", "a/b", "ok\n", "é", 5, None, True))
+BAD_FILES = st.sampled_from(("", "  ", "a\0b", 5, None, True))
+BAD_NEEDS = st.sampled_from(("s0", 5, None, (5,), ("bad name",), (None,))).map(
+    lambda v: list(v) if isinstance(v, tuple) else v)
+NAME_KEYS = ("id", "create", "resume", "fork", "as")
+FILE_KEYS = ("role", "prompt_file", "schema")
+STEP_KEYS = (*SETTINGS, *NAME_KEYS, *FILE_KEYS, "prompt", "output", "needs",
+             "continue_on_error")
+WORDS = st.text(alphabet="abcXYZ019 _-.:#'\"\n\té", min_size=1, max_size=12).filter(
+    lambda t: bool(t.strip()) and "$" not in t)
+POSITIVE = st.floats(min_value=0.001, max_value=1e6) | st.integers(1, 10**6)
+DURATION = POSITIVE | st.builds(lambda n, unit, pad: f"{pad}{n}{pad}{unit}",
+                                st.integers(1, 999), st.sampled_from(("", "s", "m", "h")),
+                                st.sampled_from(("", " ")))
+WHOLE = st.integers(0, 50) | st.integers(0, 50).map(float)
+SETTINGS_VALUES = st.fixed_dictionaries({}, optional={
+    "model": WORDS, "effort": st.sampled_from(("low", "medium", "high", "xhigh", "max", "HIGH")),
+    "deadline": DURATION, "idle_timeout": DURATION, "retries": WHOLE,
+    "args": st.lists(st.text(max_size=5), max_size=3),
+    "max_turns": WHOLE.filter(lambda n: n >= 1), "max_budget_usd": POSITIVE,
+})
+TOP_VALUES = st.fixed_dictionaries({}, optional={
+    "name": WORDS, "description": st.text(max_size=10), "max_parallel": st.integers(1, 8),
+    "budget_usd": POSITIVE, "defaults": SETTINGS_VALUES})
+VAR_VALUES = st.text(max_size=6) | st.integers() | st.booleans() | \
+    st.floats(allow_nan=False, allow_infinity=False)
+STEP_VALUES = st.fixed_dictionaries({}, optional={
+    "role": st.just("role.md"), "schema": st.just("schema.json"),
+    "output": st.sampled_from(("out.txt", "reports/v.json")), "continue_on_error": st.booleans()})
+LOOKUP_FIELDS = st.sampled_from(("result", "status", "session_id", "cost_usd"))
+
+
+@st.composite
+def _valid_documents(draw: st.DrawFn) -> dict[str, Any]:
+    """A workflow whose meaning is fine: ids unique, needs and lookups name earlier steps and
+    existing vars, every resumed or forked session made before, every file there."""
+    var_names = draw(st.lists(st.sampled_from(("target", "mode", "n")), unique=True,
+                              max_size=3))
+    doc: dict[str, Any] = {"version": 1, **draw(TOP_VALUES)}
+    if var_names:
+        doc["vars"] = {name: draw(VAR_VALUES) for name in var_names}
+    steps: list[dict[str, Any]] = []
+    made = 0  # sessions w0 .. w{made-1} exist
+    for index in range(draw(st.integers(1, 3))):
+        step: dict[str, Any] = {"id": f"s{index}"}
+        action = draw(st.sampled_from(("create", "resume", "fork"))) if made else "create"
+        if action == "create":
+            step["create"], made = f"w{made}", made + 1
+        else:
+            step[action] = f"w{draw(st.integers(0, made - 1))}"
+        if action == "fork":
+            step["as"], made = f"w{made}", made + 1
+        if draw(st.booleans()):
+            lookups = [f"${{{{ vars.{draw(st.sampled_from(var_names))} }}}}"
+                       for _ in range(draw(st.integers(0, 1)) if var_names else 0)]
+            lookups += [f"${{{{ steps.s{draw(st.integers(0, index - 1))}."
+                        f"{draw(LOOKUP_FIELDS)} }}}}"
+                        for _ in range(draw(st.integers(0, 1)) if index else 0)]
+            step["prompt"] = " ".join([draw(WORDS), *lookups])
+        else:
+            step["prompt_file"] = "p.md"
+        if index and draw(st.booleans()):
+            step["needs"] = [f"s{i}" for i in sorted(draw(st.sets(st.integers(0, index - 1),
+                                                                   max_size=2)))]
+        step.update(draw(STEP_VALUES))
+        if draw(st.booleans()):
+            step.update(draw(SETTINGS_VALUES))
+        steps.append(step)
+    doc["steps"] = steps
+    return doc
+
+
+@st.composite
+def _documents(draw: st.DrawFn) -> Any:
+    """Valid workflows, and workflows broken in one to three ways: wrong types and values,
+    unknown, missing and clashing keys. A breakage never touches meaning without breaking
+    shape too."""
+    doc = draw(_valid_documents())
+    steps: list[dict[str, Any]] = doc["steps"]
+    for _ in range(draw(st.sampled_from((0, 0, 0, 1, 1, 2, 3)))):
+        kind = draw(st.sampled_from(("top", "default", "step", "drop", "unknown", "var",
+                                     "clash", "whole")))
+        step = steps[draw(st.integers(0, len(steps) - 1))]
+        if kind == "top":
+            key = draw(st.sampled_from(("version", "name", "description", "defaults",
+                                        "max_parallel", "budget_usd", "steps")))
+            doc[key] = draw(JUNK)
+            if key == "steps":
+                return doc
+        elif kind == "default":
+            defaults = doc.setdefault("defaults", {})
+            if isinstance(defaults, dict):
+                defaults[draw(st.sampled_from(SETTINGS))] = draw(JUNK)
+        elif kind == "step":
+            key = draw(st.sampled_from(STEP_KEYS))
+            if key in NAME_KEYS:
+                step[key if key in step else "id"] = draw(BAD_NAMES)
+            else:
+                step[key] = draw(BAD_FILES if key in FILE_KEYS else
+                                 BAD_NEEDS if key == "needs" else JUNK)
+        elif kind == "drop":
+            holder = doc if draw(st.booleans()) else step
+            keys = sorted(k for k in holder if k != "vars")
+            if keys:
+                holder.pop(keys[draw(st.integers(0, len(keys) - 1))])
+        elif kind == "unknown":
+            mapping = (doc, step, doc.get("defaults"))[draw(st.integers(0, 2))]
+            if isinstance(mapping, dict):
+                mapping[draw(st.sampled_from(("colour", "Model", "step", "x-note")))] = \
+                    draw(JUNK)
+        elif kind == "var":
+            variables = doc.setdefault("vars", {})
+            if isinstance(variables, dict):
+                variables[draw(st.sampled_from(("extra", "bad.name", "with space", "")))] = \
+                    draw(JUNK)
+        elif kind == "clash":
+            extra = draw(st.sampled_from(("create", "resume", "fork", "as", "prompt",
+                                          "prompt_file")))
+            step.setdefault(extra, "p.md" if extra == "prompt_file" else "w0")
+        else:
+            return draw(JUNK)
+    return doc
+
+
+def test_the_loader_and_the_schema_agree_on_shape(tmp_path: Path) -> None:
+    import jsonschema
+
+    validator = jsonschema.Draft202012Validator(json.loads(SCHEMA_PATH.read_text()))
+    (tmp_path / "role.md").write_text("A role.")
+    (tmp_path / "p.md").write_text("A prompt from a file.")
+    (tmp_path / "schema.json").write_text('{"type": "object"}')
+    path = tmp_path / "wf.yml"
+    verdicts: Counter[bool] = Counter()
+
+    @settings(max_examples=AGREEMENT_EXAMPLES, deadline=None, database=None)
+    @given(_documents())
+    def check(doc: object) -> None:
+        text = yaml.dump(doc, Dumper=FAST_DUMPER, allow_unicode=True, sort_keys=False)
+        path.write_text(text, encoding="utf-8")
+        schema_says = validator.is_valid(yaml.load(text, Loader=FAST_LOADER))
+        try:
+            load_workflow(path)
+            found: list[str] = []
+        except WorkflowError as exc:
+            found = exc.problems
+        assert (not found) == schema_says, f"schema: {schema_says}; loader: {found}\n{text}"
+        assert all(re.match(rf"{re.escape(str(path))}:\d+:\d+: \S", p) for p in found), found
+        verdicts[schema_says] += 1
+
+    check()
+    # Both verdicts are common, so the agreement is not that of a one-sided generator.
+    assert min(verdicts[True], verdicts[False]) >= AGREEMENT_EXAMPLES // 10, verdicts

@@ -15,10 +15,8 @@ from ..sessions import Sessions
 from ..settings import CallSettings, merge, remembered
 from . import expr, plan, report
 from .execute import RunSettings, Scheduler, lookup_in, step_options
-from .spec import Workflow, load_workflow, validate_var_assignments
+from .spec import SCHEMA_PATH, Workflow, load_workflow, validate_var_assignments
 from .state import RunState, RunStore
-
-SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schemas" / "workflow.schema.json"
 
 
 def load(path: str | Path, sessions: Sessions, var_overrides: Mapping[str, str] | None = None,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import graphlib
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from ..errors import WorkflowError
@@ -40,6 +42,13 @@ def dependencies(workflow: Workflow, parallel: bool) -> dict[str, frozenset[str]
     return {k: frozenset(v) for k, v in deps.items()}
 
 
+def sorter(deps: Mapping[str, Iterable[str]]) -> graphlib.TopologicalSorter[str]:
+    """A prepared sorter over ``deps`` (step -> the steps it waits for)."""
+    graph: graphlib.TopologicalSorter[str] = graphlib.TopologicalSorter(deps)
+    graph.prepare()
+    return graph
+
+
 def build(workflow: Workflow, max_parallel: int | None = None) -> Plan:
     """The plan for ``workflow``; a dependency cycle is a :class:`WorkflowError`."""
     parallel = (max_parallel or workflow.max_parallel) > 1
@@ -50,34 +59,31 @@ def build(workflow: Workflow, max_parallel: int | None = None) -> Plan:
             later = sorted(d for d in deps[step.id] if workflow.step(d).index > step.index)
             if later:
                 raise WorkflowError([
-                    f"{workflow.path}:{step.line}: steps.{step.index}: step {step.id!r} needs "
-                    f"{', '.join(later)}, which come later in the file; move it after them, or "
-                    "run with max_parallel > 1 so needs decide the order"])
-    order: list[str] = []
+                    f"{workflow.path}:{step.where}: steps[{step.index}]: step {step.id!r} "
+                    f"needs {', '.join(later)}, which come later in the file; move it after "
+                    "them, or run with max_parallel > 1 so needs decide the order"])
+    try:
+        graph = sorter(deps)
+    except graphlib.CycleError as exc:
+        raise WorkflowError([_cycle_problem(workflow, exc.args[1])]) from None
+    position = {s.id: s.index for s in workflow.steps}
     waves: list[tuple[str, ...]] = []
-    done: set[str] = set()
-    remaining = [s.id for s in workflow.steps]
-    while remaining:
-        wave = tuple(s for s in remaining if deps[s] <= done)
-        if not wave:
-            raise WorkflowError([f"{workflow.path}: dependency cycle among steps "
-                                 f"{' -> '.join(_cycle(deps, remaining))}"])
+    while graph.is_active():
+        wave = tuple(sorted(graph.get_ready(), key=position.__getitem__))
         waves.append(wave)
-        order.extend(wave)
-        done |= set(wave)
-        remaining = [s for s in remaining if s not in done]
-    return Plan(deps=deps, order=tuple(order), waves=tuple(waves), parallel=parallel)
+        graph.done(*wave)
+    order = tuple(step_id for wave in waves for step_id in wave)
+    return Plan(deps=deps, order=order, waves=tuple(waves), parallel=parallel)
 
 
-def _cycle(deps: dict[str, frozenset[str]], among: list[str]) -> list[str]:
-    """One cycle among ``among``, as a path that returns to its start."""
-    start = among[0]
-    path = [start]
-    seen = {start}
-    node = start
-    while True:
-        node = sorted(d for d in deps[node] if d in among)[0]
-        if node in seen:
-            return [*path[path.index(node):], node]
-        path.append(node)
-        seen.add(node)
+def _cycle_problem(workflow: Workflow, cycle: list[str]) -> str:
+    """graphlib lists a cycle along its edges, from a step to the one waiting for it, and back
+    to where it began; the message reads the other way: each step, then what it waits for."""
+    ring = list(reversed(cycle))[:-1]
+    start = min(range(len(ring)), key=lambda i: workflow.step(ring[i]).index)
+    names = [*ring[start:], *ring[:start], ring[start]]  # from the step that comes first
+    first = workflow.step(names[0])
+    loop = " -> ".join(f"{name} ({workflow.step(name).where})" for name in names)
+    return (f"{workflow.path}:{first.where}: steps[{first.index}]: dependency cycle among "
+            f"steps {loop}, where -> means 'waits for' (through needs, ${{{{ steps... }}}} "
+            "lookups, or an earlier step on the same session); remove one of these links")

@@ -1,14 +1,21 @@
-"""A workflow file -> checked dataclasses. Every problem is found, each with its file, line,
-column and key, and all are reported at once (:class:`WorkflowError`, exit 2)."""
+"""A workflow file -> checked dataclasses.
+
+The file's shape (keys, types, enums, patterns, which keys go together) is checked against the
+shipped JSON Schema, the one description of the format; this module adds what a schema cannot
+say: unique ids, references to steps, vars and sessions, files that must exist, expressions.
+Every problem is found, each with its file, line, column and key, and all are reported at once
+(:class:`WorkflowError`, exit 2).
+"""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -16,18 +23,16 @@ import yaml
 
 from ..claude.command import EFFORTS, Action
 from ..errors import UsageError, WorkflowError
-from ..mapping import NAME_PATTERN
 from . import expr
 from .yamlmarks import Marked, Path_, load
 
-TOP_KEYS = {"version", "name", "description", "vars", "defaults", "max_parallel",
-            "budget_usd", "steps"}
-DEFAULT_KEYS = {"model", "effort", "deadline", "idle_timeout", "retries", "args", "max_turns",
-                "max_budget_usd"}
-STEP_KEYS = DEFAULT_KEYS | {"id", "create", "resume", "fork", "as", "role", "prompt",
-                            "prompt_file", "schema", "output", "needs", "continue_on_error"}
-DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smh]?)\s*$")
+SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schemas" / "workflow.schema.json"
+# The same text as the schema's duration pattern (minus its zero exclusion: parse_duration also
+# takes numbers, and says "more than 0" for both).
+DURATION = re.compile(r"^ *([0-9]+(?:\.[0-9]+)?) *([smh]?) *$(?!\n)")
 UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600}
+# A longer limit means no limit in practice; capped so that timers never overflow.
+MAX_SECONDS = 1e9
 
 
 @dataclass(frozen=True)
@@ -42,6 +47,7 @@ class Step:
     prompt: str
     prompt_source: str  # "prompt" or the prompt file's path, for messages
     line: int
+    column: int = 1
     role: Path | None = None
     model: str | None = None
     effort: str | None = None
@@ -62,6 +68,11 @@ class Step:
     def sessions(self) -> set[str]:
         """The session names this step touches (a fork touches its source and its copy)."""
         return {self.session, self.target}
+
+    @property
+    def where(self) -> str:
+        """``line:column`` of the step in its file, for messages."""
+        return f"{self.line}:{self.column}"
 
 
 @dataclass(frozen=True)
@@ -85,7 +96,7 @@ def parse_duration(value: Any) -> float:
     if isinstance(value, bool):
         raise ValueError("is not a duration")
     if isinstance(value, (int, float)):
-        seconds = float(value)
+        seconds = float(min(value, MAX_SECONDS))
     else:
         match = DURATION.match(str(value))
         if not match:
@@ -93,7 +104,107 @@ def parse_duration(value: Any) -> float:
         seconds = float(match.group(1)) * UNIT_SECONDS[match.group(2)]
     if not seconds > 0:
         raise ValueError(f"{value!r} must be more than 0 seconds")
-    return seconds
+    return min(seconds, MAX_SECONDS)
+
+
+def path_text(path: Path_) -> str:
+    """``("steps", 2, "deadline")`` -> ``steps[2].deadline``; the root is ``(top)``."""
+    text = ""
+    for part in path:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else part)
+    return text or "(top)"
+
+
+# -- shape: the JSON Schema -----------------------------------------------------------------------
+
+
+@functools.cache
+def schema() -> dict[str, Any]:
+    """The shipped workflow schema."""
+    loaded: dict[str, Any] = json.loads(SCHEMA_PATH.read_text(encoding="utf-8"))
+    return loaded
+
+
+@functools.cache
+def _validator() -> Any:
+    import jsonschema  # here, not at the top: only loading a workflow needs it
+
+    return jsonschema.Draft202012Validator(schema())
+
+
+def _resolved(node: Any) -> Any:
+    """``node`` with its local ``$ref`` chain followed, as far as it has no title itself."""
+    while isinstance(node, dict) and "title" not in node and \
+            isinstance(node.get("$ref"), str) and node["$ref"].startswith("#/"):
+        target: Any = schema()
+        for part in node["$ref"][2:].split("/"):
+            target = target[part]
+        node = target
+    return node
+
+
+def _title(node: Any) -> str | None:
+    title = _resolved(node).get("title") if isinstance(_resolved(node), dict) else None
+    return title if isinstance(title, str) else None
+
+
+def _shown(value: Any) -> str:
+    """A value as a message quotes it, cut short."""
+    if value is None:
+        return "nothing (an empty value)"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (str, int, float)):
+        text = repr(value)
+    elif isinstance(value, (list, dict)):
+        text = json.dumps(value, ensure_ascii=False, default=str)
+    else:
+        text = f"{value} (a {type(value).__name__})"
+    return text if len(text) <= 60 else text[:56] + " ..."
+
+
+def shape_problems(data: Any) -> list[tuple[Path_, str]]:
+    """Every way ``data`` breaks the schema, as (where, what is wrong and what to write)."""
+    errors = list(_validator().iter_errors(data))
+    # A value of the wrong type gets one message, not also those of rules that presume a type.
+    mistyped = {tuple(e.absolute_path) for e in errors if e.validator == "type"}
+    problems: list[tuple[Path_, str]] = []
+    for error in errors:
+        path: Path_ = tuple(error.absolute_path)
+        if error.validator != "type" and path in mistyped:
+            continue
+        problems.extend(_explain(error, path))
+    return problems
+
+
+def _explain(error: Any, path: Path_) -> list[tuple[Path_, str]]:
+    keyword, node, instance = error.validator, error.schema, error.instance
+    properties: dict[str, Any] = node.get("properties", {}) if isinstance(node, dict) else {}
+    if keyword == "additionalProperties":
+        allowed = ", ".join(sorted(properties))
+        return [((*path, key), f"unknown key; expected one of {allowed}")
+                for key in instance if key not in properties]
+    if keyword == "required":
+        return [((*path, key), f"missing; add {key}: with {_title(properties.get(key))}")
+                for key in error.validator_value if key not in instance]
+    if keyword == "dependentRequired":
+        return [((*path, key), f"needs {dep}: as well ({properties[dep].get('description')})")
+                for key, deps in error.validator_value.items() if key in instance
+                for dep in deps if dep not in instance]
+    if keyword in ("oneOf", "anyOf") and all(set(choice) == {"required"}
+                                              for choice in error.validator_value):
+        return [(path, _title(node) or error.message)]
+    if "propertyNames" in error.relative_schema_path:
+        path = (*path, instance)  # the key itself is wrong: point at it
+    if not path and instance is None:
+        return [(path, "the file is empty: a workflow needs version: 1 and a list of steps")]
+    expected = _title(node)
+    if expected is None:
+        return [(path, error.message)]
+    return [(path, f"expected {expected}, got {_shown(instance)}")]
+
+
+# -- meaning: what the schema cannot say ----------------------------------------------------------
 
 
 @dataclass
@@ -105,69 +216,71 @@ class _Checker:
     problems: list[tuple[tuple[int, int], str]] = field(default_factory=list)
 
     def add(self, path: Path_, message: str) -> None:
-        key = ".".join(str(p) for p in path) if path else "(top)"
-        self.problems.append((self.marked.where(path), f"{key}: {message}"))
+        self.problems.append((self.marked.where(path), f"{path_text(path)}: {message}"))
 
     def report(self) -> list[str]:
         ordered = sorted(set(self.problems + self.marked.problems))
         return [f"{self.file}:{line}:{col}: {message}" for (line, col), message in ordered]
 
-    def keys(self, data: dict[str, Any], allowed: set[str], path: Path_) -> None:
-        for key in data:
-            if key not in allowed:
-                self.add((*path, key), f"unknown key; expected one of {', '.join(sorted(allowed))}")
-
-    def text(self, data: dict[str, Any], key: str, path: Path_) -> str | None:
-        value = data.get(key)
-        if value is None:
-            return None
-        if not isinstance(value, str) or not value.strip():
-            self.add((*path, key), "must be non-empty text")
-            return None
-        return value
-
-    def number(self, data: dict[str, Any], key: str, path: Path_, *, integer: bool = False,
-               minimum: float = 0, strict: bool = True) -> float | None:
-        value = data.get(key)
-        if value is None:
-            return None
-        ok_type = isinstance(value, int) if integer else isinstance(value, (int, float))
-        if isinstance(value, bool) or not ok_type or value < minimum or (
-                strict and value == minimum):
-            kind = "a whole number" if integer else "a number"
-            bound = f"> {minimum:g}" if strict else f">= {minimum:g}"
-            self.add((*path, key), f"must be {kind} {bound}, not {value!r}")
-            return None
-        return float(value)
-
-    def duration(self, data: dict[str, Any], key: str, path: Path_) -> float | None:
-        if data.get(key) is None:
-            return None
-        try:
-            return parse_duration(data[key])
-        except ValueError as exc:
-            self.add((*path, key), str(exc))
-            return None
-
     def file_ref(self, data: dict[str, Any], key: str, path: Path_) -> Path | None:
-        value = self.text(data, key, path)
-        if value is None:
+        """The existing file a key names, relative to the workflow file."""
+        value = _text(data.get(key))
+        if value is None or "\0" in value:
+            return None  # the schema says what is wrong with it
+        try:
+            target = (self.file.parent / value).resolve()
+        except (OSError, RuntimeError) as exc:
+            self.add((*path, key), f"cannot resolve {value}: {exc}")
             return None
-        target = (self.file.parent / value).resolve()
         if not target.is_file():
             self.add((*path, key), f"no such file: {value} (looked for {target}; paths are "
                                    "relative to the workflow file)")
             return None
         return target
 
-    def string_list(self, data: dict[str, Any], key: str, path: Path_) -> tuple[str, ...]:
-        value = data.get(key)
-        if value is None:
-            return ()
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            self.add((*path, key), "must be a list of text items")
-            return ()
-        return tuple(value)
+    def read(self, target: Path, path: Path_) -> str | None:
+        try:
+            return target.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            self.add(path, f"{target} is not UTF-8 text")
+        except OSError as exc:
+            self.add(path, f"cannot read {target}: {exc.strerror}")
+        return None
+
+
+# Values the schema has checked, converted; a value of the wrong shape reads as absent (the
+# schema's message says what is wrong), so the checks of meaning still run on the rest.
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) and value.strip() else None
+
+
+def _whole(value: Any) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    return int(value) if isinstance(value, float) and value.is_integer() else None
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    try:
+        return float(value)
+    except OverflowError:
+        return float("inf")
+
+
+def _seconds(value: Any) -> float | None:
+    try:
+        return None if value is None else parse_duration(value)
+    except ValueError:
+        return None
+
+
+def _texts(value: Any) -> tuple[str, ...]:
+    return tuple(v for v in value if isinstance(v, str)) if isinstance(value, list) else ()
 
 
 def load_workflow(
@@ -189,59 +302,39 @@ def load_workflow(
         problem = getattr(exc, "problem", None) or str(exc)
         raise WorkflowError([f"{file}:{where} YAML syntax error: {problem}"]) from exc
     checker = _Checker(file, marked)
-    workflow = _check(checker, dict(var_overrides or {}), set(known_sessions))
+    for where_, message in shape_problems(marked.data):
+        checker.add(where_, message)
+    workflow = _build(checker, dict(var_overrides or {}), set(known_sessions))
     problems = checker.report()
     if problems or workflow is None:
         raise WorkflowError(problems or [f"{file}: the workflow is empty"])
-    return workflow
+    return replace(workflow, steps=tuple(_fingerprinted(s, workflow.vars)
+                                         for s in workflow.steps))
 
 
-def _check(c: _Checker, overrides: dict[str, str], known: set[str]
-           ) -> Workflow | None:
+def _build(c: _Checker, overrides: dict[str, str], known: set[str]) -> Workflow | None:
     data = c.marked.data
-    if data is None:
-        c.add((), "the file is empty: a workflow needs version: 1 and a list of steps")
-        return None
     if not isinstance(data, dict):
-        c.add((), "the workflow must be a mapping with version, name and steps")
         return None
-    c.keys(data, TOP_KEYS, ())
-    if data.get("version") != 1:
-        c.add(("version",), f"must be 1, not {data.get('version')!r}")
-    name = c.text(data, "name", ()) or c.file.stem
-    raw_description = data.get("description")
-    description = raw_description if isinstance(raw_description, str) else ""
-    variables = _vars(c, data, overrides)
-    defaults = data.get("defaults") or {}
-    if not isinstance(defaults, dict):
-        c.add(("defaults",), "must be a mapping")
-        defaults = {}
-    c.keys(defaults, DEFAULT_KEYS, ("defaults",))
-    max_parallel = c.number(data, "max_parallel", (), integer=True, minimum=1, strict=False)
-    budget = c.number(data, "budget_usd", ())
+    variables = _vars(data.get("vars"), overrides)
+    defaults = data.get("defaults")
+    defaults = defaults if isinstance(defaults, dict) else {}
     raw_steps = data.get("steps")
-    if not isinstance(raw_steps, list) or not raw_steps:
-        c.add(("steps",), "must be a non-empty list of steps")
-        return None
-    steps = [_step(c, raw, i, defaults) for i, raw in enumerate(raw_steps)]
-    checked = [s for s in steps if s is not None]
-    _check_graph(c, checked, set(variables), known)
-    return Workflow(path=c.file.resolve(), name=name, description=description, vars=variables,
-                    max_parallel=int(max_parallel or 1), budget_usd=budget,
-                    steps=tuple(_fingerprinted(s, variables) for s in checked))
+    steps = [_step(c, raw, i, defaults) for i, raw in
+             enumerate(raw_steps if isinstance(raw_steps, list) else []) if isinstance(raw, dict)]
+    _check_graph(c, steps, set(variables), known)
+    description = data.get("description")
+    return Workflow(path=c.file.resolve(), name=_text(data.get("name")) or c.file.stem,
+                    description=description if isinstance(description, str) else "",
+                    vars=variables, max_parallel=_whole(data.get("max_parallel")) or 1,
+                    budget_usd=_number(data.get("budget_usd")), steps=tuple(steps))
 
 
-def _vars(c: _Checker, data: dict[str, Any], overrides: dict[str, str]) -> dict[str, str]:
-    raw = data.get("vars") or {}
-    if not isinstance(raw, dict):
-        c.add(("vars",), "must be a mapping of names to values")
-        raw = {}
+def _vars(raw: Any, overrides: dict[str, str]) -> dict[str, str]:
     result: dict[str, str] = {}
-    for key, value in raw.items():
-        if isinstance(value, (dict, list)) or value is None:
-            c.add(("vars", key), "must be a single value (text or number)")
-            continue
-        result[key] = value if isinstance(value, str) else json.dumps(value)
+    for key, value in (raw.items() if isinstance(raw, dict) else ()):
+        if isinstance(value, (str, int, float)):  # bool is an int: true -> "true"
+            result[key] = value if isinstance(value, str) else json.dumps(value)
     for key, value in overrides.items():
         if key not in result:
             raise UsageError(f"--var {key}=...: the workflow has no var {key!r} (it has: "
@@ -250,96 +343,64 @@ def _vars(c: _Checker, data: dict[str, Any], overrides: dict[str, str]) -> dict[
     return result
 
 
-def _step(c: _Checker, raw: Any, index: int, defaults: dict[str, Any]) -> Step | None:
+def _step(c: _Checker, raw: dict[str, Any], index: int, defaults: dict[str, Any]) -> Step:
     path: Path_ = ("steps", index)
-    if not isinstance(raw, dict):
-        c.add(path, "each step must be a mapping with id, an action and a prompt")
-        return None
-    c.keys(raw, STEP_KEYS, path)
     merged = {**defaults, **raw}
-    step_id = c.text(raw, "id", path)
-    if step_id is None:
-        c.add(path, "id: every step needs an id")
-    elif not NAME_PATTERN.match(step_id):
-        c.add((*path, "id"), f"{step_id!r} is not a valid id: use letters, digits, '.', '_', '-'")
     actions = [a for a in Action if a.value in raw]
-    if len(actions) != 1:
-        c.add(path, "needs exactly one of create: NAME, resume: NAME or fork: NAME (+ as: NEW)")
-        return None
-    action = actions[0]
-    session = c.text(raw, action.value, path)
-    if session is not None and not NAME_PATTERN.match(session):
-        c.add((*path, action.value), f"{session!r} is not a valid session name")
-    target = session
-    if action is Action.FORK:
-        target = c.text(raw, "as", path)
-        if target is None:
-            c.add(path, "fork: needs as: NEW (the name of the copy)")
-        elif not NAME_PATTERN.match(target):
-            c.add((*path, "as"), f"{target!r} is not a valid session name")
-    elif "as" in raw:
-        c.add((*path, "as"), "as: goes only with fork:")
+    action = actions[0] if actions else Action.CREATE
+    # With more than one action (the schema reports it), the first stands for the step in the
+    # session checks, so that later steps are not reported for its sake.
+    session = _text(raw.get(action.value))
+    target = _text(raw.get("as")) if action is Action.FORK else session
     prompt, source = _prompt(c, raw, path)
-    effort = c.text(merged, "effort", path)
-    if effort is not None and effort.lower() not in EFFORTS:
-        c.add((*path, "effort"), f"{effort!r} is not an effort level: use one of "
-                                 f"{', '.join(EFFORTS)}")
-    needs = c.string_list(raw, "needs", path)
-    continue_on_error = raw.get("continue_on_error", False)
-    if not isinstance(continue_on_error, bool):
-        c.add((*path, "continue_on_error"), "must be true or false")
-    schema = None
+    schema_text = None
     schema_file = c.file_ref(raw, "schema", path)
-    if schema_file is not None:
+    if schema_file is not None and (text := c.read(schema_file, (*path, "schema"))) is not None:
         try:
-            schema = json.dumps(json.loads(schema_file.read_text(encoding="utf-8")))
-        except (ValueError, UnicodeDecodeError) as exc:
+            schema_text = json.dumps(json.loads(text))
+        except ValueError as exc:
             c.add((*path, "schema"), f"{schema_file} is not valid JSON: {exc}")
-    output = c.text(raw, "output", path)
+    role = c.file_ref(raw, "role", path)
+    if role is not None and c.read(role, (*path, "role")) is None:
+        role = None
+    output = _text(raw.get("output"))
+    output_path = None
+    if output is not None and "\0" not in output:
+        try:
+            output_path = (c.file.parent / output).resolve()
+        except (OSError, RuntimeError) as exc:
+            c.add((*path, "output"), f"cannot resolve {output}: {exc}")
     refs = list(expr.find(prompt or ""))
     for bad in (r for r in refs if isinstance(r, expr.ExprError)):
-        c.add((*path, source if source == "prompt" else "prompt_file"), str(bad))
-    # Every field is checked even when an essential one is missing, so that all problems are
+        c.add((*path, "prompt" if source == "prompt" else "prompt_file"), str(bad))
+    effort = merged.get("effort")
+    line, column = c.marked.where(path)
+    # Every field is read even when an essential one is missing, so that all problems are
     # reported at once; such a step only serves the remaining checks (the load fails anyway).
     return Step(
-        id=step_id or f"#{index + 1}", index=index, action=action, session=session or "",
-        target=target or "", prompt=prompt or "", prompt_source=source,
-        line=c.marked.where(path)[0],
-        role=c.file_ref(raw, "role", path),
-        model=c.text(merged, "model", path),
-        effort=effort.lower() if effort else None,
-        deadline=c.duration(merged, "deadline", path),
-        idle_timeout=c.duration(merged, "idle_timeout", path),
-        retries=int(c.number(merged, "retries", path, integer=True, strict=False) or 0),
-        args=c.string_list(merged, "args", path),
-        max_turns=_int_or_none(c.number(merged, "max_turns", path, integer=True, minimum=1,
-                                        strict=False)),
-        max_budget_usd=c.number(merged, "max_budget_usd", path),
-        schema=schema,
-        output=(c.file.parent / output).resolve() if output else None,
-        needs=needs,
-        continue_on_error=continue_on_error is True,
+        id=_text(raw.get("id")) or f"#{index + 1}", index=index, action=action,
+        session=session or "", target=target or "", prompt=prompt or "", prompt_source=source,
+        line=line, column=column, role=role, model=_text(merged.get("model")),
+        effort=effort.lower() if isinstance(effort, str) and effort.lower() in EFFORTS else None,
+        deadline=_seconds(merged.get("deadline")),
+        idle_timeout=_seconds(merged.get("idle_timeout")),
+        retries=_whole(merged.get("retries")) or 0, args=_texts(merged.get("args")),
+        max_turns=_whole(merged.get("max_turns")),
+        max_budget_usd=_number(merged.get("max_budget_usd")), schema=schema_text,
+        output=output_path, needs=_texts(raw.get("needs")),
+        continue_on_error=raw.get("continue_on_error") is True,
         refs=tuple(r for r in refs if isinstance(r, expr.Ref)),
     )
 
 
-def _int_or_none(value: float | None) -> int | None:
-    return None if value is None else int(value)
-
-
 def _prompt(c: _Checker, raw: dict[str, Any], path: Path_) -> tuple[str | None, str]:
-    if ("prompt" in raw) == ("prompt_file" in raw):
-        c.add(path, "needs exactly one of prompt: TEXT or prompt_file: FILE")
-        return None, "prompt"
-    if "prompt" in raw:
-        return c.text(raw, "prompt", path), "prompt"
+    if "prompt" in raw or "prompt_file" not in raw:
+        return _text(raw.get("prompt")), "prompt"
     prompt_file = c.file_ref(raw, "prompt_file", path)
     if prompt_file is None:
         return None, "prompt_file"
-    try:
-        text = prompt_file.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        c.add((*path, "prompt_file"), f"{prompt_file} is not UTF-8 text")
+    text = c.read(prompt_file, (*path, "prompt_file"))
+    if text is None:
         return None, "prompt_file"
     if not text.strip():
         c.add((*path, "prompt_file"), f"{prompt_file} is empty")
@@ -352,8 +413,8 @@ def _check_graph(c: _Checker, steps: list[Step], variables: set[str], known: set
     ids: dict[str, int] = {}
     for step in steps:
         if step.id in ids:
-            c.add(("steps", step.index, "id"), f"duplicate id {step.id!r} (first used by step "
-                                               f"{ids[step.id] + 1})")
+            c.add(("steps", step.index, "id"), f"duplicate id {step.id!r} (first used by "
+                                               f"steps[{ids[step.id]}])")
         ids.setdefault(step.id, step.index)
     with_schema = {s.id for s in steps if s.schema is not None}
     for step in steps:
@@ -402,7 +463,7 @@ def _fingerprinted(step: Step, variables: Mapping[str, str]) -> Step:
         "vars": used_vars,
     }
     digest = hashlib.sha256(json.dumps(definition, sort_keys=True, default=str).encode())
-    return Step(**{**step.__dict__, "fingerprint": digest.hexdigest()[:16]})
+    return replace(step, fingerprint=digest.hexdigest()[:16])
 
 
 def validate_var_assignments(pairs: Iterable[str]) -> dict[str, str]:
@@ -416,4 +477,5 @@ def validate_var_assignments(pairs: Iterable[str]) -> dict[str, str]:
     return result
 
 
-__all__ = ["Step", "Workflow", "load_workflow", "parse_duration", "validate_var_assignments"]
+__all__ = ["SCHEMA_PATH", "Step", "Workflow", "load_workflow", "parse_duration", "path_text",
+           "schema", "shape_problems", "validate_var_assignments"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -77,7 +78,12 @@ def _scalar(node: yaml.Node, marked: Marked) -> Any:
         return "?"
     constructor = yaml.constructor.SafeConstructor()
     try:
-        return constructor.construct_object(node, deep=True)
+        value = constructor.construct_object(node, deep=True)
     except yaml.constructor.ConstructorError as exc:
         marked.problems.append((_pos(node), f"unsupported value: {exc.problem}"))
         return None
+    if isinstance(value, float) and not math.isfinite(value):
+        # Not JSON, so beyond what the schema can judge: .nan passes every bound check.
+        marked.problems.append((_pos(node), f"unsupported value: {node.value}; write a finite "
+                                            "number"))
+    return value
