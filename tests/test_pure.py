@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -16,11 +17,11 @@ from claude_persist import (
 )
 from claude_persist.claude.command import Action, CallSpec, build_argv, resolve_claude_cmd
 from claude_persist.claude.result import StreamCollector, turn_cost, verdict
-from claude_persist.claude.runner import NO_EXIT, Limits, ProcessOutcome
+from claude_persist.claude.runner import NO_EXIT, Limits, ProcessOutcome, StopReason
 from claude_persist.errors import EXIT_CODES, NameExistsError
 from claude_persist.mapping import CorruptMappingError, MappingDoc, dump, parse
 from claude_persist.settings import CallSettings
-from claude_persist.workflow.state import RunState, StepState, state_text
+from claude_persist.workflow.state import RunState, RunStatus, StepState, StepStatus, state_text
 
 SID = "11111111-2222-4333-8444-555555555555"
 
@@ -57,7 +58,8 @@ def test_claude_cmd_precedence() -> None:
         resolve_claude_cmd("'unclosed", None, {})
 
 
-def _outcome(code: int = 0, stopped: str | None = None, stderr: str = "") -> ProcessOutcome:
+def _outcome(code: int = 0, stopped: StopReason | None = None, stderr: str = ""
+             ) -> ProcessOutcome:
     return ProcessOutcome(returncode=code, stopped_by=stopped, stderr=stderr, duration=1.0,
                           lines=0)
 
@@ -101,11 +103,11 @@ def test_verdict_empty_exit_0_is_a_failure_and_limits_are_timeouts() -> None:
     with pytest.raises(ClaudeCallError, match="killed by SIGKILL"):
         verdict(_collect(), _outcome(-9), Limits(), "s")
     with pytest.raises(CallTimeoutError, match="deadline of 5s"):
-        verdict(_collect(OK), _outcome(0, "deadline"), Limits(deadline=5), "s")
+        verdict(_collect(OK), _outcome(0, StopReason.DEADLINE), Limits(deadline=5), "s")
     with pytest.raises(CallTimeoutError, match="idle timeout of 2s"):
-        verdict(_collect(), _outcome(0, "idle timeout"), Limits(idle_timeout=2), "s")
+        verdict(_collect(), _outcome(0, StopReason.IDLE_TIMEOUT), Limits(idle_timeout=2), "s")
     with pytest.raises(InterruptedByUserError):
-        verdict(_collect(), _outcome(0, "interrupt"), Limits(), "s")
+        verdict(_collect(), _outcome(0, StopReason.INTERRUPT), Limits(), "s")
     # What 2.1.330 sometimes prints when SIGINT lands as the request starts: exit 0, an error.
     interrupted = {"type": "result", "subtype": "error_during_execution", "is_error": True,
                    "errors": ["[ede_diagnostic] result_type=user"]}
@@ -151,13 +153,18 @@ def test_mapping_corrupt_text_is_reported(text: str) -> None:
 
 
 def test_a_run_state_round_trips_one_step_per_line() -> None:
-    steps = {f"s{i}": StepState(id=f"s{i}", action="resume", session="one", status="succeeded",
+    steps = {f"s{i}": StepState(id=f"s{i}", action="resume", session="one",
+                                status=StepStatus.SUCCEEDED,
                                 result="line one\nünïcode, \"quoted\"", output={"n": [i, None]},
                                 cost_usd=0.5) for i in range(3)}
     state = RunState(run_id="r1", workflow="w.yml", workflow_name="w", started_at="now",
                      vars={"target": "src/"}, steps=steps)
     text = state_text(state)
-    assert RunState.from_json(json.loads(text)) == state
+    again = RunState.from_json(json.loads(text))
+    assert again == state and again.status is RunStatus.RUNNING
+    assert all(s.status is StepStatus.SUCCEEDED for s in again.steps.values())
+    # The enums write the words state files have always held, so old files still load.
+    assert '"status": "running"' in text and text.count('"status": "succeeded"') == 3
     assert json.loads(text)["total_cost_usd"] == 1.5
     step_lines = [line for line in text.splitlines() if line.startswith('    {"id": ')]
     assert len(step_lines) == 3 and all(json.loads(line.rstrip(",")) for line in step_lines)
@@ -174,5 +181,30 @@ def test_what_counts_as_transient_for_retries() -> None:
     assert is_transient(ClaudeCallError("x", api_error_status=429))
     assert not is_transient(ClaudeCallError("x", api_error_status=401))
     assert not is_transient(ClaudeCallError("no result"))
-    assert is_transient(CallTimeoutError("x", limit="idle timeout"))
-    assert not is_transient(CallTimeoutError("x", limit="deadline"))
+    assert is_transient(CallTimeoutError("x", limit=StopReason.IDLE_TIMEOUT))
+    assert not is_transient(CallTimeoutError("x", limit=StopReason.DEADLINE))
+
+
+def test_state_files_hold_plain_words_and_an_unknown_status_is_unreadable(tmp_path: Path
+                                                                          ) -> None:
+    from claude_persist.workflow.state import RunStore
+
+    store = RunStore(tmp_path)
+    old = {"run_id": "r1", "workflow": "w.yml", "workflow_name": "w", "started_at": "now",
+           "vars": {}, "status": "interrupted", "steps": [
+               {"id": "a", "action": "create", "session": "x", "status": "skipped"}]}
+    (tmp_path / "r1.json").write_text(json.dumps(old))
+    loaded = store.load("r1")
+    assert loaded.status is RunStatus.INTERRUPTED
+    assert loaded.steps["a"].status is StepStatus.SKIPPED
+    assert f"{loaded.status}/{loaded.steps['a'].status}" == "interrupted/skipped"
+    (tmp_path / "r1.json").write_text(json.dumps({**old, "status": "exploded"}))
+    with pytest.raises(UsageError, match="unreadable"):
+        store.load("r1")
+
+
+def test_stop_reasons_read_as_the_words_messages_use() -> None:
+    assert [str(r) for r in StopReason] == ["deadline", "idle timeout", "interrupt", "no exit",
+                                            "error"]
+    assert f"the {StopReason.IDLE_TIMEOUT} of 2s" == "the idle timeout of 2s"
+    assert StopReason("deadline") is StopReason.DEADLINE and NO_EXIT is StopReason.NO_EXIT

@@ -76,6 +76,21 @@ def test_four_independent_sessions_run_side_by_side(cp: Runner, workspace: Path,
     assert max(c["started"] for c in calls) < min(c["ended"] for c in calls)
 
 
+def test_max_parallel_bounds_the_steps_at_once_and_keeps_file_order(
+        cp: Runner, workspace: Path, fake_claude: Any) -> None:
+    steps = "".join(f"  - {{id: s{i}, create: w{i}, prompt: '[fake delay=0.5] go'}}\n"
+                    for i in range(5))
+    write(workspace, "version: 1\nsteps:\n" + steps)
+    ran = cp("run", "wf.yml", "--max-parallel", "2")
+    assert ran.code == 0, ran.err
+    started = [line.split()[1] for line in ran.err.splitlines() if line.endswith("started")]
+    assert started == ["s0", "s1", "s2", "s3", "s4"]  # ready steps start in file order
+    calls = fake_claude.calls()
+    at_once = max(sum(1 for c in calls if c["started"] <= t < c["ended"])
+                  for t in (c["started"] for c in calls))
+    assert len(calls) == 5 and at_once <= 2
+
+
 def test_sequential_runs_in_file_order_one_at_a_time(workspace: Path, fake_claude: Any) -> None:
     path = write(workspace, """
         version: 1

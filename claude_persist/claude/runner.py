@@ -18,6 +18,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 
 from ..errors import ClaudeNotFoundError, UsageError
@@ -26,8 +27,24 @@ STDERR_TAIL_BYTES = 64 * 1024
 LINE_QUEUE_SIZE = 1024  # bounded: a slow consumer slows the child instead of growing memory
 POLL_SECONDS = 0.25
 EOF_GRACE_SECONDS = 2.0
-NO_EXIT = "no exit"  # the output ended but the process did not exit by itself
 _EOF = object()
+
+
+class StopReason(str, Enum):
+    """Why the runner stopped a call; a call that ended by itself has none. The values are the
+    words messages use (the deadline of 5s, the idle timeout of 2s)."""
+
+    DEADLINE = "deadline"
+    IDLE_TIMEOUT = "idle timeout"
+    INTERRUPT = "interrupt"  # Ctrl-C, or the caller's cancel event
+    NO_EXIT = "no exit"  # the output ended but the process did not exit by itself
+    ERROR = "error"  # on_line raised
+
+    def __str__(self) -> str:  # the value in messages, on every Python version
+        return str.__str__(self)
+
+
+NO_EXIT = StopReason.NO_EXIT
 
 
 @dataclass(frozen=True)
@@ -44,7 +61,7 @@ class ProcessOutcome:
     """What happened to the process; the lines themselves went to ``on_line``."""
 
     returncode: int
-    stopped_by: str | None  # "deadline", "idle timeout", "interrupt", NO_EXIT or None
+    stopped_by: StopReason | None
     stderr: str
     duration: float
     lines: int
@@ -233,7 +250,7 @@ def run(
         worker.daemon = True
         worker.start()
 
-    stopped_by: str | None = None
+    stopped_by: StopReason | None = None
     count = 0
     last_output = started
     exited_at: float | None = None
@@ -241,7 +258,7 @@ def run(
     try:
         while True:
             if cancel is not None and cancel.is_set():
-                stopped_by = "interrupt"
+                stopped_by = StopReason.INTERRUPT
                 break
             now = time.monotonic()
             waits = [POLL_SECONDS]
@@ -256,11 +273,11 @@ def run(
                 if final_seen:
                     pass  # the answer is in: limits no longer apply, only the exit is awaited
                 elif limits.deadline is not None and now - started >= limits.deadline:
-                    stopped_by = "deadline"
+                    stopped_by = StopReason.DEADLINE
                     break
                 elif limits.idle_timeout is not None and \
                         now - last_output >= limits.idle_timeout:
-                    stopped_by = "idle timeout"
+                    stopped_by = StopReason.IDLE_TIMEOUT
                     break
                 if exited_at is None and proc.poll() is not None:
                     exited_at = now
@@ -277,16 +294,17 @@ def run(
                 final_seen = True
                 exited_at = exited_at or last_output
     except KeyboardInterrupt:
-        stopped_by = "interrupt"
+        stopped_by = StopReason.INTERRUPT
     except BaseException:
-        stopped_by = "error"  # on_line failed (say, our stdout closed): stop claude, re-raise
+        # on_line failed (say, our stdout closed): stop claude, re-raise
+        stopped_by = StopReason.ERROR
         raise
     finally:
         if stopped_by is None:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(timeout=EOF_GRACE_SECONDS)
             if proc.poll() is None:
-                stopped_by = NO_EXIT
+                stopped_by = StopReason.NO_EXIT
         if stopped_by is not None:
             stop_group(proc, limits.grace)
         _signal_group(proc, signal.SIGKILL)  # leftovers of a finished call, if any

@@ -3,6 +3,7 @@ run's state after every step, stop cleanly on failure, budget or Ctrl-C."""
 
 from __future__ import annotations
 
+import graphlib
 import json
 import os
 import threading
@@ -16,6 +17,7 @@ from typing import Any, Protocol
 from .. import fsio
 from ..claude.command import Action
 from ..claude.result import TurnResult
+from ..claude.runner import StopReason
 from ..errors import (
     CallTimeoutError,
     ClaudeCallError,
@@ -28,9 +30,9 @@ from ..errors import (
 from ..sessions import Sessions
 from ..settings import CallSettings, merge
 from . import expr
-from .plan import Plan
+from .plan import Plan, sorter
 from .spec import Step, Workflow
-from .state import RunState, RunStore, StepState, finish, new_run_id, now
+from .state import RunState, RunStatus, RunStore, StepState, StepStatus, finish, new_run_id, now
 
 #: Step errors that fail the step (and may be retried); anything else aborts the whole run.
 STEP_ERRORS = (ClaudeCallError, CallTimeoutError, SessionNotFoundError, SessionBusyError,
@@ -62,7 +64,7 @@ def is_transient(error: Exception) -> bool:
     """Worth a retry: rate limits, server errors, overload, and an idle timeout."""
     if isinstance(error, ClaudeCallError):
         return error.transient
-    return isinstance(error, CallTimeoutError) and error.limit == "idle timeout"
+    return isinstance(error, CallTimeoutError) and error.limit == StopReason.IDLE_TIMEOUT
 
 
 def lookup_in(workflow: Workflow, states: dict[str, StepState], run_id: str | None,
@@ -80,7 +82,7 @@ def lookup_in(workflow: Workflow, states: dict[str, StepState], run_id: str | No
         if head == "run":
             return run_id
         state = states.get(rest[0])
-        if state is None or state.status in ("pending", "running"):
+        if state is None or state.status in (StepStatus.PENDING, StepStatus.RUNNING):
             return None
         field_name = rest[1]
         if field_name == "output":
@@ -136,6 +138,7 @@ class Scheduler:
         self.cancel = threading.Event()
         self.state = self._initial_state()
         self._lock = threading.Lock()
+        self._position = {step_id: i for i, step_id in enumerate(plan.order)}
 
     def _initial_state(self) -> RunState:
         fresh = {s.id: StepState(id=s.id, action=s.action.value, session=s.target,
@@ -153,10 +156,11 @@ class Scheduler:
                else self.store.latest_unfinished())
         for step_id, state in fresh.items():
             before = old.steps.get(step_id)
-            if before and before.status == "succeeded" and before.fingerprint == \
+            if before and before.status is StepStatus.SUCCEEDED and before.fingerprint == \
                     state.fingerprint:
                 fresh[step_id] = StepState(**{**before.__dict__, "reused": True})
-        old.steps, old.status, old.finished_at, old.stop_reason = fresh, "running", None, None
+        old.steps, old.status, old.finished_at, old.stop_reason = \
+            fresh, RunStatus.RUNNING, None, None
         return old
 
     # -- the loop -----------------------------------------------------------------------------
@@ -169,6 +173,8 @@ class Scheduler:
         for state in self.state.steps.values():
             if state.reused:
                 self.progress.step_finished(self.workflow.step(state.id), state)
+        graph = self._graph()
+        ready: list[str] = []  # may start, in plan order, once a worker is free
         running: dict[Future[None], str] = {}
         workers = max(1, self.settings.max_parallel if self.plan.parallel else 1)
         pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="step")
@@ -177,69 +183,65 @@ class Scheduler:
                 if stop_reason is None:
                     stop_reason = self._stop_reason()
                 if stop_reason is None:
-                    for step_id in self._ready(running):
-                        if len(running) >= workers:
-                            break
+                    ready = sorted([*ready, *graph.get_ready()], key=self._position.__getitem__)
+                    while ready and len(running) < workers:
+                        step_id = ready.pop(0)
                         running[self._start(pool, step_id)] = step_id
                 if not running:
                     break
                 done, _ = wait(list(running), timeout=0.5, return_when=FIRST_COMPLETED)
                 for future in done:
-                    running.pop(future)
+                    step_id = running.pop(future)
                     future.result()  # a fatal error (no claude, unsafe mapping) ends the run
+                    if self._settled(step_id):
+                        graph.done(step_id)  # what waits for it may start
         except KeyboardInterrupt:
             self.cancel.set()
             wait(list(running))
-            self._close("interrupted", began, "interrupted")
+            self._close(RunStatus.INTERRUPTED, began, "interrupted")
             raise InterruptedByUserError(
                 f"interrupted; running steps were stopped. Continue with --resume-run "
                 f"(run {self.state.run_id})") from None
         except ClaudePersistError:
             self.cancel.set()
             wait(list(running))
-            self._close("failed", began, "aborted")
+            self._close(RunStatus.FAILED, began, "aborted")
             raise
         finally:
             pool.shutdown(wait=True)
-        failed = any(s.status == "failed" and not self.workflow.step(s.id).continue_on_error
-                     for s in self.state.steps.values())
-        ok = not failed and all(s.status == "succeeded" or
-                                (s.status == "failed" and self.workflow.step(s.id)
-                                 .continue_on_error) for s in self.state.steps.values())
-        self._close("succeeded" if ok else "failed", began, stop_reason)
+        ok = all(self._settled(step_id) for step_id in self.state.steps)
+        self._close(RunStatus.SUCCEEDED if ok else RunStatus.FAILED, began, stop_reason)
         return self.state
 
     def _stop_reason(self) -> str | None:
         for state in self.state.steps.values():
-            if state.status == "failed" and not self.workflow.step(state.id).continue_on_error:
+            if state.status is StepStatus.FAILED and \
+                    not self.workflow.step(state.id).continue_on_error:
                 return f"step {state.id} failed"
         budget = self.workflow.budget_usd
         if budget is not None and self.state.total_cost_usd >= budget:
             return f"budget_usd {budget:g} spent (${self.state.total_cost_usd:.4f})"
         return None
 
-    def _ready(self, running: dict[Future[None], str]) -> list[str]:
-        busy = set(running.values())
-        ready = []
-        for step_id in self.plan.order:
-            state = self.state.steps[step_id]
-            if state.status != "pending" or step_id in busy:
-                continue
-            if all(self._settled(dep) for dep in self.plan.deps[step_id]):
-                ready.append(step_id)
-        return ready
+    def _graph(self) -> graphlib.TopologicalSorter[str]:
+        """The steps still to run and what each waits for; steps reused from an earlier run
+        (settled already) are left out, and so is waiting for them."""
+        settled = {step_id for step_id in self.state.steps if self._settled(step_id)}
+        return sorter({step_id: deps - settled for step_id, deps in self.plan.deps.items()
+                       if step_id not in settled})
 
     def _settled(self, step_id: str) -> bool:
+        """Done in a way that lets what waits for it go on."""
         status = self.state.steps[step_id].status
-        return status == "succeeded" or (
-            status == "failed" and self.workflow.step(step_id).continue_on_error)
+        return status is StepStatus.SUCCEEDED or (
+            status is StepStatus.FAILED and self.workflow.step(step_id).continue_on_error)
 
     def _start(self, pool: ThreadPoolExecutor, step_id: str) -> Future[None]:
         step = self.workflow.step(step_id)
         state = self.state.steps[step_id]
         prompt = expr.render(step.prompt, lookup_in(self.workflow, self.state.steps,
                                                     self.state.run_id, os.environ))
-        state.status = "running"
+        state.status = StepStatus.RUNNING
         self.progress.step_started(step, state)
         return pool.submit(self._execute, step, state, prompt)
 
@@ -258,12 +260,12 @@ class Scheduler:
                         self.progress.step_retrying(step, attempt, error, pause)
                         if not self.cancel.wait(pause):
                             continue
-                    state.status, state.error = "failed", str(error)
+                    state.status, state.error = StepStatus.FAILED, str(error)
                     return
                 self._succeeded(step, state, result)
                 return
         except ClaudePersistError as fatal:
-            state.status, state.error = "failed", str(fatal)
+            state.status, state.error = StepStatus.FAILED, str(fatal)
             raise
         finally:
             state.duration_s = round(time.monotonic() - began, 3)
@@ -272,7 +274,7 @@ class Scheduler:
             self.progress.step_finished(step, state)
 
     def _succeeded(self, step: Step, state: StepState, result: TurnResult) -> None:
-        state.status = "succeeded"
+        state.status = StepStatus.SUCCEEDED
         state.session_id = result.session_id
         state.cost_usd = result.cost_usd
         state.num_turns = result.num_turns
@@ -283,15 +285,15 @@ class Scheduler:
             try:
                 write_output(step.output, result)
             except OSError as exc:
-                state.status = "failed"
+                state.status = StepStatus.FAILED
                 state.error = f"cannot write output {step.output}: {exc.strerror}"
 
-    def _close(self, status: str, began: float, reason: str | None) -> None:
+    def _close(self, status: RunStatus, began: float, reason: str | None) -> None:
         for state in self.state.steps.values():
-            if state.status == "pending":
-                state.status = "skipped"
+            if state.status is StepStatus.PENDING:
+                state.status = StepStatus.SKIPPED
                 state.error = reason or "not reached"
-            elif state.status == "running":
-                state.status, state.error = "failed", reason
+            elif state.status is StepStatus.RUNNING:
+                state.status, state.error = StepStatus.FAILED, reason
         finish(self.state, status, time.monotonic() - began, reason)
         self.store.save(self.state)

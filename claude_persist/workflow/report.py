@@ -10,7 +10,9 @@ from typing import Any, TextIO
 
 from .plan import Plan
 from .spec import Step, Workflow
-from .state import RunState, StepState
+from .state import RunState, StepState, StepStatus
+
+TOTALS = (StepStatus.SUCCEEDED, StepStatus.FAILED, StepStatus.SKIPPED)
 
 
 def _setting(model: str | None, effort: str | None) -> str:
@@ -39,10 +41,10 @@ class ProgressPrinter:
         self._line(step, f"{_setting(step.model, step.effort)}  started")
 
     def step_finished(self, step: Step, state: StepState) -> None:
-        status = "reused (unchanged, succeeded before)" if state.reused else state.status
+        status = "reused (unchanged, succeeded before)" if state.reused else str(state.status)
         text = (f"{_setting(state.model, state.effort)}  {status}  {state.duration_s:.1f}s  "
                 f"{_cost(state.cost_usd)}")
-        if state.error and state.status == "failed":
+        if state.error and state.status is StepStatus.FAILED:
             text += f"\n    {state.error}"
         self._line(step, text)
 
@@ -55,19 +57,23 @@ def table(run: RunState) -> str:
     rows = [("STEP", "ACTION", "SESSION", "MODEL/EFFORT", "STATUS", "TRIES", "SECONDS", "COST")]
     for s in run.steps.values():
         rows.append((s.id, s.action, s.session, _setting(s.model, s.effort),
-                     s.status + (" (reused)" if s.reused else ""), str(s.attempts),
+                     f"{s.status}{' (reused)' if s.reused else ''}", str(s.attempts),
                      f"{s.duration_s:.1f}", _cost(s.cost_usd)))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
              for r in rows]
-    counts = {k: sum(1 for s in run.steps.values() if s.status == k)
-              for k in ("succeeded", "failed", "skipped")}
+    counts = _totals(run)
     lines.append(f"run {run.run_id}: {run.status}; {len(run.steps)} steps, "
                  f"{counts['succeeded']} succeeded, {counts['failed']} failed, "
                  f"{counts['skipped']} skipped; {run.duration_s:.1f}s; "
                  f"${run.total_cost_usd:.4f}"
                  + (f" ({run.stop_reason})" if run.stop_reason else ""))
     return "\n".join(lines)
+
+
+def _totals(run: RunState) -> dict[str, int]:
+    return {status.value: sum(1 for s in run.steps.values() if s.status is status)
+            for status in TOTALS}
 
 
 def as_json(run: RunState, state_file: str | None = None) -> dict[str, Any]:
@@ -83,8 +89,7 @@ def as_json(run: RunState, state_file: str | None = None) -> dict[str, Any]:
         "status": run.status, "stop_reason": run.stop_reason, "started_at": run.started_at,
         "finished_at": run.finished_at, "duration_s": run.duration_s,
         "total_cost_usd": round(run.total_cost_usd, 6), "state_file": state_file,
-        "totals": {k: sum(1 for s in run.steps.values() if s.status == k)
-                   for k in ("succeeded", "failed", "skipped")},
+        "totals": _totals(run),
         "steps": steps,
     }
 

@@ -8,11 +8,37 @@ import re
 import secrets
 import time
 from dataclasses import dataclass, fields
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
 from .. import fsio
 from ..errors import UsageError
+
+
+class StepStatus(str, Enum):
+    """Where a step stands in a run. The values are what state files and reports say."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+
+    def __str__(self) -> str:  # the value in messages, on every Python version
+        return str.__str__(self)
+
+
+class RunStatus(str, Enum):
+    """Where a run stands. The values are what state files and reports say."""
+
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    INTERRUPTED = "interrupted"
+
+    def __str__(self) -> str:
+        return str.__str__(self)
 
 
 @dataclass
@@ -24,7 +50,7 @@ class StepState:
     session: str
     model: str | None = None
     effort: str | None = None
-    status: str = "pending"  # pending, running, succeeded, failed, skipped
+    status: StepStatus = StepStatus.PENDING
     session_id: str | None = None
     attempts: int = 0
     duration_s: float = 0.0
@@ -35,6 +61,9 @@ class StepState:
     error: str | None = None
     fingerprint: str = ""
     reused: bool = False
+
+    def __post_init__(self) -> None:
+        self.status = StepStatus(self.status)  # a state file holds the plain text
 
 
 @dataclass
@@ -47,10 +76,13 @@ class RunState:
     started_at: str
     vars: dict[str, str]
     steps: dict[str, StepState]
-    status: str = "running"  # running, succeeded, failed, interrupted
+    status: RunStatus = RunStatus.RUNNING
     finished_at: str | None = None
     duration_s: float = 0.0
     stop_reason: str | None = None
+
+    def __post_init__(self) -> None:
+        self.status = RunStatus(self.status)  # a state file holds the plain text
 
     @property
     def total_cost_usd(self) -> float:
@@ -136,7 +168,7 @@ class RunStore:
             else []
         for path in candidates:
             state = self.load(path.stem)
-            if state.status != "succeeded":
+            if state.status is not RunStatus.SUCCEEDED:
                 return state
         raise UsageError(f"--resume-run: this workflow has no unfinished run in {self.folder}; "
                          "run it without --resume-run")
@@ -147,7 +179,8 @@ def now() -> str:
     return _now()
 
 
-def finish(state: RunState, status: str, duration: float, reason: str | None = None) -> None:
+def finish(state: RunState, status: RunStatus, duration: float, reason: str | None = None
+           ) -> None:
     """Mark the run ended."""
     state.status = status
     state.finished_at = _now()
