@@ -55,11 +55,26 @@ class SessionBusyError(ClaudePersistError):
 
 
 class ClaudeCallError(ClaudePersistError):
-    """The claude call failed: non-zero exit, ``is_error: true``, or no result at all."""
+    """The claude call failed: non-zero exit, ``is_error: true``, or no result at all.
 
-    def __init__(self, message: str, *, api_error_status: int | None = None) -> None:
+    Besides its message it carries what the CLI said, each ``None`` (or empty) when the call
+    did not say it: ``exit_code`` (negative: killed by that signal; ``None`` when we stopped the
+    process ourselves), ``stderr_tail`` (its last lines), and from its result line ``subtype``,
+    ``api_error_status``, ``terminal_reason`` and ``session_id``.
+    """
+
+    def __init__(
+        self, message: str, *, exit_code: int | None = None, stderr_tail: str = "",
+        subtype: str | None = None, api_error_status: int | None = None,
+        terminal_reason: str | None = None, session_id: str | None = None,
+    ) -> None:
         super().__init__(message)
+        self.exit_code = exit_code
+        self.stderr_tail = stderr_tail
+        self.subtype = subtype
         self.api_error_status = api_error_status
+        self.terminal_reason = terminal_reason
+        self.session_id = session_id
 
     @property
     def transient(self) -> bool:
@@ -68,11 +83,15 @@ class ClaudeCallError(ClaudePersistError):
 
 
 class CallTimeoutError(ClaudePersistError):
-    """The call ran past its ``--deadline`` or was silent past its ``--idle-timeout``."""
+    """The call ran past its ``--deadline`` or was silent past its ``--idle-timeout``.
 
-    def __init__(self, message: str, *, limit: str) -> None:
+    ``limit`` says which (``"deadline"`` or ``"idle timeout"``), ``seconds`` how long it allowed.
+    """
+
+    def __init__(self, message: str, *, limit: str, seconds: float | None = None) -> None:
         super().__init__(message)
         self.limit = limit
+        self.seconds = seconds
 
 
 class ClaudeNotFoundError(ClaudePersistError):

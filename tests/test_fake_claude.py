@@ -143,3 +143,57 @@ def test_a_prompt_argument_with_a_silent_stdin_waits_3_s(fake_claude: Any) -> No
     proc.wait(timeout=10)
     assert took >= 2.9 and "no stdin data received in 3s" in err
     assert json.loads(out)["result"].endswith(": from argv")
+
+
+def _stream(*args: str, prompt: str = "hi") -> dict[str, Any]:
+    out = claude("-p", "--output-format=stream-json", "--verbose", *args, prompt=prompt)
+    line: dict[str, Any] = json.loads(out.stdout.splitlines()[-1])
+    return line
+
+
+def test_stream_json_carries_the_calls_own_usage_since_2_1_330(fake_claude: Any) -> None:
+    sid = str(uuid.uuid4())
+    first = _stream(f"--session-id={sid}", "--model=opus", prompt="[fake cost=0.1] hi")
+    second = _stream(f"--resume={sid}", "--model=sonnet", prompt="[fake cost=0.25] hi")
+    assert first["model_usage_since_last_result"]["claude-opus-4-1"]["costUSD"] == 0.1
+    [(model, own)] = second["model_usage_since_last_result"].items()
+    assert (model, own["costUSD"]) == ("claude-sonnet-4-5", 0.25)
+    assert abs(second["total_cost_usd"] - 0.35) < 1e-9  # the running total
+    assert {m: u["costUSD"] for m, u in second["modelUsage"].items()} == \
+        {"claude-opus-4-1": 0.1, "claude-sonnet-4-5": 0.25}  # the session's, per model
+    failed = _stream(f"--resume={sid}", prompt="[fake error=529] hi")
+    assert failed["model_usage_since_last_result"] == {}
+    plain = json.loads(claude("-p", f"--resume={sid}", "--output-format=json").stdout)
+    assert "model_usage_since_last_result" not in plain  # stream-json only
+    older = _stream(prompt="[fake version=2.1.197] hi")
+    assert "model_usage_since_last_result" not in older
+
+
+def _role_sent(*args: str, version: str = "2.1.332") -> str:
+    out = claude("-p", "--output-format=json", *args, prompt=f"[fake version={version}] hi")
+    assert out.returncode == 0, out.stderr
+    text = str(json.loads(out.stdout)["result"])
+    return text.split("role: ")[1].split(")")[0] if "role: " in text else ""
+
+
+def test_the_first_calls_role_is_replayed_unless_the_snapshot_is_off(
+        fake_claude: Any, tmp_path: Path) -> None:
+    for name in ("one", "two"):
+        (tmp_path / f"{name}.md").write_text(f"Role {name}.\n")
+    one, two = f"--append-system-prompt-file={tmp_path / 'one.md'}", \
+        f"--append-system-prompt-file={tmp_path / 'two.md'}"
+    sid = str(uuid.uuid4())
+    off = "--system-prompt-snapshot=off"
+    assert _role_sent(f"--session-id={sid}", one) == "Role one."
+    assert _role_sent(f"--resume={sid}", two) == "Role one."
+    assert _role_sent(f"--resume={sid}", two, off) == "Role two."
+    assert _role_sent(f"--resume={sid}", two) == "Role one."  # off records nothing
+    assert _role_sent(f"--resume={sid}", "--fork-session", two) == "Role one."
+    assert _role_sent(f"--resume={sid}", "--fork-session", two, off) == "Role two."
+    bad = claude("-p", f"--resume={sid}", "--system-prompt-snapshot=maybe")
+    assert bad.returncode == 1 and "Allowed choices are on, off" in bad.stderr
+    old = str(uuid.uuid4())
+    assert _role_sent(f"--session-id={old}", one, version="2.1.197") == "Role one."
+    assert _role_sent(f"--resume={old}", two, version="2.1.197") == "Role two."
+    unknown = claude("-p", f"--resume={old}", off, prompt="[fake version=2.1.197] hi")
+    assert unknown.returncode == 1 and "unknown option" in unknown.stderr

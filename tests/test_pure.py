@@ -16,8 +16,14 @@ from claude_persist import (
     exit_code_for,
 )
 from claude_persist.claude.command import Action, CallSpec, build_argv, resolve_claude_cmd
-from claude_persist.claude.result import StreamCollector, turn_cost, verdict
-from claude_persist.claude.runner import NO_EXIT, Limits, ProcessOutcome, StopReason
+from claude_persist.claude.result import (
+    STDERR_TAIL_CHARS,
+    StreamCollector,
+    call_cost,
+    turn_cost,
+    verdict,
+)
+from claude_persist.claude.runner import LINE_TOO_LONG, NO_EXIT, Limits, ProcessOutcome, StopReason
 from claude_persist.errors import EXIT_CODES, NameExistsError
 from claude_persist.mapping import CorruptMappingError, MappingDoc, dump, parse
 from claude_persist.settings import CallSettings
@@ -58,9 +64,9 @@ def test_claude_cmd_precedence() -> None:
         resolve_claude_cmd("'unclosed", None, {})
 
 
-def _outcome(code: int = 0, stopped: StopReason | None = None, stderr: str = ""
-             ) -> ProcessOutcome:
-    return ProcessOutcome(returncode=code, stopped_by=stopped, stderr=stderr, duration=1.0,
+def _outcome(code: int = 0, stopped: StopReason | None = None, stderr: str = "",
+             duration: float = 1.0) -> ProcessOutcome:
+    return ProcessOutcome(returncode=code, stopped_by=stopped, stderr=stderr, duration=duration,
                           lines=0)
 
 
@@ -115,6 +121,84 @@ def test_verdict_empty_exit_0_is_a_failure_and_limits_are_timeouts() -> None:
         verdict(_collect(interrupted), _outcome(0), Limits(), "s")
 
 
+def test_a_call_error_carries_the_clis_facts_as_fields() -> None:
+    line = {**OK, "is_error": True, "api_error_status": 529, "result": "API Error: 529 x",
+            "terminal_reason": "api_error"}
+    with pytest.raises(ClaudeCallError) as caught:
+        verdict(_collect(line), _outcome(1, stderr="warn one\n\nwarn two\n"), Limits(), "s")
+    error = caught.value
+    assert (error.exit_code, error.subtype, error.api_error_status, error.terminal_reason,
+            error.session_id) == (1, "success", 529, "api_error", SID)
+    assert error.stderr_tail == "warn one\nwarn two" and error.transient
+    assert exit_code_for(error) == 1
+
+
+def test_a_call_error_without_a_result_has_the_exit_and_a_bounded_stderr_tail() -> None:
+    init: dict[str, object] = {"type": "system", "subtype": "init", "session_id": SID}
+    noise = "".join(f"line {n} " + "z" * 1000 + "\n" for n in range(50))
+    with pytest.raises(ClaudeCallError, match="exited with status 3") as caught:
+        verdict(_collect(init), _outcome(3, stderr=noise + "boom: it broke\n"), Limits(), "s")
+    error = caught.value
+    assert (error.exit_code, error.subtype, error.api_error_status, error.session_id) == \
+        (3, None, None, SID)
+    assert error.stderr_tail.endswith("boom: it broke")
+    assert len(error.stderr_tail) <= STDERR_TAIL_CHARS + 3
+    assert len(str(error)) < 2 * STDERR_TAIL_CHARS
+    with pytest.raises(ClaudeCallError) as killed:
+        verdict(_collect(), _outcome(-9), Limits(), "s")
+    assert killed.value.exit_code == -9 and killed.value.session_id is None
+    # An error result after which we had to stop claude: it exited, but not by itself.
+    with pytest.raises(ClaudeCallError) as stopped:
+        verdict(_collect({**OK, "is_error": True}), _outcome(-2, NO_EXIT), Limits(), "s")
+    assert stopped.value.exit_code is None
+
+
+def test_timeouts_say_the_time_allowed_not_the_time_taken() -> None:
+    with pytest.raises(CallTimeoutError) as deadline:
+        verdict(_collect(), _outcome(0, StopReason.DEADLINE, duration=603.4),
+                Limits(deadline=600), "s")
+    assert "ran past its deadline of 600s (--deadline)" in str(deadline.value)
+    assert "603" not in str(deadline.value)
+    assert (deadline.value.limit, deadline.value.seconds) == ("deadline", 600)
+    with pytest.raises(CallTimeoutError) as idle:
+        verdict(_collect(), _outcome(0, StopReason.IDLE_TIMEOUT, duration=33.1),
+                Limits(deadline=600, idle_timeout=30), "s")
+    assert "idle timeout of 30s (--idle-timeout)" in str(idle.value)
+    assert "33" not in str(idle.value) and "600" not in str(idle.value)
+    assert (idle.value.limit, idle.value.seconds) == ("idle timeout", 30)
+    assert exit_code_for(idle.value) == 124
+
+
+@pytest.mark.parametrize("where", ["init", "result"])
+@pytest.mark.parametrize("bad", ["../../etc/passwd", "", "not-a-uuid", 42, None,
+                                 SID + "\n", SID[:-1]])
+def test_a_session_id_that_is_not_a_uuid_fails_the_call(where: str, bad: object) -> None:
+    init = {"type": "system", "subtype": "init", "session_id": SID}
+    lines = [{**init, "session_id": bad}, OK] if where == "init" else [init, {**OK,
+                                                                           "session_id": bad}]
+    with pytest.raises(ClaudeCallError, match=f"not a UUID.*{where}|{where} line.*not a UUID"
+                       ) as caught:
+        verdict(_collect(*lines), _outcome(0), Limits(), "session s")
+    assert caught.value.exit_code == 0 and exit_code_for(caught.value) == 1
+    assert caught.value.session_id in (None, SID)  # never the bad one
+    assert "session s" in str(caught.value)
+
+
+def test_an_upper_case_uuid_is_a_session_id_and_a_missing_one_is_no_error() -> None:
+    upper = {**OK, "session_id": SID.upper()}
+    assert verdict(_collect(upper), _outcome(), Limits(), "s")["session_id"] == SID.upper()
+    without = {k: v for k, v in OK.items() if k != "session_id"}
+    assert verdict(_collect(without), _outcome(), Limits(), "s")["result"] == "hi"
+
+
+def test_a_line_past_the_limit_fails_the_call_and_names_the_limit() -> None:
+    with pytest.raises(ClaudeCallError, match="longer than 64 MiB") as caught:
+        verdict(_collect(), _outcome(0, LINE_TOO_LONG), Limits(), "session s")
+    assert caught.value.exit_code is None and "session s" in str(caught.value)
+    with pytest.raises(ClaudeCallError, match="longer than 1000 bytes"):
+        verdict(_collect(OK), _outcome(0, LINE_TOO_LONG), Limits(max_line_bytes=1000), "s")
+
+
 def test_collector_keeps_only_what_it_needs() -> None:
     collector = _collect({"type": "system", "subtype": "init", "claude_code_version": "2.1.330"},
                          "not json", {"type": "assistant"}, OK)
@@ -128,6 +212,26 @@ def test_turn_cost_takes_the_difference_only_for_running_totals() -> None:
     assert turn_cost(0.75, 0.5, "2.1.197") == 0.75             # per-call CLI
     assert turn_cost(0.2, 0.5, None) == 0.2                    # below the total: per call
     assert turn_cost(None, 0.5, "2.1.330") is None
+
+
+def _usage(**costs: object) -> dict[str, object]:
+    return {model: {"inputTokens": 200, "outputTokens": 5, "costUSD": cost}
+            for model, cost in costs.items()}
+
+
+def test_call_cost_is_the_clis_own_figure_when_the_line_has_one() -> None:
+    line = {**OK, "total_cost_usd": 0.9, "model_usage_since_last_result": _usage(a=0.25, b=0.5)}
+    assert call_cost(line, 0.1, "2.1.332") == pytest.approx(0.75)  # not 0.9 - 0.1
+    assert call_cost(line, None, None) == pytest.approx(0.75)
+    after_an_error = {**OK, "total_cost_usd": 0.9, "model_usage_since_last_result": {}}
+    assert call_cost(after_an_error, 0.9, "2.1.332") == 0.0
+    # Without a usable figure, the difference of the running totals, as before.
+    usage: object
+    for usage in (None, [], _usage(a="0.25"), _usage(a=True), _usage(a=-1.0), {"a": 0.25}):
+        line = {**OK, "total_cost_usd": 0.75, "model_usage_since_last_result": usage}
+        assert call_cost(line, 0.5, "2.1.332") == pytest.approx(0.25), usage
+    assert call_cost({**OK, "total_cost_usd": 0.75}, 0.5, "2.1.197") == 0.75
+    assert call_cost(OK, 0.5, "2.1.332") is None
 
 
 def test_every_error_has_a_documented_exit_code() -> None:
@@ -205,6 +309,6 @@ def test_state_files_hold_plain_words_and_an_unknown_status_is_unreadable(tmp_pa
 
 def test_stop_reasons_read_as_the_words_messages_use() -> None:
     assert [str(r) for r in StopReason] == ["deadline", "idle timeout", "interrupt", "no exit",
-                                            "error"]
+                                            "error", "line too long"]
     assert f"the {StopReason.IDLE_TIMEOUT} of 2s" == "the idle timeout of 2s"
     assert StopReason("deadline") is StopReason.DEADLINE and NO_EXIT is StopReason.NO_EXIT

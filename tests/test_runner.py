@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import os
+import queue
 import shlex
 import signal
 import subprocess
 import sys
+import textwrap
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -168,3 +171,87 @@ def test_limits_do_not_apply_once_the_answer_is_in(workspace: Path, fake_claude:
     sessions.create("done")
     result = sessions.resume("done", "[fake hang_after=1] x", TurnOptions(idle_timeout=0.5))
     assert "turn 2" in result.text and result.notes
+
+
+def _peak_rss_mib(script: str, cwd: Path) -> tuple[float, str]:
+    """Run ``script`` in a fresh interpreter; its peak RSS in MiB, and what it printed."""
+    code = script + textwrap.dedent("""
+        import resource
+        print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+        """)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=cwd, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    *said, peak = proc.stdout.splitlines()
+    return float(peak), "\n".join(said)
+
+
+def test_a_line_past_the_limit_stops_the_call(tmp_path: Path, group_alive: Any) -> None:
+    code = ("import sys, time\nsys.stdout.write('ok\\n' + 'x' * 1000 + '\\n' + 'y' * 1001)\n"
+            "sys.stdout.flush()\ntime.sleep(60)")
+    seen: list[str] = []
+    outcome = runner.run([sys.executable, "-c", code], prompt="", cwd=tmp_path,
+                         limits=runner.Limits(max_line_bytes=1000, deadline=30),
+                         on_line=seen.append)
+    assert seen == ["ok", "x" * 1000]  # a line of exactly the limit passes
+    assert outcome.stopped_by == runner.LINE_TOO_LONG
+    # The limit counts bytes, not characters.
+    code = "print('é' * 501)"
+    outcome = runner.run([sys.executable, "-c", code], prompt="", cwd=tmp_path,
+                         limits=runner.Limits(max_line_bytes=1000), on_line=seen.append)
+    assert outcome.stopped_by == runner.LINE_TOO_LONG and len(seen) == 2
+
+
+def test_output_without_a_newline_fails_cleanly_with_flat_memory(
+        workspace: Path, fake_claude: Any, group_alive: Any) -> None:
+    """300 MB without a newline from the fake: the call fails at the line limit, and the
+    process that ran it never held much more than one limit's worth of it."""
+    Sessions(workspace).create("flood")
+    peak, said = _peak_rss_mib(textwrap.dedent(f"""
+        from claude_persist import ClaudeCallError, Sessions, exit_code_for
+        try:
+            Sessions({str(workspace)!r}).resume("flood", "[fake flood=300000000] x")
+        except ClaudeCallError as error:
+            print(exit_code_for(error), error.exit_code, str(error).replace(chr(10), " "))
+        """), workspace)
+    code, exit_code, message = said.split(" ", 2)
+    assert (code, exit_code) == ("1", "None")
+    assert "longer than 64 MiB" in message and "session flood" in message
+    limit_mib = runner.MAX_LINE_BYTES / 2**20
+    assert peak < 2 * limit_mib + 100, f"peak RSS {peak:.0f} MiB"
+    assert not group_alive(_group_of_last_call(fake_claude))
+
+
+def test_lines_wait_for_a_slow_reader_once_their_bytes_fill_the_queue() -> None:
+    """Lines of megabytes wait in the child's pipe, not in our memory: a queue bounded only
+    by its count of lines held hundreds of them."""
+    lines = runner._Lines(max_items=100, max_bytes=100)
+    lines.put("a" * 60, 60)
+    lines.put("b" * 30, 30)
+    third = threading.Thread(target=lines.put, args=("c" * 60, 60), daemon=True)
+    third.start()
+    third.join(timeout=0.3)
+    assert third.is_alive()  # 150 bytes would be past the budget: it waits
+    assert lines.get(timeout=1) == "a" * 60
+    third.join(timeout=10)
+    assert not third.is_alive()
+    assert [lines.get(timeout=1) for _ in range(2)] == ["b" * 30, "c" * 60]
+    lines.put("d" * 500, 500)  # bigger than the budget: passes alone
+    blocked = threading.Thread(target=lines.put, args=("e", 1), daemon=True)
+    blocked.start()
+    lines.close()  # the call is over: a waiting put returns, and later ones drop their item
+    blocked.join(timeout=10)
+    assert not blocked.is_alive()
+    lines.put("f", 1)
+    with pytest.raises(queue.Empty):
+        lines.get(timeout=0)
+
+
+def test_a_session_id_that_is_not_a_uuid_is_never_recorded(
+        workspace: Path, fake_claude: Any) -> None:
+    sessions = Sessions(workspace)
+    created = sessions.create("ids")
+    with pytest.raises(ClaudeCallError, match="not a UUID") as caught:
+        sessions.resume("ids", "[fake report_id=../../../escape] x")
+    assert "'../../../escape'" in str(caught.value) and caught.value.session_id is None
+    assert sessions.resolve("ids").session_id == created.session_id

@@ -2,13 +2,15 @@
 
 It spawns without a shell in a new process group, writes the prompt to stdin and closes it,
 hands each stdout line to ``on_line`` as soon as it arrives, drains stderr concurrently (keeping
-its tail), and enforces the deadline and the idle timeout. To stop a call it signals the whole
-group -- SIGINT, a grace period, SIGTERM, another grace period, SIGKILL -- so no process of the
-group survives, even behind a wrapper script that does not ``exec``.
+its tail), and enforces the deadline, the idle timeout and the longest line it accepts. To stop
+a call it signals the whole group -- SIGINT, a grace period, SIGTERM, another grace period,
+SIGKILL -- so no process of the group survives, even behind a wrapper script that does not
+``exec``.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import os
 import queue
@@ -24,10 +26,16 @@ from pathlib import Path
 from ..errors import ClaudeNotFoundError, UsageError
 
 STDERR_TAIL_BYTES = 64 * 1024
+MAX_LINE_BYTES = 64 * 1024 * 1024
+"""The longest stdout line a call may print. A result line holds the whole answer, so this is
+generous; but it is fixed, so output without a newline cannot grow our memory without end."""
+READ_BYTES = 64 * 1024
 LINE_QUEUE_SIZE = 1024  # bounded: a slow consumer slows the child instead of growing memory
+LINE_QUEUE_BYTES = 16 * 1024 * 1024  # and bounded in bytes, since one line may be megabytes
 POLL_SECONDS = 0.25
 EOF_GRACE_SECONDS = 2.0
 _EOF = object()
+_TOO_LONG = object()
 
 
 class StopReason(str, Enum):
@@ -39,12 +47,14 @@ class StopReason(str, Enum):
     INTERRUPT = "interrupt"  # Ctrl-C, or the caller's cancel event
     NO_EXIT = "no exit"  # the output ended but the process did not exit by itself
     ERROR = "error"  # on_line raised
+    LINE_TOO_LONG = "line too long"  # a stdout line passed ``Limits.max_line_bytes``
 
     def __str__(self) -> str:  # the value in messages, on every Python version
         return str.__str__(self)
 
 
 NO_EXIT = StopReason.NO_EXIT
+LINE_TOO_LONG = StopReason.LINE_TOO_LONG
 
 
 @dataclass(frozen=True)
@@ -54,6 +64,7 @@ class Limits:
     deadline: float | None = None
     idle_timeout: float | None = None
     grace: float = 3.0
+    max_line_bytes: int = MAX_LINE_BYTES
 
 
 @dataclass(frozen=True)
@@ -67,11 +78,99 @@ class ProcessOutcome:
     lines: int
 
 
-def _pump_stdout(stream: object, lines: queue.Queue[object]) -> None:
-    readline = stream.readline  # type: ignore[attr-defined]
+class _Lines:
+    """The stdout lines on their way from the reader thread to the call's loop.
+
+    Bounded in count and in bytes (one line of any size still passes when nothing waits), so
+    a child that prints faster than ``on_line`` takes its lines waits instead of filling our
+    memory. Once closed, ``put`` drops what it is given and never blocks.
+    """
+
+    def __init__(self, max_items: int = LINE_QUEUE_SIZE,
+                 max_bytes: int = LINE_QUEUE_BYTES) -> None:
+        self._items: collections.deque[tuple[object, int]] = collections.deque()
+        self._bytes = 0
+        self._max_items = max_items
+        self._max_bytes = max_bytes
+        self._closed = False
+        self._changed = threading.Condition()
+
+    def put(self, item: object, size: int = 0) -> None:
+        with self._changed:
+            while not self._closed and self._items and (
+                    len(self._items) >= self._max_items
+                    or self._bytes + size > self._max_bytes):
+                self._changed.wait()
+            if self._closed:
+                return
+            self._items.append((item, size))
+            self._bytes += size
+            self._changed.notify_all()
+
+    def get(self, timeout: float) -> object:
+        """The next item; ``queue.Empty`` when none came within ``timeout`` seconds."""
+        with self._changed:
+            if not self._items:
+                self._changed.wait(timeout)
+                if not self._items:
+                    raise queue.Empty
+            item, size = self._items.popleft()
+            self._bytes -= size
+            self._changed.notify_all()
+            return item
+
+    def close(self) -> None:
+        """Nobody reads any more: drop what waits, and let the reader go on discarding."""
+        with self._changed:
+            self._closed = True
+            self._items.clear()
+            self._bytes = 0
+            self._changed.notify_all()
+
+
+def _decode(line: bytearray | memoryview) -> str:
+    # str() decodes straight from the buffer: no intermediate bytes copy of a big line.
+    return str(line, "utf-8", "replace").rstrip("\r")
+
+
+def _pump_stdout(stream: object, lines: _Lines, max_line_bytes: int) -> None:
+    """Split stdout into lines, never holding more than ``max_line_bytes`` of one.
+
+    Past that it reports ``_TOO_LONG`` once and reads on to the end, discarding, so the child
+    is never blocked on a full pipe while it is being stopped.
+    """
+    read = stream.read1 if hasattr(stream, "read1") else stream.read  # type: ignore[attr-defined]
+    pending = bytearray()  # the start of a line whose end has not arrived yet
     try:
-        for raw in iter(readline, b""):
-            lines.put(raw.decode("utf-8", errors="replace").rstrip("\r\n"))
+        while chunk := read(READ_BYTES):
+            view = memoryview(chunk)
+            start = 0
+            while True:
+                end = chunk.find(b"\n", start)
+                stop = len(chunk) if end == -1 else end
+                if len(pending) + stop - start > max_line_bytes:
+                    lines.put(_TOO_LONG)
+                    pending = bytearray()
+                    while read(READ_BYTES):
+                        pass
+                    return
+                if end == -1:
+                    pending += view[start:]
+                    break
+                line: bytearray | memoryview
+                if pending:
+                    pending += view[start:end]
+                    line, pending = pending, bytearray()
+                else:
+                    line = view[start:end]
+                text = _decode(line)
+                del line
+                lines.put(text, len(text))
+                start = end + 1
+        if pending:
+            text = _decode(pending)
+            pending = bytearray()
+            lines.put(text, len(text))
     except (OSError, ValueError):
         pass
     finally:
@@ -235,11 +334,11 @@ def run(
     """
     started = time.monotonic()
     proc = _spawn(argv, cwd, env)
-    lines: queue.Queue[object] = queue.Queue(maxsize=LINE_QUEUE_SIZE)
+    lines = _Lines()
     tail = bytearray()
     rest = _write_what_fits(proc.stdin, prompt.encode("utf-8"))
     workers = [
-        threading.Thread(target=_pump_stdout, args=(proc.stdout, lines)),
+        threading.Thread(target=_pump_stdout, args=(proc.stdout, lines, limits.max_line_bytes)),
         threading.Thread(target=_drain_stderr, args=(proc.stderr, tail)),
     ]
     if rest:
@@ -286,6 +385,9 @@ def run(
                 continue
             if item is _EOF:
                 break
+            if item is _TOO_LONG:
+                stopped_by = StopReason.LINE_TOO_LONG
+                break
             last_output = time.monotonic()
             count += 1
             if on_line(str(item)) and not final_seen:
@@ -309,6 +411,7 @@ def run(
             stop_group(proc, limits.grace)
         _signal_group(proc, signal.SIGKILL)  # leftovers of a finished call, if any
         proc.wait()
+        lines.close()  # a reader still waiting to hand over a line goes on discarding
     for worker in workers[1:]:
         worker.join(timeout=1.0)
     return ProcessOutcome(

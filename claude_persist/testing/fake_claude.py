@@ -21,12 +21,24 @@ marker in the prompt (the marker wins):
 ``line_interval=S``  sleep S seconds before each of those lines (a paced stream)
 ``cost=USD``         what the call costs (default 0.0125)
 ``cost_mode=M``      ``cumulative`` (2.1.330: a resume reports the session total) or ``call``
+``version=V``        behave as that CLI version (default: the one below); 2.1.197 and older
+                     report per-call costs, replay no system prompt, and have no
+                     ``model_usage_since_last_result`` and no ``--system-prompt-snapshot``
+``report_id=TEXT``   say TEXT as the session id in the init and result lines
+``flood=BYTES``      print BYTES bytes without a newline before the answer (a runaway line)
 ``ignore_signals=1`` ignore SIGINT and SIGTERM (only SIGKILL stops it)
 ``exit_empty=1``     exit 0 with no output at all (what SIGINT leaves behind)
 ``child=1``          start a grandchild that sleeps in the same process group
 
+The system prompt snapshot of 2.1.330 and later is followed: the role of a session's first
+call (``--append-system-prompt[-file]``) is recorded and is the one that reaches the "model" on
+every later call, whatever role that call passes, unless it passes
+``--system-prompt-snapshot=off`` (then its own role, for that call only). The reply names the
+role that reached the model.
+
 ``FAKE_CLAUDE_LOG=FILE`` appends one JSON line per call (argv, pid, process group, cwd, the
-prompt's size and start, times) so tests can check what was run and when.
+prompt's size and start, times, the role passed and the role sent) so tests can check what was
+run and when.
 """
 
 from __future__ import annotations
@@ -41,7 +53,7 @@ import time
 from pathlib import Path
 from typing import Any, NoReturn
 
-VERSION = "2.1.330"
+VERSION = "2.1.332"
 UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$", re.I)
 MARKER_RE = re.compile(r"\[fake ([^\]]*)\]")
 EFFORTS = {"low", "medium", "high", "xhigh", "max"}
@@ -53,6 +65,7 @@ VALUE_FLAGS = {
     "--system-prompt-file", "--max-turns", "--max-budget-usd", "--json-schema",
     "--permission-mode", "--allowedTools", "--allowed-tools", "--tools", "--add-dir",
     "--settings", "--disallowedTools", "--disallowed-tools", "--mcp-config",
+    "--system-prompt-snapshot",
 }
 BOOL_FLAGS = {
     "-p", "--print", "--verbose", "--include-partial-messages", "--fork-session", "--bare",
@@ -214,13 +227,21 @@ def read_prompt(positional: list[str]) -> str:
     return "\n".join(parts)
 
 
+def model_usage(input_tokens: int, output_tokens: int, cost: float) -> dict[str, Any]:
+    """One model's entry of ``modelUsage`` / ``model_usage_since_last_result`` (2.1.330+)."""
+    return {"inputTokens": input_tokens, "outputTokens": output_tokens,
+            "cacheReadInputTokens": 0, "cacheCreationInputTokens": 0, "webSearchRequests": 0,
+            "costUSD": cost, "contextWindow": 200000, "maxOutputTokens": 32000}
+
+
 def result_line(session: dict[str, Any], text: str, cost: float, **extra: Any) -> dict[str, Any]:
+    usage = {"input_tokens": 10 * len(session["turns"]), "output_tokens": 12}
     line: dict[str, Any] = {
         "type": "result", "subtype": "success", "is_error": False, "result": text,
         "session_id": session["session_id"], "num_turns": 1, "duration_ms": 70,
         "total_cost_usd": cost, "stop_reason": "end_turn", "terminal_reason": "completed",
-        "usage": {"input_tokens": 10 * len(session["turns"]), "output_tokens": 12},
-        "modelUsage": {session["model"]: {"costUSD": cost}}, "permission_denials": [],
+        "usage": usage, "permission_denials": [],
+        "modelUsage": {session["model"]: model_usage(usage["input_tokens"], 12, cost)},
     }
     line.update(extra)
     return line
@@ -264,7 +285,8 @@ def open_session(opts: dict[str, Any], fmt: str) -> tuple[dict[str, Any], bool]:
         fail(message)
     if opts.get("--fork-session"):
         # The copy keeps the source's running total of cost, as 2.1.330 does.
-        forked = dict(found, session_id=wanted or _new_id(), turns=list(found["turns"]))
+        forked = dict(found, session_id=wanted or _new_id(), turns=list(found["turns"]),
+                      model_costs=dict(found.get("model_costs") or {}))
         forked["name"] = opts.get("--name", found.get("name"))
         return forked, True
     return found, False
@@ -282,6 +304,13 @@ def main(argv: list[str] | None = None) -> None:
         fail("Error: Input must be provided either through stdin or as a prompt argument "
              "when using --print")
     sw = switches(prompt)
+    version = tuple(int(p) for p in sw.get("version", VERSION).split(".")[:3] if p.isdigit())
+    snapshot = opts.get("--system-prompt-snapshot")
+    if snapshot is not None and version <= (2, 1, 197):
+        fail("error: unknown option '--system-prompt-snapshot'")
+    if snapshot is not None and snapshot not in ("on", "off"):
+        fail(f"error: option '--system-prompt-snapshot <on|off>' argument '{snapshot}' is "
+             "invalid. Allowed choices are on, off.")
     install_signals(sw)
     log("start", argv=sys.argv, cwd=os.getcwd(), stdin_bytes=len(prompt.encode()),
         prompt_head=prompt[:200], effort=opts.get("--effort"), model=opts.get("--model"),
@@ -313,14 +342,26 @@ def main(argv: list[str] | None = None) -> None:
         effort = "medium"
     role_file = opts.get("--append-system-prompt-file")
     role = Path(role_file).read_text() if role_file else opts.get("--append-system-prompt")
+    sent_role = role  # what reaches the model: the recorded snapshot, unless it is off
+    if version > (2, 1, 197) and snapshot != "off":
+        if "system_snapshot" in session:
+            sent_role = session["system_snapshot"]
+        else:
+            session["system_snapshot"] = role
     session["turns"].append({"role": "user", "text": prompt})
     if not opts.get("--no-session-persistence"):
         save(session)  # an interrupted turn stays in the transcript, as with the real CLI
 
+    reported_id = sw.get("report_id", session["session_id"])
     if fmt == "stream-json":
-        emit({"type": "system", "subtype": "init", "session_id": session["session_id"],
+        emit({"type": "system", "subtype": "init", "session_id": reported_id,
               "model": session["model"], "cwd": os.getcwd(), "tools": [],
               "claude_code_version": sw.get("version", VERSION)})
+    flood = int(sw.get("flood", "0") or 0)
+    while flood > 0:
+        block = min(flood, 1 << 20)
+        sys.stdout.write("x" * block)
+        flood -= block
     if sw.get("hang"):
         while True:
             time.sleep(3600)
@@ -335,7 +376,8 @@ def main(argv: list[str] | None = None) -> None:
     head = " ".join(MARKER_RE.sub("", prompt).split())[:80]
     text = (f"fake reply to turn {user_turns} of session {session['session_id']} "
             f"(model {session['model']}, effort {effort.lower()}"
-            f"{', role: ' + role.strip().splitlines()[0][:40] if role else ''}): {head}")
+            f"{', role: ' + sent_role.strip().splitlines()[0][:40] if sent_role else ''}): "
+            f"{head}")
     if fmt == "stream-json":
         emit({"type": "assistant", "session_id": session["session_id"],
               "message": {"role": "assistant", "content": [{"type": "text", "text": text}]}})
@@ -353,13 +395,12 @@ def main(argv: list[str] | None = None) -> None:
                                                                  "text": filler}]}})
         time.sleep(float(sw.get("silence", "0") or 0))
 
-    version = tuple(int(p) for p in sw.get("version", VERSION).split(".")[:3] if p.isdigit())
     cumulative = sw.get("cost_mode", "cumulative" if version > (2, 1, 197) else "call"
                         ) == "cumulative"
     extra: dict[str, Any] = {}
     exit_code = 0
     if status:
-        extra = {"is_error": True, "api_error_status": status,
+        extra = {"is_error": True, "api_error_status": status, "terminal_reason": "api_error",
                  "result": API_ERRORS.get(status, f"API Error: {status}")}
         exit_code = 1
         cost = 0.0
@@ -369,12 +410,22 @@ def main(argv: list[str] | None = None) -> None:
     else:
         session["turns"].append({"role": "assistant", "text": text})
         session["total_cost_usd"] = session.get("total_cost_usd", 0.0) + cost
+        costs = session.setdefault("model_costs", {})
+        costs[session["model"]] = costs.get(session["model"], 0.0) + cost
     if opts.get("--json-schema") and not status:
         extra["structured_output"] = schema_example(json.loads(opts["--json-schema"]))
     if not opts.get("--no-session-persistence"):
         save(session)
     reported = session["total_cost_usd"] if cumulative and not status else cost
     final = result_line(session, text, reported, **extra)
+    final["session_id"] = reported_id
+    if cumulative and session.get("model_costs"):
+        final["modelUsage"] = {model: model_usage(0, 0, spent)  # the session's, per model
+                               for model, spent in session["model_costs"].items()}
+    if fmt == "stream-json" and version >= (2, 1, 330):
+        # This call's own usage per model, in stream-json only (2.1.330+); empty after an error.
+        final["model_usage_since_last_result"] = {} if status else {
+            session["model"]: model_usage(final["usage"]["input_tokens"], 12, cost)}
     if fmt == "text":
         print(final.get("result", ""), flush=True)
     elif fmt == "json" and opts.get("--verbose"):
@@ -385,7 +436,7 @@ def main(argv: list[str] | None = None) -> None:
     else:
         emit(final)
     log("end", session_id=session["session_id"], new=is_new, turns=user_turns,
-        model=session["model"], effort=effort, role=role, exit=exit_code)
+        model=session["model"], effort=effort, role=role, role_sent=sent_role, exit=exit_code)
     if sw.get("hang_after"):
         while True:
             time.sleep(3600)
