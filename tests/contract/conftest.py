@@ -8,6 +8,7 @@ suite is skipped, and says so loudly at the end of the run; any other install pr
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -24,8 +25,14 @@ from claude_persist.fsio import Lock
 from ..conftest import REPO, Ran, Runner, read_mapping
 from .fake_api import FakeMessagesAPI, serve
 
-CLAUDE_CODE_VERSION = "2.1.330"
+CLAUDE_CODE_VERSION = "2.1.332"
 """The one pinned version of ``@anthropic-ai/claude-code`` this suite proves our code against."""
+
+VERSION_VARIABLE = "CLAUDE_PERSIST_CONTRACT_VERSION"
+VERSION_UNDER_TEST = (os.environ.get(VERSION_VARIABLE, "").strip()
+                      or CLAUDE_CODE_VERSION)
+"""The version this run installs and checks: the pinned one, unless ``VERSION_VARIABLE`` names
+another (to try a new release, or an older one a user still runs, without editing the pin)."""
 
 PACKAGE = "@anthropic-ai/claude-code"
 CACHE = REPO / ".cache" / "claude-code"
@@ -37,6 +44,10 @@ _skipped_for_npm: list[str] = []
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if VERSION_UNDER_TEST != CLAUDE_CODE_VERSION:
+        terminalreporter.write_line(
+            f"contract suite: claude {VERSION_UNDER_TEST} from {VERSION_VARIABLE}, not the "
+            f"pinned {CLAUDE_CODE_VERSION}", yellow=True, bold=True)
     if _skipped_for_npm:
         terminalreporter.write_sep("!", "CONTRACT SUITE SKIPPED", red=True, bold=True)
         terminalreporter.write_line(_skipped_for_npm[0], red=True, bold=True)
@@ -55,7 +66,7 @@ def _installed_binary(folder: Path) -> Path | None:
         subprocess.run(["node", "install.cjs"], cwd=package, check=True, timeout=600)
         version = subprocess.run([str(binary), "--version"], capture_output=True, text=True,
                                  timeout=60, stdin=subprocess.DEVNULL)
-    if version.returncode == 0 and version.stdout.strip().startswith(CLAUDE_CODE_VERSION):
+    if version.returncode == 0 and version.stdout.strip().startswith(VERSION_UNDER_TEST):
         return binary
     return None
 
@@ -65,24 +76,28 @@ def claude_binary() -> Path:
     """The pinned real CLI, installed once into ``.cache/claude-code/<version>`` and reused."""
     npm = shutil.which("npm")
     if npm is None:
-        message = (f"npm is not on PATH, so the genuine claude CLI {CLAUDE_CODE_VERSION} cannot "
+        message = (f"npm is not on PATH, so the genuine claude CLI {VERSION_UNDER_TEST} cannot "
                    "be installed: the contract suite did NOT run. Install Node.js and npm.")
         _skipped_for_npm.append(message)
         print(f"\n{message}", file=sys.stderr)
         pytest.skip(message)
-    folder = CACHE / CLAUDE_CODE_VERSION
+    if not re.fullmatch(r"\d+\.\d+\.\d+(-[0-9A-Za-z.]+)?", VERSION_UNDER_TEST):
+        pytest.fail(f"{VERSION_VARIABLE}={VERSION_UNDER_TEST!r} is not a version of "
+                    f"{PACKAGE}; give one like {CLAUDE_CODE_VERSION}, or unset it to use the "
+                    "pinned one.")
+    folder = CACHE / VERSION_UNDER_TEST
     folder.mkdir(parents=True, exist_ok=True)
-    with Lock(CACHE / f"{CLAUDE_CODE_VERSION}.lock").acquire(timeout=900):
+    with Lock(CACHE / f"{VERSION_UNDER_TEST}.lock").acquire(timeout=900):
         binary = _installed_binary(folder)
         if binary is None:
             (folder / "package.json").write_text('{"private": true}\n')
             # Pinned: on Node 20 an unpinned install quietly resolves to 2.1.197.
             subprocess.run([npm, "install", "--no-audit", "--no-fund", "--loglevel=error",
-                            f"{PACKAGE}@{CLAUDE_CODE_VERSION}"], cwd=folder, check=True,
+                            f"{PACKAGE}@{VERSION_UNDER_TEST}"], cwd=folder, check=True,
                            timeout=900)
             binary = _installed_binary(folder)
         assert binary is not None, f"npm installed {PACKAGE}, but it does not report " \
-                                   f"{CLAUDE_CODE_VERSION}"
+                                   f"{VERSION_UNDER_TEST}"
     return binary
 
 

@@ -9,15 +9,23 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import shlex
 import signal
 import subprocess
 import textwrap
 import time
 import uuid
+from pathlib import Path
+from typing import Any
 
 import pytest
 
-from .conftest import CLAUDE_CODE_VERSION, MODEL, RealClaude
+from claude_persist import ClaudeCallError
+from claude_persist.claude.command import Action, CallSpec, build_argv
+from claude_persist.claude.result import call_cost
+from claude_persist.testing import FAKE_CLAUDE_CMD
+
+from .conftest import MODEL, VERSION_UNDER_TEST, RealClaude
 from .fake_api import Switches
 
 pytestmark = pytest.mark.contract
@@ -26,7 +34,7 @@ pytestmark = pytest.mark.contract
 def test_the_pinned_version_is_what_runs(real: RealClaude) -> None:
     version = subprocess.run([str(real.binary), "--version"], capture_output=True, text=True,
                              timeout=60, stdin=subprocess.DEVNULL)
-    assert version.stdout.startswith(CLAUDE_CODE_VERSION)
+    assert version.stdout.startswith(VERSION_UNDER_TEST)
 
 
 def test_create_stores_the_id_we_chose_and_the_name_is_accepted(real: RealClaude) -> None:
@@ -209,7 +217,7 @@ def test_a_slow_server_meets_the_limits(real: RealClaude, limit: str) -> None:
     ran = real.cp("resume", "-n", "slow", "-p", "wait", limit, "1.5")
     took = time.monotonic() - started
     assert ran.code == 124, ran.err
-    assert limit in ran.err
+    assert f"of 1.5s ({limit})" in ran.err  # the time allowed, not the time it took
     assert took < 1.5 + 3 + 3  # the limit, plus at most the two grace periods
     assert real.claude_processes() == []
 
@@ -295,3 +303,128 @@ def _wait_for_requests(real: RealClaude, count: int, timeout: float = 15) -> Non
     while len(real.api.messages_requests()) < count:
         assert time.monotonic() < end, "the CLI never called the API"
         time.sleep(0.02)
+
+
+def _call(real: RealClaude, spec: CallSpec, *extra: str, prompt: str = "hi"
+          ) -> tuple[int, list[dict[str, Any]]]:
+    """Run the binary with the argv our command builder makes for ``spec``, plus ``extra``."""
+    proc = subprocess.run([*build_argv([str(real.binary)], spec), *extra], input=prompt,
+                          capture_output=True, text=True, cwd=real.workspace, env=real.env,
+                          timeout=60)
+    return proc.returncode, [json.loads(line) for line in proc.stdout.splitlines() if line]
+
+
+def _own_costs(result: dict[str, Any]) -> dict[str, float]:
+    usage = result["model_usage_since_last_result"]
+    assert isinstance(usage, dict)
+    return {model: entry["costUSD"] for model, entry in usage.items()}
+
+
+def test_the_result_line_carries_the_calls_own_usage(real: RealClaude, tmp_path: Path) -> None:
+    """``model_usage_since_last_result``: this call's usage per model, where ``total_cost_usd``
+    and ``modelUsage`` are the session's; empty after an API error; only in stream-json."""
+    sid = str(uuid.uuid4())
+    _, created = _call(real, CallSpec(Action.CREATE, sid, model=MODEL))
+    first = created[-1]
+    entry = first["model_usage_since_last_result"][MODEL]
+    assert {"inputTokens", "outputTokens", "costUSD"} <= set(entry)
+    assert _own_costs(first) == {MODEL: pytest.approx(first["total_cost_usd"])}
+    _, resumed = _call(real, CallSpec(Action.RESUME, sid, model="claude-sonnet-4-6"))
+    second = resumed[-1]
+    [(model, own)] = _own_costs(second).items()  # only the model this call used
+    assert model == "claude-sonnet-4-6"
+    assert own == pytest.approx(second["total_cost_usd"] - first["total_cost_usd"])
+    assert set(second["modelUsage"]) == {MODEL, "claude-sonnet-4-6"}  # the session's
+    assert second["model_usage_since_last_result"][model]["inputTokens"] == 200  # two turns
+    # Ours: the CLI's own figure, right even when the last total we saw is stale (a turn was
+    # made outside claude-persist), where the difference of the totals is not.
+    version = VERSION_UNDER_TEST
+    assert call_cost(second, first["total_cost_usd"], version) == pytest.approx(own)
+    assert call_cost(second, 0.0, version) == pytest.approx(own)
+    _, forked = _call(real, CallSpec(Action.FORK, sid, new_session_id=str(uuid.uuid4())))
+    fork = forked[-1]
+    assert sum(_own_costs(fork).values()) == pytest.approx(
+        fork["total_cost_usd"] - second["total_cost_usd"])  # the fork carries the total on
+    real.api.switches = Switches(status=529, should_retry=False)
+    code, failed = _call(real, CallSpec(Action.RESUME, sid))
+    assert code == 1 and failed[-1]["is_error"]
+    assert failed[-1]["model_usage_since_last_result"] == {}
+    assert failed[-1]["total_cost_usd"] == second["total_cost_usd"]
+    real.api.switches = Switches()
+    plain = subprocess.run([str(real.binary), "-p", "--output-format=json", f"--resume={sid}"],
+                           input="hi", capture_output=True, text=True, cwd=real.workspace,
+                           env=real.env, timeout=60)
+    assert "model_usage_since_last_result" not in json.loads(plain.stdout)
+    # The fake CLI says the same, in the same shape (its keys are a subset of the real ones).
+    fake = subprocess.run([*shlex.split(FAKE_CLAUDE_CMD), "-p", "--output-format=stream-json",
+                           "--verbose"], input="hi", capture_output=True, text=True,
+                          env={**real.env, "FAKE_CLAUDE_HOME": str(tmp_path / "fake")},
+                          timeout=60)
+    fake_result = json.loads(fake.stdout.splitlines()[-1])
+    [fake_entry] = fake_result["model_usage_since_last_result"].values()
+    assert set(fake_entry) <= set(entry)
+    assert set(fake_result) <= set(first) | {"fake_emitted_at"}
+
+
+def test_an_api_error_gives_the_clis_facts_as_fields(real: RealClaude) -> None:
+    from claude_persist import Sessions, TurnOptions
+
+    sessions = Sessions(real.workspace)
+    sid = sessions.create("facts", "one", TurnOptions(model=MODEL)).session_id
+    real.api.switches = Switches(status=529, should_retry=False)
+    with pytest.raises(ClaudeCallError) as caught:
+        sessions.resume("facts", "two")
+    error = caught.value
+    assert (error.exit_code, error.api_error_status, error.subtype, error.terminal_reason,
+            error.session_id, error.stderr_tail) == (1, 529, "success", "api_error", sid, "")
+    assert error.transient and "529 Overloaded" in str(error)
+
+
+def _roles(real: RealClaude) -> tuple[str, str, str]:
+    marks = []
+    for name in ("first", "second"):
+        mark = f"ROLE-{name}-{uuid.uuid4().hex}"
+        (real.workspace / f"{name}.md").write_text(f"You are the {name} role. {mark}\n")
+        marks.append(mark)
+    sid = str(uuid.uuid4())
+    code, _ = _call(real, CallSpec(Action.CREATE, sid, model=MODEL, role_file="first.md"))
+    assert code == 0
+    return sid, marks[0], marks[1]
+
+
+def _system_of_last_request(real: RealClaude) -> str:
+    return str(real.api.messages_requests()[-1]["system"])
+
+
+def test_the_snapshot_replays_the_first_role_on_a_resume_that_passes_another(
+        real: RealClaude) -> None:
+    """What our argv does today when a resume's role differs from the creation role: the CLI
+    replays the system prompt it recorded on the first call, and the new role never reaches
+    the model."""
+    sid, first, second = _roles(real)
+    assert first in _system_of_last_request(real)
+    for action in (Action.RESUME, Action.FORK):
+        code, lines = _call(real, CallSpec(action, sid, role_file="second.md"))
+        assert code == 0 and lines[-1]["type"] == "result"
+        system = _system_of_last_request(real)
+        assert first in system and second not in system, action
+
+
+def test_snapshot_off_makes_a_changed_role_reach_the_model(real: RealClaude) -> None:
+    """``--system-prompt-snapshot=off`` on a resume (or fork) sends that call's own role. It
+    records nothing: the next call without it gets the first role again."""
+    sid, first, second = _roles(real)
+    off = "--system-prompt-snapshot=off"
+    for action in (Action.RESUME, Action.FORK):
+        code, lines = _call(real, CallSpec(action, sid, role_file="second.md"), off)
+        assert code == 0 and lines[-1]["result"].startswith("turns=")
+        system = _system_of_last_request(real)
+        assert second in system and first not in system, action
+    _call(real, CallSpec(Action.RESUME, sid, role_file="second.md"))
+    system = _system_of_last_request(real)
+    assert first in system and second not in system
+    refused = subprocess.run([str(real.binary), "-p", f"--resume={sid}",
+                              "--system-prompt-snapshot=maybe"], input="hi",
+                             capture_output=True, text=True, cwd=real.workspace, env=real.env,
+                             timeout=60)
+    assert refused.returncode == 1 and "Allowed choices are on, off" in refused.stderr
