@@ -255,3 +255,21 @@ def test_a_session_id_that_is_not_a_uuid_is_never_recorded(
         sessions.resume("ids", "[fake report_id=../../../escape] x")
     assert "'../../../escape'" in str(caught.value) and caught.value.session_id is None
     assert sessions.resolve("ids").session_id == created.session_id
+
+
+def test_a_calls_cost_is_its_own_even_after_a_turn_made_elsewhere(
+        workspace: Path, fake_claude: Any) -> None:
+    """The CLI's per-call usage, not the growth of its running total: that growth would also
+    count a turn made directly with claude since our last call."""
+    sessions = Sessions(workspace)
+    sid = sessions.create("priced", "[fake cost=0.1] one").session_id
+    direct = subprocess.run([*shlex.split(FAKE_CLAUDE_CMD), "-p", f"--resume={sid}"],
+                            input="[fake cost=0.5] made elsewhere", capture_output=True,
+                            text=True, cwd=workspace, timeout=30)
+    assert direct.returncode == 0, direct.stderr
+    third = sessions.resume("priced", "[fake cost=0.25] three")
+    assert third.cost_usd == pytest.approx(0.25)
+    assert third.raw["total_cost_usd"] == pytest.approx(0.85)
+    # A CLI without the per-call figure: the difference of the totals, as before.
+    older = sessions.resume("priced", "[fake cost=0.25 version=2.1.197] four")
+    assert older.cost_usd == pytest.approx(0.25)

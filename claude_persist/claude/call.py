@@ -15,7 +15,7 @@ from typing import Any
 
 from . import runner
 from .command import CallSpec, build_argv
-from .result import StreamCollector, turn_cost, verdict
+from .result import StreamCollector, call_cost, verdict
 
 
 @dataclass(frozen=True)
@@ -70,5 +70,5 @@ def run_turn(turn: Turn) -> Answer:
     notes: tuple[str, ...] = ()
     if outcome.stopped_by == runner.NO_EXIT:
         notes = ("claude did not exit after its result; its process group was stopped",)
-    cost = turn_cost(raw.get("total_cost_usd"), turn.previous_total, collector.cli_version)
+    cost = call_cost(raw, turn.previous_total, collector.cli_version)
     return Answer(raw=raw, cost_usd=cost, notes=notes)

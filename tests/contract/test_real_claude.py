@@ -23,6 +23,7 @@ import pytest
 from claude_persist import ClaudeCallError
 from claude_persist.claude.command import Action, CallSpec, build_argv
 from claude_persist.claude.result import call_cost
+from claude_persist.settings import CallSettings
 from claude_persist.testing import FAKE_CLAUDE_CMD
 
 from .conftest import MODEL, VERSION_UNDER_TEST, RealClaude
@@ -145,6 +146,21 @@ def test_costs_are_running_totals_and_a_fork_carries_the_sources(real: RealClaud
     assert fork.raw["total_cost_usd"] == pytest.approx(
         first.cost_usd + second.cost_usd + fork.cost_usd)
     assert fork.cost_usd > second.cost_usd  # three turns of history
+
+
+def test_a_calls_cost_is_its_own_after_a_turn_made_outside(real: RealClaude) -> None:
+    from claude_persist import Sessions, TurnOptions
+
+    sessions = Sessions(real.workspace)
+    first = sessions.create("outside", "one", TurnOptions(model=MODEL))
+    direct = subprocess.run([str(real.binary), "-p", f"--resume={first.session_id}"],
+                            input="made outside", capture_output=True, text=True,
+                            cwd=real.workspace, env=real.env, timeout=60)
+    assert direct.returncode == 0, direct.stderr
+    third = sessions.resume("outside", "three")
+    [own] = third.raw["model_usage_since_last_result"].values()
+    assert third.cost_usd == pytest.approx(own["costUSD"])
+    assert third.cost_usd < third.raw["total_cost_usd"] - first.raw["total_cost_usd"]
 
 
 def test_stream_passes_lines_through_as_the_cli_prints_them(real: RealClaude) -> None:
@@ -324,12 +340,13 @@ def test_the_result_line_carries_the_calls_own_usage(real: RealClaude, tmp_path:
     """``model_usage_since_last_result``: this call's usage per model, where ``total_cost_usd``
     and ``modelUsage`` are the session's; empty after an API error; only in stream-json."""
     sid = str(uuid.uuid4())
-    _, created = _call(real, CallSpec(Action.CREATE, sid, model=MODEL))
+    _, created = _call(real, CallSpec(Action.CREATE, sid, settings=CallSettings(model=MODEL)))
     first = created[-1]
     entry = first["model_usage_since_last_result"][MODEL]
     assert {"inputTokens", "outputTokens", "costUSD"} <= set(entry)
     assert _own_costs(first) == {MODEL: pytest.approx(first["total_cost_usd"])}
-    _, resumed = _call(real, CallSpec(Action.RESUME, sid, model="claude-sonnet-4-6"))
+    _, resumed = _call(real, CallSpec(Action.RESUME, sid,
+                                           settings=CallSettings(model="claude-sonnet-4-6")))
     second = resumed[-1]
     [(model, own)] = _own_costs(second).items()  # only the model this call used
     assert model == "claude-sonnet-4-6"
@@ -380,6 +397,9 @@ def test_an_api_error_gives_the_clis_facts_as_fields(real: RealClaude) -> None:
     assert error.transient and "529 Overloaded" in str(error)
 
 
+SECOND = CallSettings(role="second.md")
+
+
 def _roles(real: RealClaude) -> tuple[str, str, str]:
     marks = []
     for name in ("first", "second"):
@@ -387,7 +407,8 @@ def _roles(real: RealClaude) -> tuple[str, str, str]:
         (real.workspace / f"{name}.md").write_text(f"You are the {name} role. {mark}\n")
         marks.append(mark)
     sid = str(uuid.uuid4())
-    code, _ = _call(real, CallSpec(Action.CREATE, sid, model=MODEL, role_file="first.md"))
+    code, _ = _call(real, CallSpec(Action.CREATE, sid, settings=CallSettings(
+        model=MODEL, role="first.md")))
     assert code == 0
     return sid, marks[0], marks[1]
 
@@ -404,7 +425,7 @@ def test_the_snapshot_replays_the_first_role_on_a_resume_that_passes_another(
     sid, first, second = _roles(real)
     assert first in _system_of_last_request(real)
     for action in (Action.RESUME, Action.FORK):
-        code, lines = _call(real, CallSpec(action, sid, role_file="second.md"))
+        code, lines = _call(real, CallSpec(action, sid, settings=SECOND))
         assert code == 0 and lines[-1]["type"] == "result"
         system = _system_of_last_request(real)
         assert first in system and second not in system, action
@@ -416,11 +437,11 @@ def test_snapshot_off_makes_a_changed_role_reach_the_model(real: RealClaude) -> 
     sid, first, second = _roles(real)
     off = "--system-prompt-snapshot=off"
     for action in (Action.RESUME, Action.FORK):
-        code, lines = _call(real, CallSpec(action, sid, role_file="second.md"), off)
+        code, lines = _call(real, CallSpec(action, sid, settings=SECOND), off)
         assert code == 0 and lines[-1]["result"].startswith("turns=")
         system = _system_of_last_request(real)
         assert second in system and first not in system, action
-    _call(real, CallSpec(Action.RESUME, sid, role_file="second.md"))
+    _call(real, CallSpec(Action.RESUME, sid, settings=SECOND))
     system = _system_of_last_request(real)
     assert first in system and second not in system
     refused = subprocess.run([str(real.binary), "-p", f"--resume={sid}",
