@@ -186,7 +186,7 @@ def _peak_rss_mib(script: str, cwd: Path) -> tuple[float, str]:
     return float(peak), "\n".join(said)
 
 
-def test_a_line_past_the_limit_stops_the_call(tmp_path: Path, group_alive: Any) -> None:
+def test_a_line_past_the_limit_stops_the_call(tmp_path: Path) -> None:
     code = ("import sys, time\nsys.stdout.write('ok\\n' + 'x' * 1000 + '\\n' + 'y' * 1001)\n"
             "sys.stdout.flush()\ntime.sleep(60)")
     seen: list[str] = []
