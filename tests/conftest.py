@@ -16,6 +16,7 @@ import copy
 import io
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -35,6 +36,18 @@ REPO = Path(__file__).resolve().parent.parent
 INV_OPTIONS = ["--search-root", str(REPO)]
 CP_PREFIX = [sys.executable, "-m", "claude_persist.cli"]
 INV_PREFIX = [sys.executable, "-m", "invoke", *INV_OPTIONS]
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Stress tests run only when ``-m`` names them (``-m stress``, as CI's stage of its own
+    does): a plain ``pytest``, or ``-m 'not contract'``, leaves them out. (``addopts = -m 'not
+    stress'`` would not do: any ``-m`` on the command line replaces it.)"""
+    if re.search(r"\bstress\b", config.getoption("markexpr") or ""):
+        return
+    stress = [item for item in items if item.get_closest_marker("stress")]
+    if stress:
+        config.hook.pytest_deselected(items=stress)
+        items[:] = [item for item in items if not item.get_closest_marker("stress")]
 
 
 @dataclass
