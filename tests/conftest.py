@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import importlib.util
 import io
 import json
 import os
@@ -33,9 +34,8 @@ import pytest
 pytest_plugins = ["claude_persist.testing.pytest_plugin"]
 
 REPO = Path(__file__).resolve().parent.parent
-INV_OPTIONS = ["--search-root", str(REPO)]
 CP_PREFIX = [sys.executable, "-m", "claude_persist.cli"]
-INV_PREFIX = [sys.executable, "-m", "invoke", *INV_OPTIONS]
+INV_PREFIX = [sys.executable, "-m", "invoke", "--search-root", str(REPO)]
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -110,24 +110,32 @@ class FaceTimedOut(BaseException):
 
 @dataclass
 class InProcessRunner(Runner):
-    """The same face run inside the test's process: ``entry()`` is what ``python -m ...`` runs,
-    with ``sys.argv`` set as that process would see it (the name, ``options``, the args).
-
-    ``prefix`` stays the real command, for ``start()``.
+    """The same face run inside the test's process: ``entry()`` is what ``python -m MODULE``
+    runs, with ``sys.argv`` as that process would see it: the module's file, then what follows
+    the module in ``prefix``, then the args.
     """
 
     entry: Callable[[], None] = field(kw_only=True)
-    options: list[str] = field(kw_only=True, default_factory=list)
 
     def __call__(self, *args: str, input: str | None = None,
                  env: dict[str, str] | None = None, cwd: Path | None = None,
                  timeout: float = 60) -> Ran:
-        argv = [self.name, *self.options, *args]
+        module = self.prefix[self.prefix.index("-m") + 1]
+        argv = [_module_file(module), *self.prefix[self.prefix.index("-m") + 2:], *args]
         out, err = io.StringIO(), io.StringIO()
         with _process_state(argv, input or "", out, err, env or {}, cwd or self.workspace,
                             timeout):
             code = _exit_code(self.entry, err)
         return Ran(code, out.getvalue(), err.getvalue())
+
+
+def _module_file(module: str) -> str:
+    """``sys.argv[0]`` under ``python -m module``: the file that runs as ``__main__``."""
+    spec = importlib.util.find_spec(module)
+    if spec is not None and spec.submodule_search_locations:  # a package: its __main__
+        spec = importlib.util.find_spec(f"{module}.__main__")
+    assert spec is not None and spec.origin is not None, module
+    return spec.origin
 
 
 def _exit_code(entry: Callable[[], None], err: IO[str]) -> int:
@@ -152,9 +160,9 @@ def _process_state(argv: list[str], stdin: str, out: IO[str], err: IO[str],
                    env: dict[str, str], cwd: Path, timeout: float) -> Iterator[None]:
     """Give the command the process-wide state a process of its own would have, and put back
     everything it may change: argv, the three standard streams, the environment (Invoke reads
-    ``INVOKE_*`` from it at each run), the working folder, signal handlers (the tasks install one
-    for SIGTERM), ``sys.path`` and the ``tasks`` module (Invoke's loader adds both when it loads
-    a tasks.py), and bytecode writing (Invoke turns it off)."""
+    ``INVOKE_*`` from it at each run), the working folder, signal handlers (the tasks install
+    theirs for SIGTERM and SIGHUP), ``sys.path`` and the ``tasks`` module (Invoke's loader adds
+    both when it loads a tasks.py), and bytecode writing (Invoke turns it off)."""
     saved_env = dict(os.environ)
     saved_cwd = os.getcwd()
     saved_streams = (sys.argv, sys.stdin, sys.stdout, sys.stderr)
@@ -163,7 +171,7 @@ def _process_state(argv: list[str], stdin: str, out: IO[str], err: IO[str],
     saved_bytecode = sys.dont_write_bytecode
     main_thread = threading.current_thread() is threading.main_thread()
     saved_handlers = {sig: signal.getsignal(sig)
-                      for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGALRM)} \
+                      for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGALRM)} \
         if main_thread else {}
 
     def timed_out(signum: int, frame: FrameType | None) -> None:
@@ -219,7 +227,7 @@ def cp(workspace: Path, fake_claude: Any) -> InProcessRunner:
 @pytest.fixture
 def inv(workspace: Path, fake_claude: Any) -> InProcessRunner:
     """Run ``inv --search-root REPO`` (the project's root tasks.py) in this process."""
-    return InProcessRunner("inv", INV_PREFIX, workspace, entry=_run_inv, options=INV_OPTIONS)
+    return InProcessRunner("inv", INV_PREFIX, workspace, entry=_run_inv)
 
 
 @pytest.fixture(params=["claude-persist", "inv"])

@@ -420,14 +420,14 @@ def test_in_process_runs_leave_the_test_process_as_it_was(cp: Runner, inv: Runne
     """The in-process faces put back what a command changes: a leak would make later tests
     depend on the order they run in."""
     before = (os.getcwd(), list(sys.argv), sys.stdout, sys.stdin, dict(os.environ),
-              signal.getsignal(signal.SIGTERM), list(sys.path), sys.modules.get("tasks"),
-              sys.dont_write_bytecode)
+              signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGHUP),
+              list(sys.path), sys.modules.get("tasks"), sys.dont_write_bytecode)
     for face in (cp, inv):
         assert face("create", "-n", f"leak-{face.name}", "--json",
                     env={"INVOKE_CLAUDE_PERSIST_MODEL": "haiku"}).code == 0
         assert face("resume", "-n", "nobody", "-p", "x").code == 3
     after = (os.getcwd(), list(sys.argv), sys.stdout, sys.stdin, dict(os.environ),
-             signal.getsignal(signal.SIGTERM), list(sys.path), sys.modules.get("tasks"),
-             sys.dont_write_bytecode)
+             signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGHUP),
+             list(sys.path), sys.modules.get("tasks"), sys.dont_write_bytecode)
     assert after == before
     assert os.getcwd() != str(workspace)
