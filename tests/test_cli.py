@@ -311,10 +311,10 @@ def test_exit_4_when_the_session_stays_busy(cp: Runner, cp_process: Runner,
 
 def test_exit_124_on_deadline_and_idle_timeout(cp: Runner) -> None:
     cp("create", "-n", "t")
-    late = cp("resume", "-n", "t", "-p", "[fake delay=30] x", "--deadline", "1")
-    assert late.code == 124 and "deadline of 1s" in late.err
-    quiet = cp("resume", "-n", "t", "-p", "[fake silence=30] x", "--idle-timeout", "1")
-    assert quiet.code == 124 and "idle timeout of 1s" in quiet.err
+    late = cp("resume", "-n", "t", "-p", "[fake delay=30] x", "--deadline", "0.5")
+    assert late.code == 124 and "deadline of 0.5s" in late.err
+    quiet = cp("resume", "-n", "t", "-p", "[fake silence=30] x", "--idle-timeout", "0.5")
+    assert quiet.code == 124 and "idle timeout of 0.5s" in quiet.err
 
 
 def test_exit_127_when_claude_is_missing(cp: Runner) -> None:
