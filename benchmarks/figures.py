@@ -351,12 +351,11 @@ _WRITER = textwrap.dedent("""
     import sys, uuid
     from claude_persist import Sessions
     sessions = Sessions(sys.argv[1])
-    print("ready", flush=True)
     index = 0
     while True:
         name = f"r{sys.argv[2]}-{index}"
         sessions.adopt(name, str(uuid.uuid4()))
-        print(name, flush=True)
+        print(name, flush=True)  # printed only once the write is committed
         index += 1
 """)
 
@@ -375,10 +374,12 @@ def kill_writers(rounds: int = 200, seed: int = 7) -> Figure:
                                 stdout=subprocess.PIPE, text=True, env=lab.env,
                                 cwd=lab.workspace)
         assert proc.stdout is not None
-        proc.stdout.readline()  # ready: the next instant is inside the write loop
+        # The first write is committed (start-up and the first write's imports are over, and
+        # on a busy machine they outlast the random wait): the kill lands in the write loop.
+        out = proc.stdout.readline()
         time.sleep(chance.uniform(0, 0.03))
         os.kill(proc.pid, signal.SIGKILL)
-        out = proc.stdout.read()
+        out += proc.stdout.read()
         proc.wait()
         committed.update(line for line in out.split() if line)
         try:

@@ -100,10 +100,14 @@ program = PersistProgram(namespace=ns, name="claude-persist", binary="claude-per
                          version=__version__)
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Entry point of the ``claude-persist`` console script."""
+def main(argv: list[str] | None = None, *, run_with: Program | None = None) -> None:
+    """Entry point of the ``claude-persist`` console script.
+
+    ``run_with`` runs another copy of ``program``: a Program keeps the state of its last run, so
+    tests that run many commands in one process give each a fresh one.
+    """
     try:
-        program.run(argv if argv is not None else sys.argv)
+        (run_with or program).run(argv if argv is not None else sys.argv)
     except BrokenPipeError:  # in Invoke's own output, such as --help or --list
         sys.exit(closed_stdout().code)
     except KeyboardInterrupt:  # before a task took over its signals: start-up, parsing

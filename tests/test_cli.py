@@ -1,18 +1,37 @@
-"""The tasks as a user runs them: both faces (``claude-persist`` and ``inv``), real processes,
-the fake claude behind them. Each test is one behaviour a user would see."""
+"""The tasks as a user runs them: both faces (``claude-persist`` and ``inv``), the fake claude
+behind them. Each test is one behaviour a user would see.
+
+Most run the program inside the test's process (``cp``, ``inv``, ``face``); the fake claude is a
+real process either way. Real processes of our own (``cp_process``, ``subprocess_face``) are kept
+for what only they show: Ctrl-C, a pipe closed by ``| head``, a stream read through a pipe, two
+processes competing for a session, and one smoke test per face of the command users start.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import json
 import os
+import signal
+import subprocess
+import sys
+import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from claude_persist.testing import FAKE_CLAUDE_CMD
 
 from .conftest import Runner, mapping_path, read_mapping
+
+
+def wait_for(condition: Callable[[], bool], what: str, limit: float = 60) -> None:
+    """Poll until ``condition()`` holds; the limit only bounds a failing test."""
+    end = time.monotonic() + limit
+    while not condition():
+        assert time.monotonic() < end, f"still waiting after {limit} s for {what}"
+        time.sleep(0.02)
 
 
 def test_create_prints_the_new_id_and_maps_it(face: Runner, workspace: Path,
@@ -175,26 +194,20 @@ def test_claude_cmd_flag_beats_the_environment(cp: Runner, workspace: Path) -> N
     assert ran.code == 0, ran.err
 
 
-def test_stream_lines_arrive_as_they_are_printed(workspace: Path, fake_claude: Any,
-                                                 cp: Runner) -> None:
-    import subprocess
-    import sys
-    import time
-
+def test_stream_lines_arrive_as_they_are_printed(cp: Runner, cp_process: Runner) -> None:
+    """Through a real pipe, where a buffered stdout would hold the line back: claude prints its
+    first line and then never answers, so that line can only come while the call runs."""
     cp("create", "-n", "live")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "claude_persist.cli", "resume", "-n", "live", "--stream",
-         "-p", "[fake silence=1.5] slow finish"],
-        cwd=workspace, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = cp_process.start("resume", "-n", "live", "--stream", "--deadline", "30",
+                            "-p", "[fake hang=1] never finishes")
     assert proc.stdout is not None
     first = proc.stdout.readline()
-    seen_at = time.monotonic()
-    rest = proc.stdout.read()
-    done_at = time.monotonic()
-    proc.wait()
+    still_running = proc.poll() is None
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
     assert json.loads(first)["type"] == "system"
-    assert done_at - seen_at >= 1.0  # the first line came well before the end
-    assert json.loads(rest.splitlines()[-1])["type"] == "result"
+    assert still_running, "the first stream line came only when the command ended"
+    assert proc.returncode == 130, err
 
 
 def test_create_and_fork_stream_too(face: Runner, workspace: Path) -> None:
@@ -277,29 +290,31 @@ def test_exit_1_when_the_claude_call_fails(cp: Runner, workspace: Path) -> None:
     assert read_mapping(workspace)["aliases"]["f"] == before  # a failure changes nothing
 
 
-def test_exit_4_when_the_session_stays_busy(cp: Runner, workspace: Path) -> None:
-    import subprocess
-    import sys
-    import time
-
+def test_exit_4_when_the_session_stays_busy(cp: Runner, cp_process: Runner,
+                                            fake_claude: Any) -> None:
+    """Another process holds the session for as long as its claude runs; that claude never
+    answers, so the session is busy for the whole wait, however slow the machine."""
     cp("create", "-n", "busy")
-    holder = subprocess.Popen(
-        [sys.executable, "-m", "claude_persist.cli", "resume", "-n", "busy", "-p",
-         "[fake delay=3] long"], cwd=workspace, stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL)
-    time.sleep(1.0)
-    waited = cp("resume", "-n", "busy", "-p", "me too", "--lock-timeout", "0.5")
-    holder.wait()
+    holder = cp_process.start("resume", "-n", "busy", "-p", "[fake hang=1] long",
+                              "--deadline", "60", stdout=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: any(r["event"] == "start" and "long" in r.get("prompt_head", "")
+                             for r in fake_claude.records()), "the holder's claude to start")
+        waited = cp("resume", "-n", "busy", "-p", "me too", "--lock-timeout", "0.5")
+    finally:
+        holder.send_signal(signal.SIGINT)
+        _, holder_err = holder.communicate(timeout=60)
     assert waited.code == 4, waited.err
     assert "in use by another process" in waited.err and "busy" in waited.err
+    assert holder.returncode == 130, holder_err
 
 
 def test_exit_124_on_deadline_and_idle_timeout(cp: Runner) -> None:
     cp("create", "-n", "t")
-    late = cp("resume", "-n", "t", "-p", "[fake delay=30] x", "--deadline", "1")
-    assert late.code == 124 and "deadline of 1s" in late.err
-    quiet = cp("resume", "-n", "t", "-p", "[fake silence=30] x", "--idle-timeout", "1")
-    assert quiet.code == 124 and "idle timeout of 1s" in quiet.err
+    late = cp("resume", "-n", "t", "-p", "[fake delay=30] x", "--deadline", "0.5")
+    assert late.code == 124 and "deadline of 0.5s" in late.err
+    quiet = cp("resume", "-n", "t", "-p", "[fake silence=30] x", "--idle-timeout", "0.5")
+    assert quiet.code == 124 and "idle timeout of 0.5s" in quiet.err
 
 
 def test_exit_127_when_claude_is_missing(cp: Runner) -> None:
@@ -309,17 +324,10 @@ def test_exit_127_when_claude_is_missing(cp: Runner) -> None:
 
 
 def test_exit_130_on_ctrl_c_and_the_session_stays_usable(workspace: Path, fake_claude: Any,
-                                                         cp: Runner, group_alive: Any) -> None:
-    import signal
-    import subprocess
-    import sys
-    import time
-
+                                                         cp: Runner, cp_process: Runner,
+                                                         group_alive: Any) -> None:
     cp("create", "-n", "ctrl-c")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "claude_persist.cli", "resume", "-n", "ctrl-c", "-p",
-         "[fake delay=30] x"], cwd=workspace, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True)
+    proc = cp_process.start("resume", "-n", "ctrl-c", "-p", "[fake delay=30] x")
     sid = read_mapping(workspace)["aliases"]["ctrl-c"]["session_id"]
 
     def turns_saved() -> int:  # the fake saves the prompt before it starts its delay
@@ -327,9 +335,7 @@ def test_exit_130_on_ctrl_c_and_the_session_stays_usable(workspace: Path, fake_c
             return sum(t["role"] == "user" for t in fake_claude.transcript(sid)["turns"])
         return 0
 
-    deadline = time.monotonic() + 10
-    while turns_saved() < 2 and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_for(lambda: turns_saved() >= 2, "claude to save the prompt")
     child_group = fake_claude.records()[-1]["pgid"]
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=20)
@@ -360,9 +366,6 @@ def test_help_lists_every_task(cp: Runner) -> None:
 
 
 def test_a_closed_stdout_is_no_traceback(workspace: Path, cp: Runner) -> None:
-    import subprocess
-    import sys
-
     cp("create", "-n", "pipe")
     proc = subprocess.run(
         f"{sys.executable} -m claude_persist.cli resume -n pipe --stream "
@@ -389,3 +392,42 @@ def test_stale_temp_files_of_killed_writers_are_cleaned(cp: Runner, workspace: P
     stale.write_text("{half")
     cp("adopt", "-n", "b", "--session-id", str(uuid.uuid4()))
     assert not stale.exists()
+
+
+# -- the commands users start, as real processes ----------------------------------------------
+
+
+def test_each_face_as_a_real_process(subprocess_face: Runner, fake_claude: Any) -> None:
+    """A smoke test of what the in-process tests stand in for: the command started by Python,
+    its streams, stdin and exit codes."""
+    face = subprocess_face
+    created = face("create", "-n", "smoke", "--model", "opus")
+    assert created.code == 0, created.err
+    sid = created.out.strip()
+    resumed = face("resume", "-n", "smoke", "--prompt-file", "-", input="from stdin")
+    assert resumed.code == 0, resumed.err
+    assert f"turn 2 of session {sid}" in resumed.out and "from stdin" in resumed.out
+    listed = face("list", "--json")
+    assert [(s["name"], s["session_id"]) for s in listed.json()["sessions"]] == [("smoke", sid)]
+    assert [c["model"] for c in fake_claude.calls()] == ["claude-opus-4-1"] * 2
+    missing = face("resume", "-n", "ghost", "-p", "x")
+    assert missing.code == 3 and "no session named 'ghost'" in missing.err
+    assert "Traceback" not in missing.err
+
+
+def test_in_process_runs_leave_the_test_process_as_it_was(cp: Runner, inv: Runner,
+                                                          workspace: Path) -> None:
+    """The in-process faces put back what a command changes: a leak would make later tests
+    depend on the order they run in."""
+    before = (os.getcwd(), list(sys.argv), sys.stdout, sys.stdin, dict(os.environ),
+              signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGHUP),
+              list(sys.path), sys.modules.get("tasks"), sys.dont_write_bytecode)
+    for face in (cp, inv):
+        assert face("create", "-n", f"leak-{face.name}", "--json",
+                    env={"INVOKE_CLAUDE_PERSIST_MODEL": "haiku"}).code == 0
+        assert face("resume", "-n", "nobody", "-p", "x").code == 3
+    after = (os.getcwd(), list(sys.argv), sys.stdout, sys.stdin, dict(os.environ),
+             signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGHUP),
+             list(sys.path), sys.modules.get("tasks"), sys.dont_write_bytecode)
+    assert after == before
+    assert os.getcwd() != str(workspace)

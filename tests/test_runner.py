@@ -71,6 +71,30 @@ def test_a_zombie_is_not_a_live_member_of_its_group() -> None:
         os.killpg(child.pid, 0)
 
 
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="reads /proc")
+def test_the_tests_own_liveness_check_tells_a_zombie_from_a_live_process() -> None:
+    """The check the process-group tests rely on, written apart from the runner's, against the
+    kernel's view: running and stopped processes count, an unreaped zombie does not."""
+    from .conftest import live_members
+
+    child = subprocess.Popen(["sleep", "30"], start_new_session=True)
+    try:
+        assert live_members(child.pid) == [child.pid]
+        os.kill(child.pid, signal.SIGSTOP)
+        assert live_members(child.pid) == [child.pid]  # stopped is not ended
+        os.kill(child.pid, signal.SIGKILL)
+        end = time.monotonic() + 30
+        while live_members(child.pid) and time.monotonic() < end:
+            time.sleep(0.01)
+        assert live_members(child.pid) == []
+        os.killpg(child.pid, 0)  # yet the kernel still has the group: the zombie is unreaped
+        assert runner.live_group_members(child.pid) == []  # the runner's check agrees
+    finally:
+        child.kill()
+        child.wait()
+    assert live_members(child.pid) == []
+
+
 def test_a_polite_child_stops_at_sigint_without_waiting_for_the_grace(
         workspace: Path, fake_claude: Any, wrapper: str) -> None:
     sessions = Sessions(workspace, claude_cmd=wrapper)

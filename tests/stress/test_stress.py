@@ -1,16 +1,23 @@
-"""The benchmark's figures in a short form, on every CI run.
+"""The benchmark's figures in a short form: CI runs them as a stage of their own
+(``python -m pytest -m stress``); a plain ``python -m pytest`` leaves them out.
 
-Loss and corruption are asserted exactly; timings get looser bounds than the benchmark's targets
-(CI machines are noisy), tight enough to catch a regression of kind: a lost parallelism, a
-buffered stream, a quadratic mapping. The full figures: ``python -m benchmarks``.
+Loss and corruption are asserted exactly. Time is compared only within one run, against a
+regression of kind, with a margin a loaded 2-core machine cannot use up: a lost parallelism
+(8 one-second steps run one after another take 8 times as long), a quadratic mapping (the cost
+per entry grows 10 times from 1,000 to 10,000 entries). Absolute figures (stream delay, per-call
+and per-step overhead, command times with a big mapping) are the benchmark's:
+``python -m benchmarks``.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
-import timeit
+import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -27,53 +34,61 @@ def test_concurrent_creates_lose_nothing() -> None:
 
 
 def test_killed_writers_never_corrupt_or_lose_entries() -> None:
-    figure = figures.kill_writers(rounds=25)
+    rounds = 25
+    figure = figures.kill_writers(rounds=rounds)
     assert figure.ok, figure.context
-    assert figure.context["committed_entries"] > 25  # the kills did land mid-loop
+    # Every writer is killed only after its first committed write, so the kills land in the
+    # write loop: the lab's own entry plus at least one per round.
+    assert figure.context["committed_entries"] >= rounds + 1, figure.context
 
 
-def test_stream_lines_pass_at_once_and_memory_stays_flat() -> None:
-    latency = figures.stream_latency(lines=100)
-    assert latency.ok, latency.context
+def test_stream_lines_all_pass_and_memory_stays_flat() -> None:
+    latency = figures.stream_latency(lines=100)  # raises if a line is missing or the run fails
+    assert latency.context["lines"] >= 100, latency.context
     memory = figures.stream_memory(megabytes=20)
-    assert memory.value <= 1.25, memory.context
+    assert memory.value <= 1.25, memory.context  # peak memory, not time: a buffered copy grows
 
 
-def test_workflows_run_in_parallel_and_steps_cost_little() -> None:
-    parallel = figures.parallel_workflow(sessions=8, step_seconds=1.0, runs=1)
-    assert parallel.value <= 1.6, parallel.context  # 8 steps in a row would be 8x
-    sequential = figures.sequential_workflow(steps=20, rounds=1)
-    assert sequential.context["per_step_in_run_ms"] < 15, sequential.context
+def test_independent_workflow_steps_run_side_by_side() -> None:
+    sessions = 8
+    parallel = figures.parallel_workflow(sessions=sessions, step_seconds=1.0, runs=1)
+    # One after another they take `sessions` times the critical path; side by side about 1x,
+    # and under 2x on a busy 2-core machine (eight Python start-ups share the cores).
+    assert parallel.value <= sessions / 2, parallel.context
 
 
-def test_a_big_mapping_file_stays_fast() -> None:
-    resolve, create, _listing = figures.big_mapping(sizes=(10, 5_000, 10_000), rounds=3)
-    assert resolve.value < 2.0, resolve.context
-    assert create.value < 2.0, create.context
-
-
-def test_list_costs_the_same_per_entry_at_5000_and_10000_sessions(tmp_path: Path) -> None:
-    """In-process: what ``list --json`` does, best of 5. (The command's figure compares 50 ms of
-    work at 5,000 sessions across start-ups that vary by 20 ms; 3 rounds cannot tell that.)"""
-    template = {"session_id": "", "created_at": "2026-01-01T00:00:00Z", "cwd": str(tmp_path),
+def _filled(folder: Path, size: int) -> Sessions:
+    template = {"session_id": "", "created_at": "2026-01-01T00:00:00Z", "cwd": str(folder),
                 "last_model": "claude-opus-4-7", "last_reasoning_effort": "high",
                 "last_used_at": "2026-01-01T00:00:00Z", "history": []}
-    per_entry = {}
-    for size in (5_000, 10_000):
-        path = tmp_path / f"m{size}.json"
-        path.write_text(json.dumps({"workspace_dir": str(tmp_path), "aliases": {
-            f"s-{i:05d}": {**template, "session_id": str(uuid.uuid4())} for i in range(size)}}))
-        sessions = Sessions(tmp_path, mapping_file=path)
-
-        def listing(s: Sessions = sessions) -> str:
-            return json.dumps({"sessions": [entry.to_json() for entry in s.list()]})
-
-        assert len(json.loads(listing())["sessions"]) == size
-        per_entry[size] = min(timeit.repeat(listing, number=1, repeat=5)) / size
-    growth = per_entry[10_000] / per_entry[5_000]
-    assert 0.5 <= growth <= 1.6, {k: f"{v * 1e6:.2f} us" for k, v in per_entry.items()}
+    path = folder / f"m{size}.json"
+    path.write_text(json.dumps({"workspace_dir": str(folder), "aliases": {
+        f"s-{i:05d}": {**template, "session_id": str(uuid.uuid4())} for i in range(size)}}))
+    return Sessions(folder, mapping_file=path)
 
 
-def test_call_overhead_stays_near_pythons_own_start_up() -> None:
-    for figure in figures.call_overhead(rounds=5):
-        assert figure.value < 2.0, figure.context
+def test_mapping_operations_cost_the_same_per_entry_at_1000_and_10000_sessions(
+        tmp_path: Path) -> None:
+    """In-process, what ``list --json``, ``resolve`` and a write (``adopt``) do, best of 5, the
+    two sizes alternating so that a busy moment hits both. Linear: about the same cost per entry
+    (the big file fits the caches less well; the small one carries more of the fixed costs);
+    quadratic: 10 times as much."""
+    small, big = 1_000, 10_000
+    sessions = {size: _filled(tmp_path, size) for size in (small, big)}
+    assert len(sessions[big].list()) == big
+    new_names = (f"new-{n}" for n in itertools.count())
+    operations: dict[str, Callable[[Sessions], Any]] = {
+        "list --json": lambda s: json.dumps({"sessions": [e.to_json() for e in s.list()]}),
+        "resolve": lambda s: s.resolve("s-00042"),
+        "adopt": lambda s: s.adopt(next(new_names), str(uuid.uuid4())),
+    }
+    growth = {}
+    for name, operation in operations.items():
+        best = {small: float("inf"), big: float("inf")}
+        for _ in range(5):
+            for size, target in sessions.items():
+                started = time.perf_counter()
+                operation(target)
+                best[size] = min(best[size], time.perf_counter() - started)
+        growth[name] = (best[big] / big) / (best[small] / small)
+    assert all(value <= 3.0 for value in growth.values()), growth
