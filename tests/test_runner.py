@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import queue
 import shlex
@@ -30,13 +31,24 @@ def wrapper(tmp_path: Path) -> str:
     return str(script)
 
 
+@pytest.fixture
+def short_grace(monkeypatch: pytest.MonkeyPatch) -> float:
+    """Shorter waits between the stop signals and after the result line, so the tests of
+    stopping take a second instead of seven (what they check does not depend on the length)."""
+    grace = 0.5
+    monkeypatch.setattr(runner, "Limits", functools.partial(runner.Limits, grace=grace))
+    monkeypatch.setattr(runner, "EOF_GRACE_SECONDS", grace)
+    return grace
+
+
 def _group_of_last_call(fake_claude: Any) -> int:
     return int(fake_claude.records()[-1]["pgid"])
 
 
 @pytest.mark.parametrize("limit", ["deadline", "idle_timeout"])
 def test_limits_end_the_whole_group_behind_a_non_exec_wrapper(
-        workspace: Path, fake_claude: Any, wrapper: str, group_alive: Any, limit: str) -> None:
+        workspace: Path, fake_claude: Any, wrapper: str, group_alive: Any, limit: str,
+        short_grace: float) -> None:
     sessions = Sessions(workspace, claude_cmd=wrapper)
     sessions.create("w")
     switch = "delay=60 child=1" if limit == "deadline" else "silence=60 child=1"
@@ -46,7 +58,9 @@ def test_limits_end_the_whole_group_behind_a_non_exec_wrapper(
         sessions.resume("w", f"[fake {switch} ignore_signals=1] x", options)
     took = time.monotonic() - started
     assert caught.value.limit == ("deadline" if limit == "deadline" else "idle timeout")
-    assert took < 1.0 + 2 * runner.Limits().grace + 2.0  # SIGINT, SIGTERM ignored, SIGKILL
+    # SIGINT and SIGTERM are ignored, SIGKILL ends it: long before the fake's 60 s are up
+    # (the bound is loose on purpose; how fast is the benchmark's business).
+    assert took < 30, took
     group = _group_of_last_call(fake_claude)
     assert not group_alive(group), "a process of the claude group survived"
 
@@ -126,7 +140,7 @@ def test_a_chatty_stderr_never_hangs_the_call(workspace: Path, fake_claude: Any)
 
 
 def test_a_cli_that_hangs_after_its_result_is_stopped_and_counted_as_success(
-        workspace: Path, fake_claude: Any, group_alive: Any) -> None:
+        workspace: Path, fake_claude: Any, group_alive: Any, short_grace: float) -> None:
     notes: list[str] = []
     sessions = Sessions(workspace, notify=notes.append)
     sessions.create("h")
@@ -190,7 +204,8 @@ def test_claude_runs_in_the_sessions_folder(workspace: Path, fake_claude: Any,
     assert fake_claude.calls()[-1]["cwd"] == str(workspace.resolve())
 
 
-def test_limits_do_not_apply_once_the_answer_is_in(workspace: Path, fake_claude: Any) -> None:
+def test_limits_do_not_apply_once_the_answer_is_in(workspace: Path, fake_claude: Any,
+                                                   short_grace: float) -> None:
     sessions = Sessions(workspace, notify=lambda message: None)
     sessions.create("done")
     result = sessions.resume("done", "[fake hang_after=1] x", TurnOptions(idle_timeout=0.5))
