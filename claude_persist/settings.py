@@ -14,6 +14,7 @@ explicit flag, then the workflow step, then the session's stored value, then con
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 from collections.abc import Mapping
@@ -25,8 +26,9 @@ from .errors import UsageError
 
 
 def _meta(help: str, *, argv: str | None = None, stored: str | None = None,
-          config: bool = False, flag: str | None = None) -> dict[str, Any]:
-    return {"help": help, "argv": argv, "stored": stored, "config": config, "flag": flag}
+          config: bool = False, flag: str | None = None, cli: bool = True) -> dict[str, Any]:
+    return {"help": help, "argv": argv, "stored": stored, "config": config, "flag": flag,
+            "cli": cli}
 
 
 @dataclass(frozen=True)
@@ -56,7 +58,7 @@ class CallSettings:
         "with --stream: include partial message events", argv="--include-partial-messages",
         flag="partial"))
     extra_args: tuple[str, ...] = field(default=(), metadata=_meta(
-        "arguments handed to claude as they are (after -- on the command line)"))
+        "arguments handed to claude as they are (after -- on the command line)", cli=False))
     deadline: float | None = field(default=None, metadata=_meta(
         "stop the call after this long (exit 124): seconds, or 90s, 15m, 2h",
         config=True))
@@ -122,6 +124,16 @@ STORED_KEYS: dict[str, str] = {f.name: f.metadata["stored"] for f in FIELDS
 CONFIG_KEYS: tuple[str, ...] = tuple(f.name for f in FIELDS if f.metadata["config"])
 #: Help text of each setting, by the task parameter that sets it.
 HELP: dict[str, str] = {(f.metadata["flag"] or f.name): f.metadata["help"] for f in FIELDS}
+#: The settings that are flags of the calling tasks (create, resume, fork), by parameter name.
+CLI_FLAGS: dict[str, str] = {(f.metadata["flag"] or f.name): f.name for f in FIELDS
+                             if f.metadata["cli"]}
+
+
+def from_flags(flags: Mapping[str, Any], extra_args: tuple[str, ...] = ()) -> CallSettings:
+    """The explicit layer, from the calling tasks' flags (as :data:`CLI_FLAGS` names them);
+    a flag left at its default sets nothing."""
+    values: dict[str, Any] = {name: flags.get(flag) or None for flag, name in CLI_FLAGS.items()}
+    return CallSettings(**values, extra_args=extra_args)
 
 
 def merge(*layers: CallSettings | None) -> CallSettings:
@@ -179,6 +191,8 @@ def digest(settings: CallSettings) -> str:
 def _positive_int(value: object, what: str) -> int | None:
     if value is None:
         return None
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise UsageError(f"{what} must be a whole number of at least 1, not {value!r}")
     return value
@@ -187,6 +201,9 @@ def _positive_int(value: object, what: str) -> int | None:
 def _positive_number(value: object, what: str) -> float | None:
     if value is None:
         return None
+    if isinstance(value, str):
+        with contextlib.suppress(ValueError):
+            value = float(value)
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
         raise UsageError(f"{what} must be a number above 0, not {value!r}")
     return float(value)

@@ -44,7 +44,7 @@ from .errors import (
     exit_code_for,
 )
 from .sessions import Sessions
-from .settings import CONFIG_KEYS, CallSettings, from_config
+from .settings import CLI_FLAGS, CONFIG_KEYS, from_config, from_flags
 from .settings import HELP as SETTINGS_HELP
 
 CONFIG_DEFAULTS: dict[str, Any] = {
@@ -127,7 +127,13 @@ def persist_task(
                        ) from exc
 
     signature = inspect.signature(body)
-    params = [p for key, p in signature.parameters.items() if key not in preset]
+    params = [p for key, p in signature.parameters.items()
+              if key not in preset and p.kind is not p.VAR_KEYWORD]
+    if any(p.kind is p.VAR_KEYWORD for p in signature.parameters.values()):
+        # **flags: a flag for every per-call setting, from the settings dataclass
+        params += [inspect.Parameter(flag, inspect.Parameter.KEYWORD_ONLY,
+                                     default=False if flag == "partial" else None)
+                   for flag in CLI_FLAGS if flag not in preset]
     shown = signature.replace(parameters=params)
     edge.__signature__ = shown  # type: ignore[attr-defined]
     edge.__doc__ = doc or body.__doc__
@@ -213,12 +219,17 @@ def open_sessions(
 ) -> Sessions:
     """The library object for these flags, configuration filling in what they leave out."""
     cfg = settings(c)
-    return Sessions(
+    sessions = Sessions(
         workspace or _configured_workspace(c, cfg["workspace"]),
         mapping_file=mapping_file or cfg["mapping_file"],
         claude_cmd=resolve_claude_cmd(claude_cmd, cfg["claude_cmd"], os.environ),
-        defaults=from_config(cfg),
     )
+    try:
+        sessions.defaults = from_config(cfg).checked(sessions.workspace)
+    except UsageError as exc:
+        raise UsageError(f"the configuration under claude_persist (invoke.yaml, or an "
+                         f"INVOKE_CLAUDE_PERSIST_* variable) is wrong: {exc}") from exc
+    return sessions
 
 
 def _configured_workspace(c: Context, value: str | None) -> str | None:
@@ -265,20 +276,6 @@ def read_prompt(prompt: str | None, prompt_file: str | None, required: bool) -> 
     return validate.prompt(prompt)
 
 
-def turn_options(
-    c: Context, *, model: str | None = None, effort: str | None = None,
-    role: str | None = None, deadline: Any = None, idle_timeout: Any = None,
-    lock_timeout: Any = None, partial: bool = False,
-) -> CallSettings:
-    """The explicit layer of the settings merge: what the flags set (configuration is the
-    ``Sessions``' own lowest layer)."""
-    return CallSettings(
-        model=model, effort=effort, role=role, deadline=deadline, idle_timeout=idle_timeout,
-        lock_timeout=lock_timeout, include_partial=partial or None,
-        extra_args=passthrough_args(c),
-    )
-
-
 def check_output_flags(stream: bool, json: bool, partial: bool = False) -> None:
     if stream and json:
         raise UsageError("--stream and --json do not go together: --stream already ends with "
@@ -320,11 +317,9 @@ def write_json(path: Path, data: Any) -> None:
 
 def create(
     c: Context, name: str | None = None, prompt: str | None = None,
-    prompt_file: str | None = None, role: str | None = None, model: str | None = None,
-    effort: str | None = None, deadline: str | None = None, idle_timeout: str | None = None,
-    lock_timeout: str | None = None, force: bool = False, stream: bool = False,
-    partial: bool = False, json: bool = False, workspace: str | None = None,
-    mapping_file: str | None = None, claude_cmd: str | None = None,
+    prompt_file: str | None = None, force: bool = False, stream: bool = False,
+    json: bool = False, workspace: str | None = None, mapping_file: str | None = None,
+    claude_cmd: str | None = None, **flags: Any,
 ) -> None:
     """Start a new Claude Code session and remember it under --name; prints its session id.
 
@@ -332,12 +327,10 @@ def create(
     --stream prints claude's stream-json lines as they arrive; --json prints the result object.
     Anything after -- goes to claude as is.
     """
-    check_output_flags(stream, json, partial)
+    check_output_flags(stream, json, bool(flags.get("partial")))
     sessions = open_sessions(c, workspace, mapping_file, claude_cmd)
     text = read_prompt(prompt, prompt_file, required=False)
-    options = turn_options(c, model=model, effort=effort, role=role, deadline=deadline,
-                           idle_timeout=idle_timeout, lock_timeout=lock_timeout,
-                           partial=partial)
+    options = from_flags(flags, passthrough_args(c))
     result = sessions.create(validate.name(name), text, options, force=force,
                              on_line=print_line if stream else None)
     show(result, json=json, stream=stream, plain=result.session_id)
@@ -345,23 +338,19 @@ def create(
 
 def resume(
     c: Context, name: str | None = None, prompt: str | None = None,
-    prompt_file: str | None = None, session_id: str | None = None, role: str | None = None,
-    model: str | None = None, effort: str | None = None, deadline: str | None = None,
-    idle_timeout: str | None = None, lock_timeout: str | None = None, stream: bool = False,
-    partial: bool = False, json: bool = False, workspace: str | None = None,
-    mapping_file: str | None = None, claude_cmd: str | None = None,
+    prompt_file: str | None = None, session_id: str | None = None, stream: bool = False,
+    json: bool = False, workspace: str | None = None, mapping_file: str | None = None,
+    claude_cmd: str | None = None, **flags: Any,
 ) -> None:
     """Continue a named session with a prompt; prints the answer.
 
     --session-id wins over --name. The stored model, effort and role are used unless given.
     --stream prints claude's stream-json lines as they arrive; --json prints the result object.
     """
-    check_output_flags(stream, json, partial)
+    check_output_flags(stream, json, bool(flags.get("partial")))
     sessions = open_sessions(c, workspace, mapping_file, claude_cmd)
     text = read_prompt(prompt, prompt_file, required=True)
-    options = turn_options(c, model=model, effort=effort, role=role, deadline=deadline,
-                           idle_timeout=idle_timeout, lock_timeout=lock_timeout,
-                           partial=partial)
+    options = from_flags(flags, passthrough_args(c))
     if session_id is None:
         name = validate.name(name)
     result = sessions.resume(name, str(text), options, session_id=session_id,
@@ -371,22 +360,18 @@ def resume(
 
 def fork(
     c: Context, name: str | None = None, as_: str | None = None, prompt: str | None = None,
-    prompt_file: str | None = None, role: str | None = None, model: str | None = None,
-    effort: str | None = None, deadline: str | None = None, idle_timeout: str | None = None,
-    lock_timeout: str | None = None, force: bool = False, stream: bool = False,
-    partial: bool = False, json: bool = False, workspace: str | None = None,
-    mapping_file: str | None = None, claude_cmd: str | None = None,
+    prompt_file: str | None = None, force: bool = False, stream: bool = False,
+    json: bool = False, workspace: str | None = None, mapping_file: str | None = None,
+    claude_cmd: str | None = None, **flags: Any,
 ) -> None:
     """Copy a session's history into a new session mapped as --as; prints the answer.
 
     --stream prints claude's stream-json lines as they arrive; --json prints the result object.
     """
-    check_output_flags(stream, json, partial)
+    check_output_flags(stream, json, bool(flags.get("partial")))
     sessions = open_sessions(c, workspace, mapping_file, claude_cmd)
     text = read_prompt(prompt, prompt_file, required=True)
-    options = turn_options(c, model=model, effort=effort, role=role, deadline=deadline,
-                           idle_timeout=idle_timeout, lock_timeout=lock_timeout,
-                           partial=partial)
+    options = from_flags(flags, passthrough_args(c))
     result = sessions.fork(validate.name(name), validate.name(as_, "--as"), str(text), options,
                            force=force, on_line=print_line if stream else None)
     show(result, json=json, stream=stream, plain=result.text)

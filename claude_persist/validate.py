@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from .claude.command import EFFORTS
@@ -53,17 +54,41 @@ def model(value: str | None, flag: str = "--model") -> str | None:
     return value.strip()
 
 
+#: ``90``, ``90s``, ``1.5m``, ``2h``: the one spelling of durations, everywhere.
+DURATION = re.compile(r"^ *([0-9]+(?:\.[0-9]+)?) *([smh]?) *$(?!\n)")
+UNIT_SECONDS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0}
+#: Longer than any call can last; bigger values are taken as this (no overflow downstream).
+MAX_SECONDS = 1e9
+
+
+def duration(value: object) -> float:
+    """Seconds from a number, or from text such as ``90``, ``90s``, ``15m``, ``2h``; raises
+    ValueError for anything else (a negative number included)."""
+    if isinstance(value, bool):
+        raise ValueError(f"{value!r} is not a duration")
+    if isinstance(value, (int, float)):
+        number = float(value)
+        if number != number or number < 0:
+            raise ValueError(f"{value!r} is not a duration")
+        return min(number, MAX_SECONDS)
+    match = DURATION.match(str(value))
+    if not match:
+        raise ValueError(f"{value!r} is not a duration")
+    return min(float(match.group(1)) * UNIT_SECONDS[match.group(2)], MAX_SECONDS)
+
+
 def seconds(value: object, flag: str, *, allow_zero: bool = False) -> float | None:
-    """A duration in seconds: > 0 (or >= 0 with ``allow_zero``); None stays None."""
+    """A duration (seconds, or ``90s``, ``15m``, ``2h``): > 0 (or >= 0 with ``allow_zero``);
+    None stays None."""
     if value is None:
         return None
     try:
-        number = float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError) as exc:
-        raise UsageError(f"{flag} {value!r} is not a number of seconds") from exc
-    if number < 0 or (number == 0 and not allow_zero) or number != number:
-        bound = ">= 0" if allow_zero else "> 0"
-        raise UsageError(f"{flag} must be {bound} seconds, not {value!r}")
+        number = duration(value)
+    except ValueError as exc:
+        raise UsageError(f"{flag} {value!r} is not a duration: write seconds, or 90s, 15m, "
+                         "2h") from exc
+    if number == 0 and not allow_zero:
+        raise UsageError(f"{flag} must be more than 0 seconds, not {value!r}")
     return number
 
 

@@ -98,3 +98,17 @@ def test_unknown_configuration_is_named_in_a_warning(cp: Runner, workspace: Path
     ran = cp("list", env={"INVOKE_CLAUDE_PERSIST_DEADLNE": "5"})
     assert ran.code == 0
     assert "unknown configuration ignored: modle, INVOKE_CLAUDE_PERSIST_DEADLNE" in ran.err
+
+
+def test_durations_and_numbers_work_on_the_command_line(cp: Runner, workspace: Path,
+                                                        fake_claude: Any) -> None:
+    ran = cp("create", "-n", "d", "--deadline", "15m", "--idle-timeout", "90s",
+             "--max-turns", "3")
+    assert ran.code == 0, ran.err
+    assert "--max-turns=3" in fake_claude.calls()[-1]["argv"]
+
+
+def test_a_bad_configured_value_says_where_it_came_from(cp: Runner) -> None:
+    ran = cp("list", env={"INVOKE_CLAUDE_PERSIST_DEADLINE": "soon"})
+    assert ran.code == 2
+    assert "configuration under claude_persist" in ran.err and "'soon'" in ran.err

@@ -97,3 +97,18 @@ def test_a_configured_deadline_stops_a_workflow_step(workspace: Path, fake_claud
     step = state.steps["slow"]
     assert step.status == "failed"
     assert "deadline" in (step.error or "")
+
+
+@pytest.mark.parametrize(("text", "seconds"), [("90", 90.0), ("90s", 90.0), ("15m", 900.0),
+                                               ("2h", 7200.0), (1.5, 1.5)])
+def test_durations_are_spelled_one_way_everywhere(tmp_path: Path, text: object,
+                                                  seconds: float) -> None:
+    checked = CallSettings(deadline=text, idle_timeout=text,  # type: ignore[arg-type]
+                           lock_timeout=text).checked(tmp_path)  # type: ignore[arg-type]
+    assert checked.deadline == checked.idle_timeout == checked.lock_timeout == seconds
+
+
+def test_numbers_from_the_command_line_are_read_as_numbers(tmp_path: Path) -> None:
+    checked = CallSettings(max_turns="3", max_budget_usd="0.5").checked(  # type: ignore[arg-type]
+        tmp_path)
+    assert (checked.max_turns, checked.max_budget_usd) == (3, 0.5)
