@@ -42,6 +42,15 @@ class MappingFileError(UnsafeFileError):
     """The mapping file or its folder is unsafe or unusable (symlink, foreign owner, I/O)."""
 
 
+class CorruptEntryError(MappingFileError):
+    """An entry of the mapping file is unusable (its session id is missing or not a UUID);
+    ``name`` is the entry's name."""
+
+    def __init__(self, message: str, *, path: object = None, name: str | None = None) -> None:
+        super().__init__(message, path=path)
+        self.name = name
+
+
 class SessionNotFoundError(ClaudePersistError):
     """No such name in the mapping (``name``), or claude has no transcript for the session id."""
 

@@ -12,15 +12,22 @@ too, and written back in the current shape. Keys we do not know are kept as they
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import json
+import operator
 import re
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any
+
+from .errors import CorruptEntryError
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9._-]+$")
 UUID_PATTERN = re.compile(
     r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
 )
+_is_uuid = UUID_PATTERN.fullmatch
 HISTORY_LIMIT = 50
 
 
@@ -58,46 +65,132 @@ class SessionEntry:
         }
 
 
-@dataclass
-class MappingDoc:
-    """The whole file: the raw alias entries (unknown keys kept) plus top-level extras.
+class _EntriesView(Mapping[str, dict[str, Any]]):
+    """The document's entries, read-only; each entry handed out is a copy."""
 
-    Change an entry by assigning a new dict to its name, never in place: ``rows`` keeps the
-    text each entry was read with, and :func:`dump` reuses it while the name still holds the
-    very dict that was read.
+    __slots__ = ("_entries",)
+
+    def __init__(self, entries: dict[str, dict[str, Any]]) -> None:
+        self._entries = entries
+
+    def __getitem__(self, name: str) -> dict[str, Any]:
+        copied: dict[str, Any] = _copy(self._entries[name])
+        return copied
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._entries
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._entries)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+def _copy(value: Any) -> Any:
+    """A deep copy of JSON data (dicts, lists and scalars)."""
+    if isinstance(value, dict):
+        return {key: _copy(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_copy(item) for item in value]
+    return value
+
+
+class MappingDoc:
+    """The whole file: the alias entries (unknown keys kept) plus top-level extras.
+
+    Entries change only through :meth:`put` and :meth:`remove`, and the document records which
+    names a command changed: :func:`dump` encodes exactly those and keeps every other entry's
+    line as it was read. Reading hands out copies (``aliases[name]``), so an entry changed in
+    place changes nothing until it is put back.
     """
 
-    workspace_dir: str = ""
-    aliases: dict[str, dict[str, Any]] = field(default_factory=dict)
-    extra: dict[str, Any] = field(default_factory=dict)
-    rows: dict[str, tuple[dict[str, Any], str]] = field(
-        default_factory=dict, repr=False, compare=False)
+    __slots__ = ("_changed", "_entries", "_rows", "extra", "source", "workspace_dir")
+
+    def __init__(self, workspace_dir: str = "",
+                 aliases: Mapping[str, Mapping[str, Any]] | None = None,
+                 extra: Mapping[str, Any] | None = None, *, source: str | None = None) -> None:
+        self.workspace_dir = workspace_dir
+        self.extra: dict[str, Any] = dict(extra or {})
+        self.source = source  # the file it was read from, for errors about its entries
+        self._entries: dict[str, dict[str, Any]] = {}
+        self._rows: dict[str, str] = {}  # name -> its line as read (names not changed since)
+        self._changed: set[str] = set()
+        for name, raw in (aliases or {}).items():
+            self.put(name, raw)
+
+    @classmethod
+    def _read(cls, workspace_dir: str, entries: dict[str, dict[str, Any]],
+              extra: dict[str, Any], rows: dict[str, str]) -> MappingDoc:
+        doc = cls(workspace_dir, extra=extra)
+        doc._entries, doc._rows = entries, rows  # freshly parsed: nobody else holds them
+        return doc
+
+    # -- reading ------------------------------------------------------------------------------
+
+    @property
+    def aliases(self) -> Mapping[str, dict[str, Any]]:
+        """The raw entries by name, read-only; ``aliases[name]`` is a copy to change and put."""
+        return _EntriesView(self._entries)
 
     def entry(self, name: str) -> SessionEntry | None:
-        """The typed entry for ``name``, or None when absent or without a session id."""
-        raw = self.aliases.get(name)
-        return None if raw is None else entry_from_raw(name, raw)
+        """The typed entry for ``name``; None when there is none.
+
+        Raises :class:`~claude_persist.errors.CorruptEntryError` when the entry is there but its
+        session id is missing or not a UUID (an id ends up in file names)."""
+        raw = self._entries.get(name)
+        if raw is None:
+            return None
+        entry = entry_from_raw(name, raw)
+        if entry is None:
+            where = f" in {self.source}" if self.source else ""
+            sid = raw.get("session_id")
+            problem = "has no session id" if not sid else f"has the session id {sid!r}, not a UUID"
+            raise CorruptEntryError(
+                f"the entry {name!r}{where} is corrupt: it {problem}. Adopt the right session "
+                "id under this name again (with force), or remove the entry from the file.",
+                path=self.source, name=name)
+        return entry
 
     def entries(self) -> list[SessionEntry]:
-        """All usable entries, sorted by name."""
-        found = (entry_from_raw(name, raw) for name, raw in sorted(self.aliases.items()))
+        """All usable entries, sorted by name (a corrupt one is left out)."""
+        found = (entry_from_raw(name, raw) for name, raw in sorted(self._entries.items()))
         return [entry for entry in found if entry is not None]
 
     def names_for_session(self, session_id: str) -> list[str]:
         """Names whose entry points at ``session_id``."""
         return [e.name for e in self.entries() if e.session_id == session_id]
 
+    # -- changing -----------------------------------------------------------------------------
+
+    def put(self, name: str, raw: Mapping[str, Any]) -> None:
+        """Set the entry ``name`` (added or replaced) to a copy of ``raw``."""
+        if not isinstance(raw, Mapping):
+            raise TypeError(f"an entry is a mapping, not {type(raw).__name__}")
+        self._entries[name] = _copy(dict(raw))  # nobody else holds it, nor its lists
+        self._changed.add(name)
+
+    def remove(self, name: str) -> None:
+        """Remove the entry ``name``; KeyError when there is none."""
+        del self._entries[name]
+        self._changed.add(name)
+
+    @property
+    def changed(self) -> frozenset[str]:
+        """The names put or removed since the document was read."""
+        return frozenset(self._changed)
+
 
 _TEXT_FIELDS = ("last_used_at", "last_model", "last_reasoning_effort", "cwd", "role")
 
 
 def entry_from_raw(name: str, raw: dict[str, Any]) -> SessionEntry | None:
-    """Read one raw entry leniently; None when it has no usable session id.
+    """Read one raw entry leniently; None when it has no usable session id (a UUID).
 
     ``list`` calls this for every entry, so it is written for speed (2 us an entry).
     """
     session_id = raw.get("session_id")
-    if not session_id or not isinstance(session_id, str):
+    if not isinstance(session_id, str) or _is_uuid(session_id) is None:
         return None
     used, model, effort, cwd, role = (value if value and isinstance(value, str) else None
                                       for value in map(raw.get, _TEXT_FIELDS))
@@ -147,53 +240,70 @@ def parse(text: str, *, for_writing: bool = False) -> MappingDoc:
         normalised = _normalise_raw_entry(entry)
         if normalised is not None:
             aliases[str(name)] = normalised
-    return MappingDoc(workspace_dir=workspace, aliases=aliases, extra=extra,
-                      rows=_rows_as_read(text, aliases) if for_writing else {})
+    return MappingDoc._read(workspace, aliases, extra,
+                            _rows_as_read(text, aliases) if for_writing else {})
 
 
 _encode = json.JSONEncoder(ensure_ascii=False, sort_keys=True).encode
 _encode_name = json.encoder.encode_basestring  # what _encode does to a str, without the setup
+_encode_names = json.JSONEncoder(ensure_ascii=False).encode
 _ALIASES_OPEN = '\n  "aliases": {\n'
-_SPOT_CHECKS = 16
+# Where a line may hold more than its one entry: a second key after the entry's closing brace
+# (a duplicate key, whose last value is the one JSON readers keep).
+_MAYBE_TWO_PAIRS = re.compile(r'\}[ \t\r]*,[ \t\r]*"')
 
 
-def _rows_as_read(text: str, aliases: dict[str, dict[str, Any]]
-                  ) -> dict[str, tuple[dict[str, Any], str]]:
-    """Each entry's line as read, when the text holds one entry per line in name order (as
-    :func:`dump` writes it); empty for any other layout."""
+def _rows_as_read(text: str, aliases: dict[str, dict[str, Any]]) -> dict[str, str]:
+    """Each entry's line as read, when the text holds exactly one entry per line in name order
+    (as :func:`dump` writes it); empty for any other layout."""
     start = text.find(_ALIASES_OPEN)
     if start < 0:
         return {}
     start += len(_ALIASES_OPEN)
     end = text.find("\n  }", start)  # a JSON string holds no raw newline: the block's end
-    lines = text[start:end].split(",\n") if end > 0 else []
+    block = text[start:end] if end > 0 else ""
+    lines = block.split(",\n") if block else []
     names = sorted(aliases)
     if len(lines) != len(names):
         return {}
-    # map() keeps the 10,000-fold loops in C; a Python loop here cost 10 ms.
-    prefixes = map("    {}: {{".format, map(_encode_name, names))
+    # Every line's expected start, from one encoding of the name list (a quote inside a name is
+    # escaped, so '", "' only ever separates two names), compared by map() in C: a Python loop
+    # here cost 10 ms, and encoding the names one by one 7.
+    starts = _encode_names(names)[1:-1].replace('", "', '": {\n    "')
+    prefixes = f"    {starts}: {{".split("\n")
     if not all(map(str.startswith, lines, prefixes)):
         return {}  # another order or layout, or a legacy string entry
-    return dict(zip(names, zip(map(aliases.__getitem__, names), lines, strict=True), strict=True))
+    if any(map(operator.contains, lines, itertools.repeat("\n"))):
+        return {}  # a line broken by hand: it may hide a second key
+    if _MAYBE_TWO_PAIRS.search(block) and not all(map(_one_pair, lines)):
+        return {}
+    return dict(zip(names, lines, strict=True))
+
+
+def _one_pair(line: str) -> bool:
+    """True when ``line`` is one ``"name": {...}`` pair and nothing more (checked by a parse
+    only where the cheap search saw something that might be a second pair)."""
+    if not _MAYBE_TWO_PAIRS.search(line):
+        return True
+    try:
+        pairs = json.loads("{" + line + "}", object_pairs_hook=lambda items: items)
+    except json.JSONDecodeError:
+        return False
+    return isinstance(pairs, list) and len(pairs) == 1
 
 
 def _entry_rows(doc: MappingDoc) -> list[str]:
-    """One line per entry, sorted by name; an entry still holding the dict it was read as keeps
-    the line it was read with (re-encoding 10,000 sessions took 39 ms of every write)."""
-    names = sorted(doc.aliases)
-    rows = []
-    for name in names:
-        entry = doc.aliases[name]
-        kept = doc.rows.get(name)
-        rows.append(kept[1] if kept is not None and kept[0] is entry else _row(name, entry))
-    # A check that the kept lines still say what their entries hold: all of a small file, a
-    # spread of a big one. A caller that changed an entry in place is caught here and the
-    # whole block is encoded afresh.
-    step = max(1, len(names) // _SPOT_CHECKS)
-    for index in range(0, len(names), step):
-        if rows[index] != _row(names[index], doc.aliases[names[index]]):
-            return [_row(name, doc.aliases[name]) for name in names]
-    return rows
+    """One line per entry, sorted by name: the line as read for an entry no command changed,
+    a fresh encoding for the others (re-encoding 10,000 sessions took 39 ms of every write)."""
+    entries = doc._entries
+    names = sorted(entries)
+    rows: list[str | None] = list(map(doc._rows.get, names))  # None: never read as a line
+    for name in doc._changed & entries.keys():
+        rows[bisect.bisect_left(names, name)] = None
+    if None not in rows:
+        return rows  # type: ignore[return-value]
+    return [row if row is not None else _row(name, entries[name])
+            for name, row in zip(names, rows, strict=True)]
 
 
 def _row(name: str, entry: dict[str, Any]) -> str:

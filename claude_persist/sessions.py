@@ -225,13 +225,13 @@ class Sessions:
                 self._refuse_existing(doc, name)
             raw = doc.aliases.get(name, {})
             when = _now()
-            doc.aliases[name] = {
+            doc.put(name, {
                 "session_id": session_id,
                 "created_at": when,
                 "cwd": str(self.workspace),
                 "adopted": True,
                 "history": replaced_history(raw, "adopt --force", when) if raw else [],
-            }
+            })
             return self._entry(doc, name)
 
     def delete(
@@ -252,7 +252,7 @@ class Sessions:
                         f"no name in {self.store.path} maps to session {session_id}"
                     )
             for key in removed:
-                del doc.aliases[key]
+                doc.remove(key)
         return removed
 
     def delete_all(self) -> builtins.list[str]:
@@ -386,7 +386,7 @@ class Sessions:
         """
         when = _now()
         with self.store.update() as doc:
-            raw: dict[str, Any] = dict(doc.aliases.get(name, {}))  # a new dict: see MappingDoc
+            raw: dict[str, Any] = doc.aliases.get(name, {})  # a copy: changed, then put back
             if fresh:
                 if raw and not force:
                     self._refuse_existing(doc, name, created=result.session_id)
@@ -408,4 +408,4 @@ class Sessions:
             total = result.raw.get("total_cost_usd")
             if isinstance(total, (int, float)):
                 raw["last_total_cost_usd"] = float(total)
-            doc.aliases[name] = raw
+            doc.put(name, raw)

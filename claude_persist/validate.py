@@ -23,10 +23,18 @@ def name(value: str | None, flag: str = "--name") -> str:
     return text
 
 
+def is_session_id(value: object) -> bool:
+    """True when ``value`` is a Claude session id: a UUID, and so safe in a file name.
+
+    For ids that come from elsewhere than the user (a result line, a mapping entry), where a
+    bad one is not a usage error: ``../../x`` must never reach a path."""
+    return isinstance(value, str) and UUID_PATTERN.fullmatch(value) is not None
+
+
 def session_id(value: str, flag: str = "--session-id") -> str:
-    """A Claude session id: a UUID."""
+    """A Claude session id given by the user: a UUID (lower-cased)."""
     text = value.strip()
-    if not UUID_PATTERN.match(text):
+    if not is_session_id(text):
         raise UsageError(
             f"{flag} {value!r} is not a session id: claude session ids are UUIDs such as "
             "123e4567-e89b-42d3-a456-426614174000"

@@ -146,9 +146,9 @@ def test_a_corrupt_file_is_moved_aside_with_a_warning(cp: Runner, workspace: Pat
 def test_a_reader_during_a_write_sees_the_last_committed_file(workspace: Path) -> None:
     store = MappingStore.for_workspace(workspace)
     with store.update() as doc:
-        doc.aliases["a"] = {"session_id": str(uuid.uuid4())}
+        doc.put("a", {"session_id": str(uuid.uuid4())})
     with store.update() as doc:
-        doc.aliases["b"] = {"session_id": str(uuid.uuid4())}
+        doc.put("b", {"session_id": str(uuid.uuid4())})
         assert [e.name for e in store.read().entries()] == ["a"]
     assert [e.name for e in store.read().entries()] == ["a", "b"]
 
@@ -157,7 +157,7 @@ def test_a_reader_quarantines_only_after_a_second_look_under_the_lock(
         workspace: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     store = MappingStore.for_workspace(workspace)
     with store.update() as doc:
-        doc.aliases["a"] = {"session_id": str(uuid.uuid4())}
+        doc.put("a", {"session_id": str(uuid.uuid4())})
     real_read = store._read_text
     reads = iter(['{"torn', None])  # first look: torn; second look (under the lock): real
 
@@ -249,11 +249,8 @@ def test_the_early_name_check_finds_every_spelling_of_a_key(tmp_path: Path) -> N
 
 
 def test_every_change_reaches_a_big_file_whose_other_lines_are_kept(
-        workspace: Path, fake_claude: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A write reuses the lines of untouched entries and checks only a sample of them (here
-    just the first, which is none of ours): a change made in place, not by assignment, would
-    be lost."""
-    monkeypatch.setattr(mapping, "_SPOT_CHECKS", 1)
+        workspace: Path, fake_claude: Any) -> None:
+    """Each command's write encodes the entries it changed and keeps the other lines as read."""
     sessions = Sessions(workspace)
     sessions.create("s-main", "hi")
     path = mapping_path(workspace)
@@ -288,7 +285,7 @@ def test_every_change_reaches_a_big_file_whose_other_lines_are_kept(
 
 def test_dump_of_a_read_document_is_the_full_encoding(tmp_path: Path) -> None:
     """Reusing rows gives the text of encoding every entry afresh, whatever the layout read;
-    a line spaced by hand is kept as it is (still the same JSON) unless the sample checks it."""
+    a line spaced by hand is kept as it is (still the same JSON)."""
     doc = mapping.MappingDoc(workspace_dir="/w", aliases={
         f"s{i}": {"session_id": str(uuid.uuid4()), "n": i} for i in range(40)})
     ours = mapping.dump(doc)
@@ -299,7 +296,7 @@ def test_dump_of_a_read_document_is_the_full_encoding(tmp_path: Path) -> None:
             assert json.loads(mapping.dump(read)) == json.loads(ours)
         else:
             assert mapping.dump(read) == ours
-        read.aliases["s3"] = {**read.aliases["s3"], "n": -3}
-        del read.aliases["s5"]
+        read.put("s3", {**read.aliases["s3"], "n": -3})
+        read.remove("s5")
         changed = json.loads(mapping.dump(read))["aliases"]
         assert changed["s3"]["n"] == -3 and "s5" not in changed and len(changed) == 39
