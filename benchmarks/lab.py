@@ -53,15 +53,9 @@ class Lab:
 
     @property
     def mapping_file(self) -> Path:
-        temp = Path(self.env["TMPDIR"])
-        old = tempfile.tempdir
-        tempfile.tempdir = str(temp)
-        try:
-            from claude_persist.store import default_mapping_file
+        from claude_persist.store import default_mapping_file
 
-            return default_mapping_file(self.workspace)
-        finally:
-            tempfile.tempdir = old
+        return default_mapping_file(self.workspace, self.env)
 
     def run(self, argv: Sequence[str], input: str | None = None, check: bool = True
             ) -> subprocess.CompletedProcess[str]:

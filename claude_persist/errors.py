@@ -31,11 +31,26 @@ class NameExistsError(UsageError):
 
 class UnsafeFileError(ClaudePersistError):
     """A file or folder of ours is unsafe or unusable (symlink, foreign owner, not a regular
-    file, I/O error); ``path`` names it."""
+    file, I/O error); ``path`` names it.
+
+    When it stopped a session that claude had already created from being named, ``unmapped``
+    (its id, as on :class:`NameExistsError`) and ``unmapped_name`` say which, so that it can be
+    adopted later.
+    """
 
     def __init__(self, message: str, *, path: object = None) -> None:
         super().__init__(message)
         self.path = path
+        self.unmapped: str | None = None
+        self.unmapped_name: str | None = None
+
+    def __str__(self) -> str:
+        text = super().__str__()
+        if self.unmapped is None:
+            return text
+        return (f"{text.rstrip('.')}. Session {self.unmapped} was created, but its name "
+                f"{self.unmapped_name!r} could not be saved: adopt that session id under the "
+                "name once the mapping file can be written.")
 
 
 class MappingFileError(UnsafeFileError):
@@ -49,6 +64,33 @@ class CorruptEntryError(MappingFileError):
     def __init__(self, message: str, *, path: object = None, name: str | None = None) -> None:
         super().__init__(message, path=path)
         self.name = name
+
+
+class FileSystemError(UnsafeFileError):
+    """The operating system refused an operation on a file, folder or lock of ours.
+
+    ``operation`` is what we were doing ("write", "create", "lock", ...), ``reason`` the
+    system's own words, ``errno`` its code; the subclasses name the common causes.
+    """
+
+    def __init__(self, message: str, *, path: object = None, operation: str = "",
+                 reason: str = "", errno: int | None = None) -> None:
+        super().__init__(message, path=path)
+        self.operation = operation
+        self.reason = reason
+        self.errno = errno
+
+
+class DiskFullError(FileSystemError):
+    """No space left on the device, or the user's disk quota is used up (ENOSPC, EDQUOT)."""
+
+
+class ReadOnlyFileSystemError(FileSystemError):
+    """The file system is mounted read-only (EROFS)."""
+
+
+class FilePermissionError(FileSystemError):
+    """Permission denied (EACCES, EPERM): a folder not writable by us, or made immutable."""
 
 
 class SessionNotFoundError(ClaudePersistError):
@@ -135,6 +177,7 @@ EXIT_CODES: dict[type[BaseException], int] = {
     WorkflowFailedError: 1,
     UsageError: 2,
     UnsafeFileError: 2,
+    FileSystemError: 2,
     SessionNotFoundError: 3,
     SessionBusyError: 4,
     CallTimeoutError: 124,

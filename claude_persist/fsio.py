@@ -7,6 +7,10 @@ folder or file owned by another user, and only regular files read. Writes go to 
 the same folder, are fsynced and renamed into place, and the folder is fsynced, so a reader sees
 the old file or the new one and a writer killed at any moment loses nothing committed.
 
+Every failure of the operating system here (a full disk, a read-only or immutable folder, an
+I/O error) leaves as a :class:`~claude_persist.errors.FileSystemError` naming the file, what we
+were doing and the system's reason: callers never see a bare ``OSError``.
+
 Locks are ``filelock``'s (an ``flock`` on Unix: the kernel drops it when its holder dies, even
 by ``kill -9``); ``filelock`` is imported only by the code paths that take a lock.
 """
@@ -21,13 +25,59 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .errors import UnsafeFileError
+from .errors import (
+    DiskFullError,
+    FilePermissionError,
+    FileSystemError,
+    ReadOnlyFileSystemError,
+    UnsafeFileError,
+)
 
 if TYPE_CHECKING:
     from filelock import BaseFileLock
 
 FOLDER_MODE = 0o700
 FILE_MODE = 0o600
+
+_KINDS: dict[int, type[FileSystemError]] = {
+    errno.ENOSPC: DiskFullError,
+    errno.EDQUOT: DiskFullError,
+    errno.EROFS: ReadOnlyFileSystemError,
+    errno.EACCES: FilePermissionError,
+    errno.EPERM: FilePermissionError,
+}
+_HINTS: dict[int, str] = {
+    errno.ENOSPC: "the disk is full: free some space and try again",
+    errno.EDQUOT: "your disk quota is used up: free some space and try again",
+    errno.EROFS: "the file system is read-only: remount it writable, or use a path on a "
+                 "writable disk",
+    errno.EACCES: "you may not write there: check the permissions of the folder, or use "
+                  "another path",
+    errno.EPERM: "the folder or file may be immutable (lsattr shows an 'i'): check it, or use "
+                 "another path",
+    errno.EIO: "the disk reported an input/output error: check the disk",
+}
+
+
+def os_error(exc: OSError, operation: str, what: str, path: Path | str) -> FileSystemError:
+    """The typed error for ``exc``, raised while doing ``operation`` ("write", "lock", ...) to
+    ``what`` ("the mapping file") at ``path``: it names all three and the system's reason."""
+    reason = exc.strerror or str(exc)
+    hint = _HINTS.get(exc.errno or 0)
+    kind = _KINDS.get(exc.errno or 0, FileSystemError)
+    message = f"cannot {operation} {what} {path}: {reason}" + (f"; {hint}" if hint else "")
+    return kind(message, path=path, operation=operation, reason=reason, errno=exc.errno)
+
+
+@contextlib.contextmanager
+def translated(operation: str, what: str, path: Path | str) -> Iterator[None]:
+    """Turn any ``OSError`` raised inside the block into :func:`os_error`'s typed error."""
+    try:
+        yield
+    except FileSystemError:
+        raise
+    except OSError as exc:
+        raise os_error(exc, operation, what, path) from exc
 
 
 class LockTimeout(TimeoutError):
@@ -38,60 +88,120 @@ class LockTimeout(TimeoutError):
         self.path = path
 
 
-def lstat(path: Path) -> os.stat_result | None:
+def lstat(path: Path, what: str = "the file") -> os.stat_result | None:
     """``path.lstat()``, or None when nothing is there."""
     try:
         return path.lstat()
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         return None
+    except OSError as exc:
+        raise os_error(exc, "look up", what, path) from exc
 
 
-def _check_owner(path: Path, st: os.stat_result, what: str) -> None:
-    if st.st_uid != os.getuid():
-        raise UnsafeFileError(
-            f"refusing {what} {path}: it is owned by uid {st.st_uid}, not by you "
-            f"(uid {os.getuid()}). Remove it, or use another path.", path=path)
+def stat_followed(path: Path, what: str = "the folder") -> os.stat_result | None:
+    """``path.stat()`` (a symlink followed: for folders that are not ours, like the temp
+    folder), or None when nothing is there."""
+    try:
+        return path.stat()
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except OSError as exc:
+        raise os_error(exc, "look up", what, path) from exc
 
 
-def check_folder(path: Path, what: str = "the folder") -> bool:
-    """True when ``path`` is a real folder of ours; False when nothing is there."""
-    st = lstat(path)
+def _refuse(path: Path, what: str, why: str, fix: str = "Remove it, or use another path.",
+            ) -> UnsafeFileError:
+    return UnsafeFileError(f"refusing {what} {path}: {why}. {fix}", path=path)
+
+
+def _check_owner(path: Path, st: os.stat_result, what: str, allow_root: bool = False) -> None:
+    if st.st_uid == os.getuid() or (allow_root and st.st_uid == 0):
+        return
+    raise _refuse(path, what, f"it is owned by uid {st.st_uid}, not by you (uid {os.getuid()})")
+
+
+def check_folder(path: Path, what: str = "the folder", *, allow_root: bool = False) -> bool:
+    """True when ``path`` is a real folder of ours; False when nothing is there.
+
+    ``allow_root`` also accepts a folder of root's (``/tmp`` as the folder of a mapping file)
+    unless others may write to it without its sticky bit (then they could rename our files).
+    """
+    return checked_folder(path, what, allow_root=allow_root) is not None
+
+
+def checked_folder(path: Path, what: str = "the folder", *, allow_root: bool = False
+                   ) -> os.stat_result | None:
+    """:func:`check_folder`, giving the folder's ``lstat`` (None when nothing is there)."""
+    st = lstat(path, what)
     if st is None:
-        return False
+        return None
     if stat.S_ISLNK(st.st_mode):
-        raise UnsafeFileError(f"refusing {what} {path}: it is a symlink. Remove it, or use "
-                              "another path.", path=path)
+        raise _refuse(path, what, "it is a symlink")
     if not stat.S_ISDIR(st.st_mode):
-        raise UnsafeFileError(f"refusing {what} {path}: it is not a folder", path=path)
-    _check_owner(path, st, what)
-    return True
+        raise _refuse(path, what, "it is not a folder")
+    _check_owner(path, st, what, allow_root)
+    if st.st_uid != os.getuid():
+        check_not_open_to_others(path, st, what)
+    return st
+
+
+def check_not_open_to_others(path: Path, st: os.stat_result, what: str) -> None:
+    """Refuse a folder that others may write to without a sticky bit: they could rename or
+    replace what we keep in it."""
+    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH) and not st.st_mode & stat.S_ISVTX:
+        raise _refuse(path, what, "other users may write to it and it has no sticky bit, so "
+                      "they could replace files in it",
+                      f"Set its sticky bit (chmod +t {path}) or take away their write "
+                      "permission, or use another path.")
 
 
 def check_file(path: Path, st: os.stat_result, what: str = "the file") -> None:
     """Refuse anything but a regular file of ours (a symlink, a FIFO, a device, another's)."""
     if stat.S_ISLNK(st.st_mode):
-        raise UnsafeFileError(f"refusing {what} {path}: it is a symlink. Remove it, or use "
-                              "another path.", path=path)
+        raise _refuse(path, what, "it is a symlink")
     if not stat.S_ISREG(st.st_mode):
-        raise UnsafeFileError(f"refusing {what} {path}: it is not a regular file", path=path)
+        raise _refuse(path, what, "it is not a regular file")
     _check_owner(path, st, what)
 
 
-def ensure_folder(path: Path, what: str = "the folder") -> Path:
+def make_folder(path: Path, what: str = "the folder", mode: int = FOLDER_MODE) -> bool:
+    """Create ``path`` (its parent must exist) with exactly ``mode``; False when something was
+    there already (the caller checks it). The mode is set on the new folder's own descriptor,
+    since ``mkdir`` masks it with the umask (a sticky 1777 would lose its bits)."""
+    try:
+        os.mkdir(path, FOLDER_MODE)
+    except FileExistsError:
+        return False
+    except OSError as exc:
+        raise os_error(exc, "create", what, path) from exc
+    set_folder_mode(path, mode, what)  # a no-op unless the umask took bits away
+    return True
+
+
+def set_folder_mode(path: Path, mode: int, what: str = "the folder") -> None:
+    """Give a folder of ours ``mode``, through a descriptor opened without following a link."""
+    with translated("change the mode of", what, path):
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            st = os.fstat(fd)
+            _check_owner(path, st, what)
+            if stat.S_IMODE(st.st_mode) != mode:
+                os.fchmod(fd, mode)
+        finally:
+            os.close(fd)
+
+
+def ensure_folder(path: Path, what: str = "the folder", *, allow_root: bool = False) -> Path:
     """Make ``path`` (and missing parents) with mode 0700 unless it is there; then check it.
 
     A folder that already exists keeps its mode: we never change the mode of a folder we did not
     create (it may be a workspace, or a shared folder whose sticky bit matters).
     """
-    if not check_folder(path, what):
-        missing = [path, *(p for p in path.parents if lstat(p) is None)]
-        try:
-            for folder in reversed(missing):  # each one 0700, not only the last
-                folder.mkdir(mode=FOLDER_MODE, exist_ok=True)
-        except OSError as exc:
-            raise UnsafeFileError(f"cannot create {what} {path}: {exc.strerror}",
-                                  path=path) from exc
-        check_folder(path, what)
+    if not check_folder(path, what, allow_root=allow_root):
+        missing = [path, *(p for p in path.parents if lstat(p, "a parent folder") is None)]
+        for folder in reversed(missing):  # each one 0700, not only the last
+            make_folder(folder, what if folder == path else f"a parent folder of {what}")
+        check_folder(path, what, allow_root=allow_root)
     return path
 
 
@@ -103,19 +213,17 @@ def read_text(path: Path, what: str = "the file", limit: int | None = None) -> s
     """
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         return None
     except OSError as exc:
         if exc.errno == errno.ELOOP:
-            raise UnsafeFileError(f"refusing {what} {path}: it is a symlink. Remove it, or "
-                                  "use another path.", path=path) from exc
-        raise UnsafeFileError(f"cannot read {what} {path}: {exc.strerror}", path=path) from exc
-    with os.fdopen(fd, "rb") as handle:
+            raise _refuse(path, what, "it is a symlink") from exc
+        raise os_error(exc, "read", what, path) from exc
+    with translated("read", what, path), os.fdopen(fd, "rb") as handle:
         st = os.fstat(handle.fileno())
         check_file(path, st, what)
         if limit is not None and st.st_size > limit:
-            raise UnsafeFileError(f"refusing {what} {path}: {st.st_size} bytes is more than "
-                                  f"the {limit} allowed", path=path)
+            raise _refuse(path, what, f"{st.st_size} bytes is more than the {limit} allowed")
         data = handle.read() if limit is None else handle.read(limit + 1)
     return data.decode("utf-8", errors="replace")
 
@@ -125,89 +233,151 @@ def _temp_path(path: Path) -> Path:
 
 
 def remove_stale_temps(path: Path) -> None:
-    """Temp files of writers of ``path`` that were killed mid-write (their process is gone)."""
-    for temp in path.parent.glob(f"{path.name}.tmp.*"):
+    """Temp files of writers of ``path`` that were killed mid-write (their process is gone).
+
+    Best effort: a folder that cannot be listed or a temp file that cannot be removed is left
+    for the write itself to report."""
+    try:
+        temps = list(path.parent.glob(f"{path.name}.tmp.*"))
+    except OSError:
+        return
+    for temp in temps:
         pid = temp.name.rsplit(".", 1)[-1]
         if not pid.isdigit() or int(pid) == os.getpid():
             continue
         try:
             os.kill(int(pid), 0)
         except ProcessLookupError:
-            st = lstat(temp)
-            if st and stat.S_ISREG(st.st_mode) and st.st_uid == os.getuid():
-                with contextlib.suppress(OSError):
+            with contextlib.suppress(OSError):
+                st = temp.lstat()
+                if stat.S_ISREG(st.st_mode) and st.st_uid == os.getuid():
                     temp.unlink()
         except PermissionError:
             pass  # alive, another user's
 
 
-def fsync_folder(folder: Path) -> None:
+def fsync_folder(folder: Path, what: str = "the folder") -> None:
     """Make a rename or unlink in ``folder`` durable."""
-    dir_fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    with translated("sync", what, folder):
+        dir_fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
 
 
 def atomic_write(path: Path, data: str | bytes, what: str = "the file") -> None:
     """Replace ``path`` with ``data`` (mode 0600): temp file in the same folder, fsync, rename,
     fsync of the folder. The folder must exist and be checked already."""
-    current = lstat(path)
+    current = lstat(path, what)
     if current is not None:
         check_file(path, current, what)
     payload = data.encode("utf-8") if isinstance(data, str) else data
     temp = _temp_path(path)
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
     try:
-        try:
-            fd = os.open(temp, flags, FILE_MODE)
-        except FileExistsError:
-            st = temp.lstat()
-            check_file(temp, st, "the temp file")
-            temp.unlink()  # our own leftover from a writer that died with this pid
-            fd = os.open(temp, flags, FILE_MODE)
-        with os.fdopen(fd, "wb") as handle:
+        with translated("write", what, path):
+            fd = _create_exclusive(temp, f"the temp file of {what}")
+        with translated("write", what, path), os.fdopen(fd, "wb") as handle:
             handle.write(payload)
             handle.flush()
             os.fsync(handle.fileno())
-        os.replace(temp, path)
-    except UnsafeFileError:
-        raise
-    except BaseException as exc:
+        with translated("rename into place", what, path):
+            os.replace(temp, path)
+    except BaseException:
         with contextlib.suppress(OSError):
             temp.unlink()
-        if isinstance(exc, OSError):
-            raise UnsafeFileError(f"cannot write {what} {path}: {exc.strerror}",
-                                  path=path) from exc
         raise
-    fsync_folder(path.parent)
+    fsync_folder(path.parent, f"the folder of {what}")
+
+
+def _create_exclusive(path: Path, what: str) -> int:
+    """A new file of ours at ``path`` (0600), opened for writing; a leftover of a writer that
+    died with our pid is replaced. (OSError left to the caller to type.)"""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        return os.open(path, flags, FILE_MODE)
+    except FileExistsError:
+        st = path.lstat()
+        check_file(path, st, what)
+        path.unlink()
+        return os.open(path, flags, FILE_MODE)
+
+
+def probe_write(folder: Path, name: str, size: int, what: str) -> None:
+    """Check that ``what`` (of ``size`` bytes, named ``name``) can be written in ``folder``
+    now: create a temp file, reserve its space, remove it. Fails as the write would (no
+    space, read-only, immutable, no permission), naming the folder."""
+    temp = folder / f"{name}.tmp.{os.getpid()}"
+    where = f"the folder of {what}"
+    with translated("write a file in", where, folder):
+        fd = _create_exclusive(temp, f"the temp file of {what}")
+        try:
+            try:
+                os.posix_fallocate(fd, 0, max(size, 1))
+            except OSError as exc:
+                if exc.errno not in {errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS}:
+                    raise
+                os.write(fd, b"\0" * min(max(size, 1), 1 << 16))  # no fallocate here
+        finally:
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                temp.unlink()
+
+
+def rename(source: Path, target: Path, what: str = "the file") -> None:
+    """``os.replace``, with the system's failure typed."""
+    with translated("move", what, source):
+        os.replace(source, target)
+
+
+def remove(path: Path, what: str = "the file") -> None:
+    """Unlink a file of ours, with the system's failure typed; gone already is fine."""
+    with translated("remove", what, path), contextlib.suppress(FileNotFoundError):
+        path.unlink()
 
 
 def write_in_folder(path: Path, data: str | bytes, what: str = "the file") -> None:
     """:func:`atomic_write` after :func:`ensure_folder` on its folder."""
-    ensure_folder(path.parent, f"the folder of {what}")
+    ensure_folder(path.parent, f"the folder of {what}", allow_root=True)
     atomic_write(path, data, what)
 
 
 class Lock:
     """An exclusive lock on a file: ``with Lock(path).acquire(timeout=5): ...``.
 
-    ``timeout`` None waits forever; 0 tries once. Raises :class:`LockTimeout`.
+    ``timeout`` None waits forever; 0 tries once. Raises :class:`LockTimeout`, and a
+    :class:`~claude_persist.errors.FileSystemError` when the lock file cannot be opened.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, what: str = "the lock file") -> None:
         self.path = path
+        self.what = what
         self._lock: BaseFileLock | None = None
+
+    def probe(self) -> None:
+        """Check that the lock file can be opened for locking (created if missing; no lock is
+        taken): a missing folder, no permission or a read-only disk fail here."""
+        with translated("open", self.what, self.path):
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+                         | os.O_NONBLOCK, FILE_MODE)
+            try:
+                check_file(self.path, os.fstat(fd), self.what)
+            finally:
+                os.close(fd)
 
     def acquire(self, timeout: float | None = None) -> Lock:
         import filelock  # only the paths that take a lock pay for the import
 
+        current = lstat(self.path, self.what)
+        if current is not None:
+            check_file(self.path, current, self.what)
         lock = filelock.FileLock(str(self.path), mode=FILE_MODE, thread_local=False)
         try:
             lock.acquire(timeout=-1 if timeout is None else timeout, poll_interval=0.01)
-        except filelock.Timeout:
+        except filelock.Timeout:  # an OSError too: caught first
             raise LockTimeout(self.path) from None
+        except OSError as exc:
+            raise os_error(exc, "lock", self.what, self.path) from exc
         self._lock = lock
         return self
 
@@ -218,7 +388,8 @@ class Lock:
     def release(self) -> None:
         if self._lock is not None:
             lock, self._lock = self._lock, None
-            lock.release()
+            with translated("unlock", self.what, self.path):
+                lock.release()
 
     def __enter__(self) -> Lock:
         if self._lock is None:
@@ -230,9 +401,10 @@ class Lock:
 
 
 @contextlib.contextmanager
-def locked(path: Path, timeout: float | None = None) -> Iterator[Lock]:
+def locked(path: Path, timeout: float | None = None, what: str = "the lock file"
+           ) -> Iterator[Lock]:
     """Hold the lock on ``path`` for the ``with`` block."""
-    lock = Lock(path).acquire(timeout)
+    lock = Lock(path, what).acquire(timeout)
     try:
         yield lock
     finally:

@@ -157,6 +157,7 @@ class Sessions:
         text = validate.prompt(prompt) if prompt is not None else init_prompt(name)
         if not force:
             self._refuse_early(name)
+        self.store.check_writable()  # before a call is spent on a name we could not save
         target = self._settings(_new_session_id(), name, options, entry=None)
         spec = self._spec(Action.CREATE, target, title=name)
         result = self._run(spec, text, target, on_line, cancel)
@@ -204,6 +205,7 @@ class Sessions:
         source = self.resolve(name)
         if not force:
             self._refuse_early(new_name)
+        self.store.check_writable()  # before a call is spent on a name we could not save
         lock_timeout = merge(options, self.defaults).lock_timeout
         with self.store.session_lock(source.session_id, source.name, lock_timeout):
             # The CLI's running total of a fork carries on from the source's (2.1.330), so the
@@ -385,7 +387,8 @@ class Sessions:
         goes to the entry's history.
         """
         when = _now()
-        with self.store.update() as doc:
+        created = (name, result.session_id) if fresh else None  # a failed write names it
+        with self.store.update(created=created) as doc:
             raw: dict[str, Any] = doc.aliases.get(name, {})  # a copy: changed, then put back
             if fresh:
                 if raw and not force:

@@ -1,10 +1,12 @@
 """The mapping file on disk: where it lives, its locks, safe reads and atomic writes.
 
 The default path sits in the shared system temp folder, where anybody can guess it, so every
-path is checked before use: no symlinks where the folder, the file or the temp file should be,
-and no folder or file owned by another user. Writes go to ``<file>.tmp.<pid>`` in the same
-folder, are fsynced and ``os.replace``d under a ``flock`` lock, so a reader sees the old file
-or the new one, never half of one, and a writer killed at any moment loses nothing committed.
+path is checked before use (see :mod:`fsio`): no symlinks where the folder, the file or the temp
+file should be, and no folder or file owned by another user. Writes go to ``<file>.tmp.<pid>``
+in the same folder, are fsynced and ``os.replace``d under a ``flock`` lock, so a reader sees the
+old file or the new one, never half of one, and a writer killed at any moment loses nothing
+committed. Every file operation goes through :mod:`fsio`, which turns the system's failures
+into typed errors; nothing here touches a file itself.
 """
 
 from __future__ import annotations
@@ -15,16 +17,18 @@ import os
 import re
 import stat
 import sys
-import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 from . import fsio, mapping
-from .errors import MappingFileError, SessionBusyError, UnsafeFileError
+from .errors import CorruptEntryError, MappingFileError, SessionBusyError, UnsafeFileError
 from .fsio import Lock, LockTimeout
 
 MAPPING_FILE_NAME = "claude-code-alias-mapping.json"
+SHARED_FOLDER_NAME = "agent-sessions"
+SHARED_FOLDER_MODE = 0o1777  # like /tmp: every user may make a folder in it, none rename another's
 MAPPING_LOCK_TIMEOUT = 120.0
+PROBE_MARGIN = 64 * 1024  # room for the entries a write adds, on top of the file's size
 
 
 def notice(message: str) -> None:
@@ -40,10 +44,20 @@ def workspace_key(workspace: Path) -> str:
     return f"{base}-{hashlib.md5(resolved.encode('utf-8')).hexdigest()}"
 
 
-def default_mapping_file(workspace: Path) -> Path:
-    """The seed's default location under the system temp folder."""
-    root = Path(tempfile.gettempdir()) / "agent-sessions"
-    return root / workspace_key(workspace) / MAPPING_FILE_NAME
+def temp_root(environ: Mapping[str, str] | None = None) -> Path:
+    """``$TMPDIR``, else ``/tmp``.
+
+    Not ``tempfile.gettempdir()``: when TMPDIR is unusable that quietly picks another folder,
+    which would be another mapping file, every name seemingly lost. The store reports an
+    unusable temp folder instead."""
+    value = (os.environ if environ is None else environ).get("TMPDIR", "")
+    return Path(os.path.abspath(value)) if value else Path("/tmp")
+
+
+def default_mapping_file(workspace: Path, environ: Mapping[str, str] | None = None) -> Path:
+    """The seed's default location: ``<temp>/agent-sessions/<workspace key>/<file>``."""
+    return (temp_root(environ) / SHARED_FOLDER_NAME / workspace_key(workspace)
+            / MAPPING_FILE_NAME)
 
 
 class MappingStore:
@@ -77,49 +91,75 @@ class MappingStore:
         path = default_mapping_file(resolved)
         return cls(path, resolved, shared_root=path.parent.parent, notify=notify)
 
-    # -- checks -------------------------------------------------------------------------------
+    # -- folders ------------------------------------------------------------------------------
 
-    def _check_folder(self, create: bool) -> bool:
-        """Check (and with ``create``, make) the folder; False when it does not exist."""
-        if self._shared_root is not None:
-            self._check_shared_root(create)
-        try:
+    def _folder_ready(self, create: bool) -> bool:
+        """Check (and with ``create``, make) the folders down to the mapping file's; False when
+        its folder does not exist (nothing to read yet).
+
+        A folder named with the mapping file is the caller's: made 0700 if missing, else left
+        with its mode. The default path's own folder is ours alone: 0700 (the seed made it
+        0755), and tightened to that when we write.
+        """
+        what = "the mapping file's folder"
+        if self._shared_root is None:
             if create:
-                fsio.ensure_folder(self.folder, "the mapping folder")
+                fsio.ensure_folder(self.folder, what, allow_root=True)
                 return True
-            return fsio.check_folder(self.folder, "the mapping folder")
-        except UnsafeFileError as exc:
-            raise MappingFileError(str(exc),
-                                   path=exc.path) from exc
+            return fsio.check_folder(self.folder, what, allow_root=True)
+        if not self._shared_root_ready(create):
+            return False
+        if create:
+            fsio.make_folder(self.folder, what)
+        st = fsio.checked_folder(self.folder, what)
+        if st is None:
+            return False
+        if create and stat.S_IMODE(st.st_mode) != fsio.FOLDER_MODE:
+            fsio.set_folder_mode(self.folder, fsio.FOLDER_MODE, what)
+        return True
 
-    def _check_shared_root(self, create: bool) -> None:
+    def _shared_root_ready(self, create: bool) -> bool:
+        """``<temp>/agent-sessions``: made 1777 (sticky, like /tmp) so that every user of the
+        machine can keep their folders in it, and accepted only when its owner is us or root.
+
+        Another user's folder is refused even when sticky: its owner may rename and replace
+        anything in it, our folder too."""
         root = self._shared_root
         assert root is not None
-        st = fsio.lstat(root)
-        if st is None:
-            if create:
-                root.mkdir(mode=0o700, parents=True, exist_ok=True)
-            return
-        if stat.S_ISLNK(st.st_mode):
+        temp = root.parent
+        source = "TMPDIR" if os.environ.get("TMPDIR") else "the default temp folder"
+        temp_st = fsio.stat_followed(temp, "the temp folder")
+        if temp_st is None or not stat.S_ISDIR(temp_st.st_mode):
+            problem = "does not exist" if temp_st is None else "is not a folder"
             raise MappingFileError(
-                f"refusing {root}: it is a symlink in the shared temp folder. "
-                "Remove it, or pass --mapping-file to use another path.", path=root
-            )
-        # Another user's folder is only safe if its sticky bit stops them renaming ours.
-        if st.st_uid != os.getuid() and not st.st_mode & stat.S_ISVTX:
+                f"the temp folder {temp} ({source}) {problem}, so the default mapping file "
+                f"{self.path} cannot be used. Create that folder, set TMPDIR to a folder that "
+                "exists, or use another mapping file.", path=temp)
+        what = f"the shared sessions folder (in {source})"
+        if create:
+            fsio.make_folder(root, what, SHARED_FOLDER_MODE)
+        st = fsio.lstat(root, what)
+        if st is None:
+            return False
+        if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
+            kind = "a symlink" if stat.S_ISLNK(st.st_mode) else "not a folder"
+            raise MappingFileError(
+                f"refusing the shared sessions folder {root}: it is {kind}. Remove it, set "
+                "TMPDIR to a folder of your own, or use another mapping file.", path=root)
+        me = os.getuid()
+        if st.st_uid not in {me, 0}:
             raise MappingFileError(
                 f"refusing the shared sessions folder {root}: it is owned by uid {st.st_uid}, "
-                f"not by you (uid {os.getuid()}), and has no sticky bit. Remove it, or pass "
-                "--mapping-file to use another path.", path=root)
-
-    def _tighten_folder(self) -> None:
-        """The default path's own folder (the seed's, which made it 0755) becomes 0700; a folder
-        named by --mapping-file is the user's and keeps its mode."""
-        if self._shared_root is None:
-            return
-        mode = stat.S_IMODE(self.folder.lstat().st_mode)
-        if mode != 0o700:
-            os.chmod(self.folder, 0o700)
+                f"not by you (uid {me}) or root, and its owner could rename or replace your "
+                "sessions folder inside it, sticky bit or not. Ask its owner or an "
+                f"administrator to give it to root (chown root {root}; it keeps mode 1777), "
+                "or set TMPDIR to a folder of your own, or use another mapping file.",
+                path=root)
+        try:
+            fsio.check_not_open_to_others(root, st, "the shared sessions folder")
+        except UnsafeFileError as exc:
+            raise MappingFileError(str(exc), path=root) from None
+        return True
 
     # -- reading ------------------------------------------------------------------------------
 
@@ -132,8 +172,8 @@ class MappingStore:
         A corrupt file is only moved aside under the lock, after a second look, so a reader
         can never quarantine a file that a writer is replacing.
         """
-        if not self._check_folder(create=False):
-            return mapping.MappingDoc(workspace_dir=str(self.workspace_dir))
+        if not self._folder_ready(create=False):
+            return self._parse(None)
         text = self._read_text()
         try:
             return self._parse(text)
@@ -144,7 +184,7 @@ class MappingStore:
     def may_hold(self, name: str) -> bool:
         """False only when the file surely has no entry ``name``: a text search, 1 ms where a
         parse of 10,000 sessions takes 20. (The entry is checked again under the lock.)"""
-        if not self._check_folder(create=False):
+        if not self._folder_ready(create=False):
             return False
         text = self._read_text()
         return text is not None and re.search(f'"{re.escape(name)}"\\s*:', text) is not None
@@ -154,26 +194,57 @@ class MappingStore:
                else mapping.MappingDoc())
         if not doc.workspace_dir:
             doc.workspace_dir = str(self.workspace_dir)
+        doc.source = str(self.path)
         return doc
 
     # -- locking and writing ------------------------------------------------------------------
 
-    def _lock(self, path: Path) -> Lock:
-        return Lock(path)
+    @property
+    def _lock_path(self) -> Path:
+        return self.folder / (self.path.name + ".lock")
 
-    @contextlib.contextmanager
-    def update(self, timeout: float = MAPPING_LOCK_TIMEOUT) -> Iterator[mapping.MappingDoc]:
-        """Lock, read, hand out the document to change, and write it back if it changed."""
-        self._check_folder(create=True)
-        self._tighten_folder()
-        lock = self._lock(self.folder / (self.path.name + ".lock"))
+    def _mapping_lock(self, timeout: float) -> Lock:
+        lock = Lock(self._lock_path, "the mapping file's lock")
         try:
-            lock.acquire(timeout=timeout)
+            return lock.acquire(timeout=timeout)
         except LockTimeout as exc:
             raise MappingFileError(
                 f"the mapping file {self.path} stayed locked for {timeout:g}s; is another "
-                f"claude-persist stuck? Its lock file is {lock.path}."
+                f"claude-persist stuck? Its lock file is {lock.path}.", path=self.path
             ) from exc
+
+    def check_writable(self) -> None:
+        """Fail now, before a claude call is spent, if its new name could not be saved: the
+        folders exist or can be made, the folder takes a file the size of the mapping file
+        (not full, not read-only, not immutable, ours to write), and the lock file opens."""
+        self._folder_ready(create=True)
+        current = fsio.lstat(self.path, "the mapping file")
+        if current is not None:
+            fsio.check_file(self.path, current, "the mapping file")
+        size = (current.st_size if current is not None else 0) + PROBE_MARGIN
+        fsio.probe_write(self.folder, self.path.name, size, "the mapping file")
+        Lock(self._lock_path, "the mapping file's lock").probe()
+
+    @contextlib.contextmanager
+    def update(self, timeout: float = MAPPING_LOCK_TIMEOUT, *,
+               created: tuple[str, str] | None = None) -> Iterator[mapping.MappingDoc]:
+        """Lock, read, hand out the document to change, and write it back if it changed.
+
+        ``created`` is ``(name, session id)`` of a session claude has just made: a file error
+        then carries it (``unmapped``), so that the caller can say how to adopt it.
+        """
+        try:
+            with self._locked_doc(timeout) as doc:
+                yield doc
+        except UnsafeFileError as exc:
+            if created is not None:
+                exc.unmapped_name, exc.unmapped = created
+            raise
+
+    @contextlib.contextmanager
+    def _locked_doc(self, timeout: float) -> Iterator[mapping.MappingDoc]:
+        self._folder_ready(create=True)
+        lock = self._mapping_lock(timeout)
         try:
             text = self._read_text()
             try:
@@ -191,7 +262,7 @@ class MappingStore:
 
     def _quarantine(self, why: str) -> None:
         bad = self.path.with_name(f"{self.path.name}.bad.{os.getpid()}")
-        os.replace(self.path, bad)
+        fsio.rename(self.path, bad, "the corrupt mapping file")
         self._notify(f"warning: the mapping file {self.path} was corrupt ({why}); "
                      f"moved it aside to {bad} and started a new one.")
 
@@ -201,16 +272,18 @@ class MappingStore:
 
     def remove_file(self) -> bool:
         """Delete the mapping file (``delete --all``), under the lock. True if it existed."""
-        if not self._check_folder(create=False):
+        if not self._folder_ready(create=False):
             return False
-        lock = self._lock(self.folder / (self.path.name + ".lock"))
-        with lock.acquire(timeout=MAPPING_LOCK_TIMEOUT):
-            current = fsio.lstat(self.path)
+        lock = self._mapping_lock(MAPPING_LOCK_TIMEOUT)
+        try:
+            current = fsio.lstat(self.path, "the mapping file")
             if current is None:
                 return False
             fsio.check_file(self.path, current, "the mapping file")
-            self.path.unlink()
+            fsio.remove(self.path, "the mapping file")
             return True
+        finally:
+            lock.release()
 
     @contextlib.contextmanager
     def session_lock(
@@ -219,12 +292,15 @@ class MappingStore:
         """Hold the session's own lock while claude runs, so two turns never interleave.
 
         Waits (saying so on stderr) up to ``timeout`` seconds, forever when None, then raises
-        :class:`SessionBusyError`.
+        :class:`SessionBusyError`. The id names the lock file, so it must be a UUID.
         """
-        self._check_folder(create=True)
-        self._tighten_folder()
+        if not isinstance(session_id, str) or mapping.UUID_PATTERN.fullmatch(session_id) is None:
+            raise CorruptEntryError(
+                f"refusing to lock session {label}: its id {session_id!r} is not a UUID (is "
+                f"its entry in {self.path} corrupt?)", path=self.path, name=label)
+        self._folder_ready(create=True)
         locks = fsio.ensure_folder(self.folder / "locks", "the session locks folder")
-        lock = self._lock(locks / f"{session_id}.lock")
+        lock = Lock(locks / f"{session_id}.lock", "the session's lock file")
         try:
             lock.acquire(timeout=0)
         except LockTimeout:
@@ -236,7 +312,8 @@ class MappingStore:
             except LockTimeout as exc:
                 raise SessionBusyError(
                     f"session {label} is busy: another process is still running a turn on it "
-                    f"(waited {timeout:g}s for {lock.path})"
+                    f"(waited {timeout:g}s for {lock.path}). Try again later, or allow a "
+                    "longer lock timeout."
                 ) from exc
         try:
             yield

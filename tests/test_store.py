@@ -52,15 +52,15 @@ def seed_load(path: Path) -> dict[str, Any]:
 
 def test_default_path_is_the_seeds(workspace: Path) -> None:
     import hashlib
-    import tempfile
 
     odd = workspace / "my repo (v2)"
     odd.mkdir()
     digest = hashlib.md5(str(odd.resolve()).encode()).hexdigest()
     assert workspace_key(odd) == f"my_repo_v2-{digest}"
-    assert default_mapping_file(odd) == (Path(tempfile.gettempdir()) / "agent-sessions"
+    assert default_mapping_file(odd) == (Path(os.environ["TMPDIR"]) / "agent-sessions"
                                          / f"my_repo_v2-{digest}"
                                          / "claude-code-alias-mapping.json")
+    assert default_mapping_file(odd, {}).parts[:3] == ("/", "tmp", "agent-sessions")
 
 
 def test_reads_a_seed_file_and_tightens_it_on_write(workspace: Path) -> None:
