@@ -21,6 +21,7 @@ import contextlib
 import errno
 import os
 import stat
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -307,7 +308,9 @@ def probe_write(folder: Path, name: str, size: int, what: str) -> None:
     """Check that ``what`` (of ``size`` bytes, named ``name``) can be written in ``folder``
     now: create a temp file, reserve its space, remove it. Fails as the write would (no
     space, read-only, immutable, no permission), naming the folder."""
-    temp = folder / f"{name}.tmp.{os.getpid()}"
+    # Unique per thread (parallel workflow steps probe at once), and ending in the pid like a
+    # writer's temp file, so that remove_stale_temps clears one left by a killed process.
+    temp = folder / f"{name}.tmp.probe-{threading.get_ident()}.{os.getpid()}"
     where = f"the folder of {what}"
     with translated("write a file in", where, folder):
         fd = _create_exclusive(temp, f"the temp file of {what}")

@@ -28,7 +28,7 @@ from typing import Any
 
 import pytest
 
-from claude_persist import Sessions, TurnOptions
+from claude_persist import Sessions
 from claude_persist.errors import (
     ClaudePersistError,
     CorruptEntryError,
@@ -179,7 +179,7 @@ def test_a_failed_write_after_the_call_carries_the_new_session_id(
                 stack.enter_context(immutable(folder))
 
         with pytest.raises(FilePermissionError) as caught:
-            sessions.create("second", "hi", TurnOptions(on_line=lock_the_folder))
+            sessions.create("second", "hi", on_line=lock_the_folder)
     sid = fake_claude.calls()[-1]["session_id"]
     assert caught.value.unmapped == sid
     assert caught.value.unmapped_name == "second"
@@ -412,6 +412,32 @@ def test_the_write_check_before_a_call_changes_nothing_it_should_not(workspace: 
     folder = store.path.parent
     assert sorted(p.name for p in folder.iterdir()) == [store.path.name + ".lock"]
     assert not store.path.exists()
+
+
+def test_write_checks_of_parallel_steps_in_one_process_never_trip_on_each_other(
+        workspace: Path) -> None:
+    """Workflow steps run in threads of one process: their checks share a pid, not a file."""
+    import threading
+
+    store = MappingStore.for_workspace(workspace)
+    start = threading.Barrier(8)
+    failures: list[BaseException] = []
+
+    def check() -> None:
+        start.wait()
+        for _ in range(40):
+            try:
+                store.check_writable()
+            except BaseException as exc:  # collected: a thread's exception is otherwise lost
+                failures.append(exc)
+
+    threads = [threading.Thread(target=check) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert failures == []
+    assert sorted(p.name for p in store.folder.iterdir()) == [store.path.name + ".lock"]
 
 
 # -- F: session ids in paths ----------------------------------------------------------------------
