@@ -312,8 +312,7 @@ class MappingStore:
             except LockTimeout as exc:
                 raise SessionBusyError(
                     f"session {label} is busy: another process is still running a turn on it "
-                    f"(waited {timeout:g}s for {lock.path}). Try again later, or allow a "
-                    "longer lock timeout."
+                    f"(waited {timeout:g}s for {lock.path})"  # the faces add what to do
                 ) from exc
         try:
             yield
