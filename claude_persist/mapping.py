@@ -49,6 +49,9 @@ class SessionEntry:
     role: str | None = None
     last_total_cost_usd: float | None = None
     history: tuple[dict[str, Any], ...] = ()
+    system_prompt_role: str | None = None
+    """A digest of the role the CLI recorded in the session's system prompt snapshot when it
+    was created ("" for none; None when not known, as for entries older than this key)."""
 
     def to_json(self) -> dict[str, Any]:
         """The entry as the JSON object ``resolve --json`` prints."""
@@ -203,6 +206,8 @@ def entry_from_raw(name: str, raw: dict[str, Any]) -> SessionEntry | None:
         history=tuple(h for h in history if isinstance(h, dict))
         if isinstance(history, list) and history
         else (),
+        system_prompt_role=snapshot if isinstance(snapshot := raw.get("system_prompt_role"), str)
+        else None,
     )
 
 

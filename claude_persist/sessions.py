@@ -66,6 +66,29 @@ class _Target:
     cwd: Path
     settings: CallSettings
     previous_total: float | None
+    system_prompt_role: str | None = None
+    """What the session's system prompt snapshot holds (see ``role_digest``)."""
+
+    @property
+    def role_changed(self) -> bool:
+        """The role to send differs from the one the CLI would replay."""
+        wanted = role_digest(self.settings.role)
+        if self.system_prompt_role is None:  # not known: send a role fresh, if there is one
+            return wanted != ""
+        return wanted != self.system_prompt_role
+
+
+def role_digest(role: str | None) -> str:
+    """The sha256 of a role file's text ("" for no role): a role edited in place counts as
+    changed, as a role file swapped for another does."""
+    if not role:
+        return ""
+    import hashlib
+
+    try:
+        return hashlib.sha256(Path(role).read_bytes()).hexdigest()
+    except OSError as exc:
+        raise UsageError(f"the role file {role} cannot be read: {exc.strerror}") from exc
 
 
 class Sessions:
@@ -339,13 +362,15 @@ class Sessions:
             cwd=Path(entry.cwd) if entry and entry.cwd else self.workspace,
             settings=merge(options, stored or from_stored(entry), self.defaults),
             previous_total=entry.last_total_cost_usd if entry else None,
+            system_prompt_role=entry.system_prompt_role if entry else None,
         )
 
     @staticmethod
     def _spec(action: Action, target: _Target, *, title: str | None = None,
               new_session_id: str | None = None) -> CallSpec:
         return CallSpec(action=action, session_id=target.session_id,
-                        new_session_id=new_session_id, title=title, settings=target.settings)
+                        new_session_id=new_session_id, title=title, settings=target.settings,
+                        fresh_system_prompt=action is not Action.CREATE and target.role_changed)
 
     def _run(self, spec: CallSpec, prompt: str, target: _Target,
              on_line: Callable[[str], None] | None, cancel: threading.Event | None
@@ -397,6 +422,12 @@ class Sessions:
                 raw = {"created_at": when, "cwd": str(target.cwd), "history": history}
                 if forked_from:
                     raw["forked_from"] = forked_from
+                # What the CLI's system prompt snapshot now holds: the role of a create; for a
+                # fork, the source's (copied with its history).
+                snapshot = (role_digest(target.settings.role) if forked_from is None
+                            else target.system_prompt_role)
+                if snapshot is not None:
+                    raw["system_prompt_role"] = snapshot
             elif raw.get("session_id") != target.session_id:
                 # Re-pointed (create/adopt --force) or deleted while the turn ran: keep that.
                 now_points = (f"now maps to {raw['session_id']}" if raw

@@ -134,3 +134,21 @@ def test_bad_options_fail_before_waiting_for_a_busy_session(workspace: Path,
         with pytest.raises(UsageError, match="not an effort level"):
             sessions.resume("held", "x", TurnOptions(effort="extreme"))
         assert time.monotonic() - started < 1.0
+
+
+def test_a_changed_role_reaches_the_model_on_every_later_turn(workspace: Path,
+                                                              fake_claude: Any) -> None:
+    (workspace / "one.md").write_text("First role.")
+    (workspace / "two.md").write_text("Second role.")
+    sessions = Sessions(workspace)
+    sessions.create("s", "a", TurnOptions(role="one.md"))
+    sessions.resume("s", "b")                               # the snapshot is right: replayed
+    sessions.resume("s", "c", TurnOptions(role="two.md"))   # changed: sent fresh
+    sessions.resume("s", "d")                               # stored now, still fresh
+    (workspace / "two.md").write_text("Second role, edited.")
+    sessions.resume("s", "e")                               # edited in place: fresh again
+    calls = fake_claude.calls()
+    assert [c["role_sent"] for c in calls] == ["First role.", "First role.", "Second role.",
+                                               "Second role.", "Second role, edited."]
+    fresh = ["--system-prompt-snapshot=off" in c["argv"] for c in calls]
+    assert fresh == [False, False, True, True, True]

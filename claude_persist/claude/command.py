@@ -35,6 +35,9 @@ class CallSpec:
     new_session_id: str | None = None
     title: str | None = None
     settings: CallSettings = field(default_factory=CallSettings)
+    fresh_system_prompt: bool = False
+    """Build the system prompt anew instead of replaying the one the CLI recorded when the
+    session was created (2.1.330+), so that a role changed since then reaches the model."""
 
 
 def build_argv(claude_cmd: Sequence[str], spec: CallSpec) -> list[str]:
@@ -50,6 +53,8 @@ def build_argv(claude_cmd: Sequence[str], spec: CallSpec) -> list[str]:
             argv.append(f"--session-id={spec.new_session_id}")
     if spec.title and spec.action is not Action.RESUME:
         argv.append(f"--name={spec.title}")
+    if spec.fresh_system_prompt and spec.action is not Action.CREATE:
+        argv.append("--system-prompt-snapshot=off")
     return argv + spec.settings.argv()
 
 
