@@ -161,13 +161,14 @@ def command_prefix() -> str:
 def face_hint(error: ClaudePersistError, task: str) -> str:
     """What to type next, in this face's words (the library's messages name no flags)."""
     cmd = command_prefix()
+    unmapped = getattr(error, "unmapped", None)
+    adopt = (f" Name the new session with: {cmd}adopt -n OTHER --session-id {unmapped}"
+             if unmapped else "")
     if isinstance(error, NameExistsError):
-        hint = ("Pass --force to replace it (the old id is kept in the entry's history), or "
-                "choose another name.")
-        if error.unmapped:
-            hint += f" Name the new session with: {cmd}adopt -n OTHER --session-id " \
-                    f"{error.unmapped}"
-        return hint
+        return ("Pass --force to replace it (the old id is kept in the entry's history), or "
+                f"choose another name.{adopt}")
+    if adopt:
+        return adopt.strip()
     if isinstance(error, SessionNotFoundError) and error.name and task not in (
             "delete", "delete-session"):
         return f"Create it with: {cmd}create -n {error.name}"

@@ -170,10 +170,11 @@ def test_a_reader_quarantines_only_after_a_second_look_under_the_lock(
     assert not list(store.folder.glob("*.bad.*"))
 
 
-def test_24_concurrent_creates_leave_24_entries(workspace: Path, fake_claude: Any) -> None:
+def test_concurrent_creates_lose_no_entry(workspace: Path, fake_claude: Any) -> None:
+    # 8 processes at once (the stress set runs 32 x 25).
     procs = [subprocess.Popen([sys.executable, "-m", "claude_persist.cli", "create", "-n",
                                f"s{i:02d}"], cwd=workspace, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for i in range(24)]
+                              stderr=subprocess.PIPE, text=True) for i in range(8)]
     ids = {}
     for i, proc in enumerate(procs):
         out, err = proc.communicate(timeout=120)
@@ -199,7 +200,7 @@ WRITER = textwrap.dedent("""
 def test_kill_9_of_writers_loses_no_committed_entry(workspace: Path) -> None:
     rng = random.Random(7)
     committed: list[str] = []
-    for round_ in range(30):
+    for round_ in range(10):  # the stress set runs 200 rounds
         proc = subprocess.Popen([sys.executable, "-c", WRITER, str(workspace), f"r{round_}"],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         assert proc.stdout is not None
@@ -211,7 +212,7 @@ def test_kill_9_of_writers_loses_no_committed_entry(workspace: Path) -> None:
         data = json.loads(mapping_path(workspace).read_text())  # always parses
         missing = set(committed) - set(data["aliases"])
         assert not missing, f"round {round_}: lost {sorted(missing)}"
-    assert len(committed) >= 60
+    assert len(committed) >= 10  # at least the one each round waited for
 
 
 def test_a_lock_waits_times_out_and_dies_with_its_holder(tmp_path: Path) -> None:
