@@ -4,6 +4,10 @@ Only lookups, never code: ``vars.X``, ``env.X``, ``steps.ID.result``, ``steps.ID
 ``steps.ID.session_id``, ``steps.ID.status``, ``steps.ID.cost_usd``, ``run.id``,
 ``workflow.name``. A rendered value is never scanned again, so a result that contains ``${{``
 stays text; ``$${{`` writes a literal ``${{``.
+
+Scanning is linear in the text: each ``${{`` is closed by the first ``}}`` after it, and once
+no ``}}`` follows, nothing further is a lookup (a pattern that looked for the end again from
+every unclosed ``${{`` took quadratic time).
 """
 
 from __future__ import annotations
@@ -14,7 +18,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-TOKEN = re.compile(r"(\$?)\$\{\{(.*?)\}\}", re.DOTALL)
+OPEN, CLOSE = "${{", "}}"
+#: How much of a bad lookup a message quotes.
+SHOWN = 60
 SEGMENT = re.compile(r"^[A-Za-z0-9_.-]+$")
 STEP_FIELDS = ("result", "output", "session_id", "status", "cost_usd")
 
@@ -36,24 +42,48 @@ class ExprError(ValueError):
     """A lookup that is not one of the allowed forms."""
 
 
+def _tokens(text: str) -> Iterator[tuple[int, int, bool]]:
+    """Each ``${{ ... }}`` in ``text``, left to right, in one pass: where it starts (at the
+    extra ``$`` of an escaped ``$${{``), where it ends, and whether it is escaped."""
+    position = 0
+    while (start := text.find(OPEN, position)) >= 0:
+        end = text.find(CLOSE, start + 3)
+        if end < 0:
+            return  # no }} after this ${{, so none after any later one either
+        escaped = start > position and text[start - 1] == "$"
+        position = end + 2
+        yield (start - 1 if escaped else start), position, escaped
+
+
+def _inner(written: str) -> str:
+    """What stands between ``${{`` and ``}}``, stripped."""
+    return written[written.index(OPEN) + 3:-2].strip()
+
+
 def find(text: str) -> Iterator[Ref | ExprError]:
     """Every lookup in ``text`` (escaped ``$${{`` ones skipped), or an error for a bad one."""
-    for match in TOKEN.finditer(text):
-        if match.group(1):
+    for start, end, escaped in _tokens(text):
+        if escaped:
             continue
-        inner = match.group(2).strip()
+        written = text[start:end]
         try:
-            yield Ref(match.group(0), _parse(inner))
+            yield Ref(written, _parse(_inner(written)))
         except ExprError as exc:
             yield exc
 
 
+def _shown(inner: str) -> str:
+    return inner if len(inner) <= SHOWN else inner[:SHOWN - 4] + " ..."
+
+
 def _parse(inner: str) -> tuple[str, ...]:
     if not inner or not SEGMENT.match(inner):
+        inner = _shown(inner)
         raise ExprError(f"${{{{ {inner} }}}} is not a lookup: write vars.NAME, env.NAME, "
                         "steps.ID.result|output|session_id|status|cost_usd, run.id or "
                         "workflow.name")
     parts = tuple(inner.split("."))
+    inner = _shown(inner)
     head = parts[0]
     if head in ("vars", "env") and len(parts) == 2:
         return parts
@@ -80,15 +110,21 @@ def as_text(value: Any) -> str:
 def render(text: str, lookup: Callable[[Ref], str | None]) -> str:
     """Replace each lookup with ``lookup(ref)``; None keeps the expression as written (for a
     dry run, where results are not known yet)."""
-
-    def replace(match: re.Match[str]) -> str:
-        if match.group(1):
-            return match.group(0)[1:]  # $${{ ... }} -> ${{ ... }}
+    out: list[str] = []
+    position = 0
+    for start, end, escaped in _tokens(text):
+        written = text[start:end]
+        out.append(text[position:start])
+        position = end
+        if escaped:
+            out.append(written[1:])  # $${{ ... }} -> ${{ ... }}
+            continue
         try:
-            ref = Ref(match.group(0), _parse(match.group(2).strip()))
+            ref = Ref(written, _parse(_inner(written)))
         except ExprError:
-            return match.group(0)
+            out.append(written)
+            continue
         value = lookup(ref)
-        return match.group(0) if value is None else value
-
-    return TOKEN.sub(replace, text)
+        out.append(written if value is None else value)
+    out.append(text[position:])
+    return "".join(out)
