@@ -1,14 +1,84 @@
-"""YAML -> plain data plus the line and column of every value and key. Safe types only."""
+"""YAML -> plain data plus the line and column of every value and key. Safe types only, and
+bounded: a workflow file is read only if it is a regular file of at most ``MAX_DOCUMENT_BYTES``,
+nested at most ``MAX_DEPTH`` deep, whose aliases expand to at most ``MAX_ALIAS_VALUES`` values.
+
+A few hundred bytes of nested aliases (a "billion laughs") expand to billions of values, an
+alias inside its own anchor expands forever, and thousands of nested brackets exhaust Python's
+recursion; each is refused with its line and column instead."""
 
 from __future__ import annotations
 
 import math
+import os
+import stat
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import yaml
 
 Path_ = tuple[str | int, ...]
+
+#: The largest workflow file read; far above any hand-written workflow.
+MAX_DOCUMENT_BYTES = 1 << 20
+#: The deepest nesting of mappings and lists; a workflow needs five levels.
+MAX_DEPTH = 64
+#: How many values aliases may expand to in all; enough to share a few settings blocks.
+MAX_ALIAS_VALUES = 10_000
+
+
+class LimitError(ValueError):
+    """A document refused for its size, depth or aliases; ``line`` and ``column`` are 1-based."""
+
+    def __init__(self, line: int, column: int, message: str) -> None:
+        super().__init__(message)
+        self.line = line
+        self.column = column
+
+
+class FileRefused(ValueError):
+    """A file that is not a regular file, or too large to read."""
+
+
+def read_regular_file(path: Path, limit: int) -> str:
+    """The UTF-8 text of ``path`` if it is a regular file of at most ``limit`` bytes.
+
+    Opened without blocking (a FIFO with no writer would block a plain open forever) and
+    checked on the open descriptor, so a FIFO, a device such as /dev/zero or a folder is refused
+    before anything is read. Raises ``OSError``, ``UnicodeDecodeError`` or :class:`FileRefused`.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise FileRefused(f"it is {_kind(st.st_mode)}, not a regular file")
+        if st.st_size > limit:
+            raise FileRefused(f"it has {st.st_size} bytes, more than the {limit} allowed")
+        chunks: list[bytes] = []
+        size = 0
+        while size <= limit:
+            chunk = os.read(fd, min(1 << 16, limit + 1 - size))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+    finally:
+        os.close(fd)
+    if size > limit:  # it grew while we read it
+        raise FileRefused(f"it has more than the {limit} bytes allowed")
+    return b"".join(chunks).decode("utf-8")
+
+
+def _kind(mode: int) -> str:
+    if stat.S_ISDIR(mode):
+        return "a folder"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO (named pipe)"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "not a regular file"
 
 
 @dataclass
@@ -31,16 +101,44 @@ class Marked:
         return self.values.get((), (1, 1))
 
 
-def _pos(node: yaml.Node) -> tuple[int, int]:
-    return node.start_mark.line + 1, node.start_mark.column + 1
+def _pos(node: yaml.Node | yaml.Mark) -> tuple[int, int]:
+    mark = node.start_mark if isinstance(node, yaml.Node) else node
+    return mark.line + 1, mark.column + 1
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """PyYAML's composer recurses once per level of nesting: stop it at ``MAX_DEPTH``."""
+
+    depth = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
+        self.depth += 1
+        try:
+            if self.depth > MAX_DEPTH:
+                event = self.peek_event()  # type: ignore[no-untyped-call]
+                raise LimitError(*_pos(event.start_mark),
+                                 f"nested more than {MAX_DEPTH} levels deep; a workflow needs "
+                                 "only a few")
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
 
 
 def load(text: str) -> Marked:
-    """Parse ``text``; YAML syntax errors raise ``yaml.YAMLError`` (with a mark)."""
-    node = yaml.compose(text, Loader=yaml.SafeLoader)
+    """Parse ``text``; YAML syntax errors raise ``yaml.YAMLError`` (with a mark), a document
+    beyond the limits :class:`LimitError`."""
+    size = len(text.encode("utf-8", errors="surrogatepass"))
+    if size > MAX_DOCUMENT_BYTES:
+        raise LimitError(1, 1, f"the file has {size} bytes, more than the "
+                               f"{MAX_DOCUMENT_BYTES} a workflow may have")
+    loader = _BoundedLoader(text)
+    try:
+        node = loader.get_single_node()
+    finally:
+        loader.dispose()
     marked = Marked(data=None)
     if node is not None:
-        marked.data = _convert(node, (), marked)
+        marked.data = _Converter(marked).convert(node, ())
     return marked
 
 
@@ -48,28 +146,63 @@ SAFE_TAGS = {f"tag:yaml.org,2002:{t}" for t in
              ("map", "seq", "str", "int", "float", "bool", "null", "timestamp")}
 
 
-def _convert(node: yaml.Node, path: Path_, marked: Marked) -> Any:
-    marked.values[path] = _pos(node)
-    if node.tag not in SAFE_TAGS:
-        marked.problems.append((_pos(node), f"unsupported value: the tag {node.tag} is not "
-                                            "allowed in a workflow"))
-        return None
-    if isinstance(node, yaml.MappingNode):
-        result: dict[str, Any] = {}
-        for key_node, value_node in node.value:
-            key = _scalar(key_node, marked)
-            if not isinstance(key, str):
-                marked.problems.append((_pos(key_node), f"key {key!r} must be text"))
-                key = str(key)
-            if key in result:
-                marked.problems.append((_pos(key_node), f"{key}: duplicate key"))
-            key_path: Path_ = (*path, key)
-            marked.keys[key_path] = _pos(key_node)
-            result[key] = _convert(value_node, key_path, marked)
-        return result
-    if isinstance(node, yaml.SequenceNode):
-        return [_convert(item, (*path, i), marked) for i, item in enumerate(node.value)]
-    return _scalar(node, marked)
+class _Converter:
+    """Nodes -> plain data. A node met a second time is an alias: what it expands to is
+    counted against ``MAX_ALIAS_VALUES``, and a node met inside itself is a recursive alias."""
+
+    def __init__(self, marked: Marked) -> None:
+        self.marked = marked
+        self.seen: set[int] = set()
+        self.open: set[int] = set()  # nodes being converted: their ancestors in the document
+        self.aliased = 0  # depth of alias expansions we are inside
+        self.expanded = 0
+
+    def convert(self, node: yaml.Node, path: Path_) -> Any:
+        if id(node) in self.open:
+            raise LimitError(*_pos(node), "an alias refers to a value that contains it, so it "
+                                          "would never end; remove the alias from its anchor")
+        if len(path) > MAX_DEPTH:
+            raise LimitError(*_pos(node), f"aliases nest values more than {MAX_DEPTH} levels "
+                                          "deep")
+        again = id(node) in self.seen
+        self.seen.add(id(node))
+        self.aliased += again
+        if self.aliased:
+            self.expanded += 1
+            if self.expanded > MAX_ALIAS_VALUES:
+                raise LimitError(*_pos(node), f"aliases expand to more than "
+                                              f"{MAX_ALIAS_VALUES} values; write the values "
+                                              "out, or use fewer aliases")
+        self.open.add(id(node))
+        try:
+            return self._convert(node, path)
+        finally:
+            self.open.discard(id(node))
+            self.aliased -= again
+
+    def _convert(self, node: yaml.Node, path: Path_) -> Any:
+        marked = self.marked
+        marked.values[path] = _pos(node)
+        if node.tag not in SAFE_TAGS:
+            marked.problems.append((_pos(node), f"unsupported value: the tag {node.tag} is "
+                                                "not allowed in a workflow"))
+            return None
+        if isinstance(node, yaml.MappingNode):
+            result: dict[str, Any] = {}
+            for key_node, value_node in node.value:
+                key = _scalar(key_node, marked)
+                if not isinstance(key, str):
+                    marked.problems.append((_pos(key_node), f"key {key!r} must be text"))
+                    key = str(key)
+                if key in result:
+                    marked.problems.append((_pos(key_node), f"{key}: duplicate key"))
+                key_path: Path_ = (*path, key)
+                marked.keys[key_path] = _pos(key_node)
+                result[key] = self.convert(value_node, key_path)
+            return result
+        if isinstance(node, yaml.SequenceNode):
+            return [self.convert(item, (*path, i)) for i, item in enumerate(node.value)]
+        return _scalar(node, marked)
 
 
 def _scalar(node: yaml.Node, marked: Marked) -> Any:
