@@ -11,9 +11,11 @@ not stop claude, and no ``--pty`` beside ``-p/--prompt``).
 from __future__ import annotations
 
 import contextlib
+import inspect
 import os
 import sys
 from collections.abc import Iterator
+from typing import Any
 
 from invoke.exceptions import Exit, ParseError
 from invoke.parser import Parser
@@ -84,8 +86,43 @@ class PersistProgram(Program):
         return Parser(initial=self.initial_context, contexts=named or contexts)
 
     def parse_tasks(self) -> None:
+        takes_more = {name for name, task in self.collection.tasks.items()
+                      if MORE in inspect.signature(task.body).parameters}
+        if takes_more.intersection(self.core.unparsed):
+            self.core.unparsed = _more_words(self.core.unparsed, self._make_parser().contexts)
         with _usage_errors():
             super().parse_tasks()
+
+
+#: The parameter that takes a task's further bare words (``validate a.yml b.yml``).
+MORE = "more"
+
+
+def _more_words(words: list[str], contexts: Any) -> list[str]:
+    """Invoke reads a bare word after a task's positional argument as another task; for a task
+    with a ``more`` parameter, make it one more value of that (``validate a.yml --more b.yml``).
+    """
+    out: list[str] = []
+    context = None
+    filled = 0
+    taking_value = False
+    for i, word in enumerate(words):
+        if word == "--":
+            out += words[i:]
+            break
+        if taking_value:
+            taking_value = False
+        elif word.startswith("-") and context is not None:
+            flag = context.flags.get(word)
+            taking_value = flag is not None and flag.takes_value and "=" not in word
+        elif context is None or filled < len(context.positional_args):
+            if context is None and word in contexts and MORE in contexts[word].args:
+                context, filled = contexts[word], -1
+            filled += context is not None
+        else:
+            out.append(f"--{MORE}")
+        out.append(word)
+    return out
 
 
 def _names_core(column: str) -> bool:

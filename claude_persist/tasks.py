@@ -77,6 +77,8 @@ HELP = {
     "resume_run": "continue the latest unfinished run of this file (--run-id picks one)",
     "run_id": "the run to resume with --resume-run, or the id for a new run",
     "report": "also write the run's JSON report to FILE",
+    "more": "another workflow file to check (repeatable; claude-persist also takes them as "
+            "words: validate a.yml b.yml)",
 }
 SHORT_FLAGS = {"prompt": "p", "name": "n"}
 
@@ -461,9 +463,12 @@ def run(
 ) -> None:
     """Run a workflow file: steps that create, resume and fork named sessions.
 
-    Progress goes to stderr, a line per step start and end, then a table with totals.
-    --json prints the run's report on stdout; --report F writes it to F. Exit 1 if a step
-    failed (continue it with --resume-run), 2 if the file is invalid.
+    Progress goes to stderr, a line per step start and end, then a table with totals. On
+    success stdout gets the last step's result (its structured output as JSON if it has a
+    schema); --json prints the run's report there instead, and --report F writes it to F (a
+    path that cannot be written is refused before anything runs). Exit 1 if a step failed
+    (continue it with --resume-run), 2 if the file is invalid, 4 if another process is running
+    the same run.
     """
     from . import workflow  # lazily: yaml and the scheduler are for workflows only
     from .workflow import report as reports
@@ -481,6 +486,10 @@ def run(
         print(workflow.dry_run(loaded, plan, sessions), flush=True)
         return
     limit = validate.seconds(lock_timeout, "--lock-timeout", allow_zero=True)
+    if run_id is not None:
+        run_id = validate.name(run_id, "--run-id")
+    if report is not None:
+        reports.check_writable(Path(report))
     run_settings = workflow.RunSettings(max_parallel=parallel or loaded.max_parallel,
                                         resume_run=resume_run, run_id=run_id,
                                         lock_timeout=limit)
@@ -491,6 +500,8 @@ def run(
         write_json(Path(report), data)
     if json:
         print_json(data)
+    elif (result := reports.final_result(state)) is not None:
+        print(result, flush=True)
     if state.status != "succeeded":
         raise WorkflowFailedError(
             f"workflow {loaded.name} {state.status}: {state.stop_reason or 'not every step ran'}"
@@ -499,23 +510,38 @@ def run(
 
 
 def validate_(
-    c: Context, file: str | None = None, var: list[str] | None = None,
-    max_parallel: str | None = None, workspace: str | None = None,
-    mapping_file: str | None = None, claude_cmd: str | None = None,
+    c: Context, file: str | None = None, more: list[str] | None = None,
+    var: list[str] | None = None, max_parallel: str | None = None,
+    workspace: str | None = None, mapping_file: str | None = None,
+    claude_cmd: str | None = None,
 ) -> None:
-    """Check a workflow file (schema, references, files, sessions, cycles); calls nothing.
+    """Check workflow files (schema, references, files, sessions, cycles); calls nothing.
 
-    Prints every problem with its file, line and column; exit 2 if there is any.
+    claude-persist validate a.yml b.yml checks both (under inv: validate a.yml --more b.yml).
+    Prints every problem of every file with its file, line and column; exit 2 if there is any.
     """
     from . import workflow
+    from .errors import WorkflowError
 
     if file is None:
         raise UsageError("validate needs a workflow file, e.g.: validate workflows/review.yml")
     sessions = open_sessions(c, workspace, mapping_file, claude_cmd)
-    loaded, plan = workflow.load(file, sessions, workflow.validate_var_assignments(var or []),
-                                 _positive_int(max_parallel, "--max-parallel"))
-    mode = f"{len(plan.waves)} waves" if plan.parallel else "sequential"
-    print(f"{file}: valid; {len(loaded.steps)} steps, {mode}", flush=True)
+    overrides = workflow.validate_var_assignments(var or [])
+    parallel = _positive_int(max_parallel, "--max-parallel")
+    problems: list[str] = []
+    for path in [file, *(more or [])]:
+        try:
+            loaded, plan = workflow.load(path, sessions, overrides, parallel)
+        except WorkflowError as exc:
+            problems += exc.problems
+            continue
+        except UsageError as exc:  # a --var the file does not have
+            problems.append(f"{path}: {exc}")
+            continue
+        mode = f"{len(plan.waves)} waves" if plan.parallel else "sequential"
+        print(f"{path}: valid; {len(loaded.steps)} steps, {mode}", flush=True)
+    if problems:
+        raise WorkflowError(problems)
 
 
 def _positive_int(value: str | None, flag: str) -> int | None:
@@ -551,7 +577,7 @@ for _task in (
                  doc="Forget every name of the workspace with --yes (seed stage; transcripts "
                      "stay)."),
     persist_task(run, positional=("file",), iterable=("var",)),
-    persist_task(validate_, name="validate", positional=("file",), iterable=("var",)),
+    persist_task(validate_, name="validate", positional=("file",), iterable=("var", "more")),
 ):
     ns.add_task(_task)
 ns.configure({"claude_persist": dict(CONFIG_DEFAULTS)})

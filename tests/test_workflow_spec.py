@@ -54,9 +54,11 @@ def test_a_valid_file_loads_with_defaults_applied(tmp_path: Path) -> None:
     """)
     wf = load_workflow(path)
     a, b = wf.steps
-    assert (a.model, a.effort, a.deadline, a.retries) == ("sonnet", "high", 900.0, 1)
-    assert (b.deadline, b.idle_timeout) == (90.0, 7200.0)
-    assert a.role == (tmp_path / "role.md").resolve()
+    assert (a.settings.model, a.settings.effort, a.settings.deadline, a.retries) == \
+        ("sonnet", "high", 900.0, 1)
+    assert (b.settings.deadline, b.settings.idle_timeout) == (90.0, 7200.0)
+    assert a.settings.role == str((tmp_path / "role.md").resolve())
+    assert b.settings.role is None and b.settings.model == "sonnet"
     assert [r.parts for r in b.refs] == [("steps", "a", "result")]
 
 
@@ -112,7 +114,8 @@ def test_every_problem_is_reported_at_once_with_positions(tmp_path: Path) -> Non
 
 def test_env_lookups_need_the_variable_set(tmp_path: Path,
                                            monkeypatch: pytest.MonkeyPatch) -> None:
-    path = write(tmp_path, "version: 1\nsteps: [{id: a, create: s, prompt: '${{ env.WHO }}'}]\n")
+    path = write(tmp_path, "version: 1\nenv: [WHO]\n"
+                           "steps: [{id: a, create: s, prompt: '${{ env.WHO }}'}]\n")
     monkeypatch.delenv("WHO", raising=False)
     assert "the environment variable WHO is not set" in problems(path)[0]
     monkeypatch.setenv("WHO", "me")
@@ -337,8 +340,10 @@ def test_numbers_the_schema_calls_whole_are_whole(tmp_path: Path) -> None:
     """)
     wf = load_workflow(path)
     step = wf.steps[0]
-    assert (wf.max_parallel, step.retries, step.max_turns, step.deadline) == (2, 3, 1000, 5400)
-    assert all(isinstance(v, int) for v in (wf.max_parallel, step.retries, step.max_turns))
+    assert (wf.max_parallel, step.retries, step.settings.max_turns, step.settings.deadline) == \
+        (2, 3, 1000, 5400)
+    assert all(isinstance(v, int) for v in (wf.max_parallel, step.retries,
+                                            step.settings.max_turns))
 
 
 def test_every_constraint_of_the_schema_says_what_it_expects() -> None:

@@ -14,7 +14,7 @@ from ..claude.command import Action
 from ..sessions import Sessions
 from ..settings import CallSettings, merge, remembered
 from . import expr, plan, report
-from .execute import RunSettings, Scheduler, lookup_in, step_options
+from .execute import RunSettings, Scheduler, lookup_in
 from .spec import SCHEMA_PATH, Workflow, load_workflow, validate_var_assignments
 from .state import RunState, RunStore
 
@@ -23,7 +23,8 @@ def load(path: str | Path, sessions: Sessions, var_overrides: Mapping[str, str] 
          max_parallel: int | None = None) -> tuple[Workflow, plan.Plan]:
     """Load and check a workflow against the workspace's sessions, and plan it."""
     known = [entry.name for entry in sessions.list()]
-    workflow = load_workflow(path, var_overrides=var_overrides, known_sessions=known)
+    workflow = load_workflow(path, var_overrides=var_overrides, known_sessions=known,
+                             max_parallel=max_parallel)
     return workflow, plan.build(workflow, max_parallel)
 
 
@@ -39,7 +40,7 @@ def dry_run(workflow: Workflow, the_plan: plan.Plan, sessions: Sessions) -> str:
     argvs, prompts = {}, {}
     for step_id in the_plan.order:
         step = workflow.step(step_id)
-        options = step_options(step, RunSettings())
+        options = step.settings
         placeholder, stored = made_here.get(step.session, (None, None))
         argvs[step_id] = sessions.preview_argv(
             step.action, step.session, options, new_name=step.target, session_id=placeholder,

@@ -4,11 +4,12 @@ run's state after every step, stop cleanly on failure, budget or Ctrl-C."""
 from __future__ import annotations
 
 import graphlib
+import hashlib
 import json
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +32,7 @@ from ..sessions import Sessions
 from ..settings import CallSettings, merge
 from . import expr
 from .plan import Plan, sorter
+from .report import money
 from .spec import Step, Workflow
 from .state import RunState, RunStatus, RunStore, StepState, StepStatus, finish, new_run_id, now
 
@@ -68,15 +70,18 @@ def is_transient(error: Exception) -> bool:
 
 
 def lookup_in(workflow: Workflow, states: dict[str, StepState], run_id: str | None,
-              environ: dict[str, str] | os._Environ[str]) -> Callable[[expr.Ref], str | None]:
-    """The resolver for ``expr.render``; None (keep the expression) for what is not known."""
+              environ: Mapping[str, str]) -> Callable[[expr.Ref], str | None]:
+    """The resolver for ``expr.render``; None (keep the expression) for what is not known.
+
+    Only the environment variables the workflow declares are read (the loader refuses any
+    other lookup; this is the second lock on that door)."""
 
     def lookup(ref: expr.Ref) -> str | None:
         head, *rest = ref.parts
         if head == "vars":
             return workflow.vars.get(rest[0], "")
         if head == "env":
-            return environ.get(rest[0], "")
+            return environ.get(rest[0], "") if rest[0] in workflow.env else None
         if head == "workflow":
             return workflow.name
         if head == "run":
@@ -96,12 +101,8 @@ def lookup_in(workflow: Workflow, states: dict[str, StepState], run_id: str | No
 
 
 def step_options(step: Step, settings: RunSettings) -> CallSettings:
-    """The step's own layer of the settings merge, under the run's flags (``--lock-timeout``);
-    ``Sessions`` merges it over the session's stored values and configuration."""
-    return merge(CallSettings(lock_timeout=settings.lock_timeout), CallSettings(
-        model=step.model, effort=step.effort, role=str(step.role) if step.role else None,
-        deadline=step.deadline, idle_timeout=step.idle_timeout, json_schema=step.schema,
-        max_turns=step.max_turns, max_budget_usd=step.max_budget_usd, extra_args=step.args))
+    """The step's settings under the run's own flags (``--lock-timeout``)."""
+    return merge(CallSettings(lock_timeout=settings.lock_timeout), step.settings)
 
 
 def call_step(sessions: Sessions, step: Step, prompt: str, options: CallSettings,
@@ -125,7 +126,7 @@ def write_output(path: Path, result: TurnResult) -> None:
 
 
 class Scheduler:
-    """Runs one workflow once. Build it, then call :meth:`run`."""
+    """Runs one workflow once. Build it (which takes the run's lock), then call :meth:`run`."""
 
     def __init__(self, workflow: Workflow, plan: Plan, sessions: Sessions, store: RunStore,
                  settings: RunSettings, progress: Progress) -> None:
@@ -136,56 +137,73 @@ class Scheduler:
         self.settings = settings
         self.progress = progress
         self.cancel = threading.Event()
-        self.state = self._initial_state()
         self._lock = threading.Lock()
         self._position = {step_id: i for i, step_id in enumerate(plan.order)}
+        self._prompts: dict[str, str] = {}
+        self._run_lock: fsio.Lock | None = None
+        self.state, self._before = self._open()
 
-    def _initial_state(self) -> RunState:
+    def _open(self) -> tuple[RunState, dict[str, StepState]]:
+        """The run's state, with its lock held; and, when resuming, its steps as they were."""
         fresh = {s.id: StepState(id=s.id, action=s.action.value, session=s.target,
-                                 model=s.model, effort=s.effort, fingerprint=s.fingerprint)
+                                 model=s.settings.model, effort=s.settings.effort,
+                                 fingerprint=s.fingerprint)
                  for s in self.workflow.steps}
+        wait = self.settings.lock_timeout
         if not self.settings.resume_run:
             run_id = self.settings.run_id or new_run_id()
+            self._run_lock = self.store.lock(run_id, wait)
             if self.store.exists(run_id):
+                self._release()
                 raise UsageError(f"--run-id {run_id}: that run exists already; add "
                                  "--resume-run to continue it, or choose another id")
             return RunState(run_id=run_id, workflow=str(self.workflow.path),
                             workflow_name=self.workflow.name, started_at=now(),
-                            vars=dict(self.workflow.vars), steps=fresh)
-        old = (self.store.load(self.settings.run_id) if self.settings.run_id
-               else self.store.latest_unfinished())
-        for step_id, state in fresh.items():
-            before = old.steps.get(step_id)
-            if before and before.status is StepStatus.SUCCEEDED and before.fingerprint == \
-                    state.fingerprint:
-                fresh[step_id] = StepState(**{**before.__dict__, "reused": True})
-        old.steps, old.status, old.finished_at, old.stop_reason = \
-            fresh, RunStatus.RUNNING, None, None
-        return old
+                            vars=dict(self.workflow.vars), steps=fresh, pid=os.getpid()), {}
+        run_id = self.settings.run_id or self.store.latest_unfinished().run_id
+        self._run_lock = self.store.lock(run_id, wait)
+        try:
+            old = self.store.load(run_id)  # as its last driver left it, now that it is ours
+        except BaseException:
+            self._release()
+            raise
+        return RunState(run_id=run_id, workflow=str(self.workflow.path),
+                        workflow_name=self.workflow.name, started_at=old.started_at,
+                        vars=dict(self.workflow.vars), steps=fresh,
+                        spent_before_usd=old.run_cost_usd, pid=os.getpid()), old.steps
+
+    def _release(self) -> None:
+        if self._run_lock is not None:
+            lock, self._run_lock = self._run_lock, None
+            lock.release()
 
     # -- the loop -----------------------------------------------------------------------------
 
     def run(self) -> RunState:
-        """Run every step that can run; return the final state (saved)."""
+        """Run every step that can run; return the final state (saved). Releases the run."""
+        try:
+            return self._run()
+        finally:
+            self._release()
+
+    def _run(self) -> RunState:
         began = time.monotonic()
         stop_reason: str | None = None
         self.store.save(self.state)
-        for state in self.state.steps.values():
-            if state.reused:
-                self.progress.step_finished(self.workflow.step(state.id), state)
-        graph = self._graph()
-        ready: list[str] = []  # may start, in plan order, once a worker is free
+        graph = sorter(self.plan.deps)
+        waiting: list[str] = []  # ready and changed: may start once a worker is free
         running: dict[Future[None], str] = {}
         workers = max(1, self.settings.max_parallel if self.plan.parallel else 1)
         pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="step")
         try:
             while True:
+                self._take_ready(graph, waiting)
                 if stop_reason is None:
                     stop_reason = self._stop_reason()
                 if stop_reason is None:
-                    ready = sorted([*ready, *graph.get_ready()], key=self._position.__getitem__)
-                    while ready and len(running) < workers:
-                        step_id = ready.pop(0)
+                    waiting.sort(key=self._position.__getitem__)
+                    while waiting and len(running) < workers:
+                        step_id = waiting.pop(0)
                         running[self._start(pool, step_id)] = step_id
                 if not running:
                     break
@@ -213,22 +231,57 @@ class Scheduler:
         self._close(RunStatus.SUCCEEDED if ok else RunStatus.FAILED, began, stop_reason)
         return self.state
 
+    def _take_ready(self, graph: graphlib.TopologicalSorter[str], waiting: list[str]) -> None:
+        """Move the steps that became ready to ``waiting``, or settle them at once when an
+        earlier invocation of the run did them with exactly the same inputs. Reuse costs
+        nothing, so it goes on even once the run stops starting steps."""
+        while ready := sorted(graph.get_ready(), key=self._position.__getitem__):
+            for step_id in ready:
+                if self._reuse(step_id):
+                    graph.done(step_id)
+                else:
+                    waiting.append(step_id)
+
+    def _reuse(self, step_id: str) -> bool:
+        step = self.workflow.step(step_id)
+        state = self.state.steps[step_id]
+        prompt = expr.render(step.prompt, lookup_in(self.workflow, self.state.steps,
+                                                    self.state.run_id, os.environ))
+        self._prompts[step_id] = prompt
+        state.fingerprint = self._fingerprint(step, prompt)
+        before = self._before.get(step_id)
+        if before is None or before.status is not StepStatus.SUCCEEDED or \
+                before.fingerprint != state.fingerprint:
+            return False
+        reused = StepState(**{**before.__dict__, "reused": True})
+        with self._lock:
+            self.state.steps[step_id] = reused
+            self.store.save(self.state)
+        self.progress.step_finished(step, reused)
+        return True
+
+    def _fingerprint(self, step: Step, prompt: str) -> str:
+        """The step's definition, its rendered prompt, and what the steps it reads left: a
+        step runs again when anything it builds on changed, an earlier step's result too."""
+        inputs = [[dep, state.fingerprint, state.status, state.session_id, state.result,
+                   state.output]
+                  for dep in sorted(self.plan.inputs.get(step.id, ()))
+                  if (state := self.state.steps.get(dep)) is not None]
+        text = json.dumps([step.fingerprint, prompt, inputs], sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
     def _stop_reason(self) -> str | None:
         for state in self.state.steps.values():
             if state.status is StepStatus.FAILED and \
                     not self.workflow.step(state.id).continue_on_error:
                 return f"step {state.id} failed"
         budget = self.workflow.budget_usd
-        if budget is not None and self.state.total_cost_usd >= budget:
-            return f"budget_usd {budget:g} spent (${self.state.total_cost_usd:.4f})"
+        spent = self.state.run_cost_usd
+        if budget is not None and spent >= budget:
+            earlier = (f", {money(self.state.spent_before_usd)} of it by earlier invocations"
+                       if self.state.spent_before_usd else "")
+            return f"budget_usd {budget:g} spent ({money(spent)} over the run{earlier})"
         return None
-
-    def _graph(self) -> graphlib.TopologicalSorter[str]:
-        """The steps still to run and what each waits for; steps reused from an earlier run
-        (settled already) are left out, and so is waiting for them."""
-        settled = {step_id for step_id in self.state.steps if self._settled(step_id)}
-        return sorter({step_id: deps - settled for step_id, deps in self.plan.deps.items()
-                       if step_id not in settled})
 
     def _settled(self, step_id: str) -> bool:
         """Done in a way that lets what waits for it go on."""
@@ -239,11 +292,9 @@ class Scheduler:
     def _start(self, pool: ThreadPoolExecutor, step_id: str) -> Future[None]:
         step = self.workflow.step(step_id)
         state = self.state.steps[step_id]
-        prompt = expr.render(step.prompt, lookup_in(self.workflow, self.state.steps,
-                                                    self.state.run_id, os.environ))
         state.status = StepStatus.RUNNING
         self.progress.step_started(step, state)
-        return pool.submit(self._execute, step, state, prompt)
+        return pool.submit(self._execute, step, state, self._prompts[step_id])
 
     def _execute(self, step: Step, state: StepState, prompt: str) -> None:
         began = time.monotonic()

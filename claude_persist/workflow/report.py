@@ -3,11 +3,16 @@ the JSON report for CI, and the dry-run plan."""
 
 from __future__ import annotations
 
+import json
+import os
 import shlex
 import sys
 import threading
+from pathlib import Path
 from typing import Any, TextIO
 
+from .. import fsio
+from ..errors import UnsafeFileError
 from .plan import Plan
 from .spec import Step, Workflow
 from .state import RunState, StepState, StepStatus
@@ -19,8 +24,16 @@ def _setting(model: str | None, effort: str | None) -> str:
     return f"{model or '-'}/{effort or '-'}"
 
 
+def money(value: float) -> str:
+    """Dollars as people read them: four decimals (a per-call cost, computed as a difference
+    of running totals, can come back as 0.012499999...), and never a non-zero cost as $0."""
+    if 0 < value < 0.00005:
+        return "<$0.0001"
+    return f"${value:.4f}"
+
+
 def _cost(value: float | None) -> str:
-    return "-" if value is None else f"${value:.4f}"
+    return "-" if value is None else money(value)
 
 
 class ProgressPrinter:
@@ -38,7 +51,7 @@ class ProgressPrinter:
             print(f"{head}  {text}", file=self.stream, flush=True)
 
     def step_started(self, step: Step, state: StepState) -> None:
-        self._line(step, f"{_setting(step.model, step.effort)}  started")
+        self._line(step, f"{_setting(step.settings.model, step.settings.effort)}  started")
 
     def step_finished(self, step: Step, state: StepState) -> None:
         status = "reused (unchanged, succeeded before)" if state.reused else str(state.status)
@@ -63,10 +76,12 @@ def table(run: RunState) -> str:
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
              for r in rows]
     counts = _totals(run)
+    cost = money(run.total_cost_usd)
+    if run.spent_before_usd:
+        cost += f" ({money(run.run_cost_usd)} over the run's invocations)"
     lines.append(f"run {run.run_id}: {run.status}; {len(run.steps)} steps, "
                  f"{counts['succeeded']} succeeded, {counts['failed']} failed, "
-                 f"{counts['skipped']} skipped; {run.duration_s:.1f}s; "
-                 f"${run.total_cost_usd:.4f}"
+                 f"{counts['skipped']} skipped; {run.duration_s:.1f}s; {cost}"
                  + (f" ({run.stop_reason})" if run.stop_reason else ""))
     return "\n".join(lines)
 
@@ -77,21 +92,63 @@ def _totals(run: RunState) -> dict[str, int]:
 
 
 def as_json(run: RunState, state_file: str | None = None) -> dict[str, Any]:
-    """The machine-readable report (``--report F`` / ``--json``)."""
+    """The machine-readable report (``--report F`` / ``--json``): each step's outcome with its
+    result text and structured output (None without a schema)."""
     steps = [{
         "id": s.id, "session": s.session, "session_id": s.session_id, "action": s.action,
         "model": s.model, "effort": s.effort, "status": s.status, "reused": s.reused,
-        "attempts": s.attempts, "duration_s": s.duration_s, "cost_usd": s.cost_usd,
-        "num_turns": s.num_turns, "error": s.error,
+        "attempts": s.attempts, "duration_s": s.duration_s,
+        "cost_usd": None if s.cost_usd is None else round(s.cost_usd, 6),
+        "num_turns": s.num_turns, "error": s.error, "result": s.result, "output": s.output,
     } for s in run.steps.values()]
     return {
         "run_id": run.run_id, "workflow": run.workflow, "name": run.workflow_name,
         "status": run.status, "stop_reason": run.stop_reason, "started_at": run.started_at,
         "finished_at": run.finished_at, "duration_s": run.duration_s,
-        "total_cost_usd": round(run.total_cost_usd, 6), "state_file": state_file,
+        "total_cost_usd": round(run.total_cost_usd, 6),
+        "run_cost_usd": round(run.run_cost_usd, 6), "state_file": state_file,
         "totals": _totals(run),
         "steps": steps,
     }
+
+
+def final_result(run: RunState) -> str | None:
+    """What a plain ``run`` prints on stdout: the last step's result (its structured output as
+    JSON when it has a schema), if the run succeeded."""
+    if run.status != "succeeded" or not run.steps:
+        return None
+    last = list(run.steps.values())[-1]
+    if last.output is not None:
+        return json.dumps(last.output, ensure_ascii=False, indent=2)
+    return last.result
+
+
+def check_writable(path: Path) -> None:
+    """Refuse a ``--report`` file that could not be written, before the run spends anything:
+    the checks its writer makes (a real folder of ours, a regular file), and permissions."""
+    folder = path.parent
+    existing = next((p for p in (folder, *folder.parents) if _exists(p)), Path("."))
+    try:
+        if existing == folder:
+            fsio.check_folder(folder, "the folder")
+            current = fsio.lstat(path)
+            if current is not None:
+                fsio.check_file(path, current, "it")
+        elif not existing.is_dir():
+            raise UnsafeFileError(f"{existing} is not a folder")
+        if not os.access(existing, os.W_OK | os.X_OK):
+            raise UnsafeFileError(f"{existing} is not writable")
+    except UnsafeFileError as exc:
+        raise UnsafeFileError(f"cannot write the --report file {path}: {exc}; nothing has run",
+                              path=path) from None
+
+
+def _exists(path: Path) -> bool:
+    try:
+        path.lstat()
+    except OSError:  # missing, or below something that is not a folder
+        return False
+    return True
 
 
 def dry_run_text(workflow: Workflow, plan: Plan, argvs: dict[str, list[str]],

@@ -21,10 +21,19 @@ from typing import Any
 
 import yaml
 
-from ..claude.command import EFFORTS, Action
+from ..claude.command import Action
 from ..errors import UsageError, WorkflowError
-from . import expr
-from .yamlmarks import Marked, Path_, load
+from ..settings import CallSettings, digest, merge
+from . import expr, plan
+from .yamlmarks import (
+    MAX_DOCUMENT_BYTES,
+    FileRefused,
+    LimitError,
+    Marked,
+    Path_,
+    load,
+    read_regular_file,
+)
 
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schemas" / "workflow.schema.json"
 # The same text as the schema's duration pattern (minus its zero exclusion: parse_duration also
@@ -33,6 +42,10 @@ DURATION = re.compile(r"^ *([0-9]+(?:\.[0-9]+)?) *([smh]?) *$(?!\n)")
 UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600}
 # A longer limit means no limit in practice; capped so that timers never overflow.
 MAX_SECONDS = 1e9
+#: The largest file a step may name (prompt_file, role, schema): beyond any model's context.
+MAX_STEP_FILE_BYTES = 16 << 20
+MAPPING_HINT = ("text with ': ' in it reads as a mapping in YAML: put the text in quotes, or "
+                "write it as a | block")
 
 
 @dataclass(frozen=True)
@@ -45,19 +58,13 @@ class Step:
     session: str
     target: str  # the session this step leaves mapped: ``as`` for a fork, else ``session``
     prompt: str
-    prompt_source: str  # "prompt" or the prompt file's path, for messages
+    prompt_source: str  # "prompt" or the prompt file's path as given, for messages
     line: int
     column: int = 1
-    role: Path | None = None
-    model: str | None = None
-    effort: str | None = None
-    deadline: float | None = None
-    idle_timeout: float | None = None
+    #: The step's layer of the settings merge (its own keys over the workflow's ``defaults:``);
+    #: ``Sessions`` merges it over the session's stored values and configuration.
+    settings: CallSettings = field(default_factory=CallSettings)
     retries: int = 0
-    args: tuple[str, ...] = ()
-    max_turns: int | None = None
-    max_budget_usd: float | None = None
-    schema: str | None = None
     output: Path | None = None
     needs: tuple[str, ...] = ()
     continue_on_error: bool = False
@@ -86,6 +93,10 @@ class Workflow:
     max_parallel: int
     budget_usd: float | None
     steps: tuple[Step, ...]
+    #: The environment variables ``${{ env.NAME }}`` may read: those the file declares.
+    env: tuple[str, ...] = ()
+    #: The file's path as it was given, for messages.
+    source: str = ""
 
     def step(self, step_id: str) -> Step:
         return next(s for s in self.steps if s.id == step_id)
@@ -201,7 +212,9 @@ def _explain(error: Any, path: Path_) -> list[tuple[Path_, str]]:
     expected = _title(node)
     if expected is None:
         return [(path, error.message)]
-    return [(path, f"expected {expected}, got {_shown(instance)}")]
+    hint = f"; {MAPPING_HINT}" if isinstance(instance, dict) and \
+        _resolved(node).get("type") == "string" else ""
+    return [(path, f"expected {expected}, got {_shown(instance)}{hint}")]
 
 
 # -- meaning: what the schema cannot say ----------------------------------------------------------
@@ -211,9 +224,11 @@ def _explain(error: Any, path: Path_) -> list[tuple[Path_, str]]:
 class _Checker:
     """Collects problems with their positions while reading the document."""
 
-    file: Path
+    file: Path  # as given: messages name paths the way the user wrote them
     marked: Marked
     problems: list[tuple[tuple[int, int], str]] = field(default_factory=list)
+    #: Where the schema found a problem: values there (and below) are not read.
+    wrong: set[Path_] = field(default_factory=set)
 
     def add(self, path: Path_, message: str) -> None:
         self.problems.append((self.marked.where(path), f"{path_text(path)}: {message}"))
@@ -222,29 +237,30 @@ class _Checker:
         ordered = sorted(set(self.problems + self.marked.problems))
         return [f"{self.file}:{line}:{col}: {message}" for (line, col), message in ordered]
 
-    def file_ref(self, data: dict[str, Any], key: str, path: Path_) -> Path | None:
-        """The existing file a key names, relative to the workflow file."""
+    def usable(self, path: Path_) -> bool:
+        """The schema found nothing wrong at ``path`` or below it."""
+        return not any(bad[:len(path)] == path for bad in self.wrong)
+
+    def file_text(self, data: dict[str, Any], key: str, path: Path_) -> tuple[Path, str] | None:
+        """The absolute path and the text of the regular file a key names, relative to the
+        workflow file."""
         value = _text(data.get(key))
-        if value is None or "\0" in value:
+        if value is None or not self.usable((*path, key)):
             return None  # the schema says what is wrong with it
+        target = self.file.parent / value
         try:
-            target = (self.file.parent / value).resolve()
-        except (OSError, RuntimeError) as exc:
-            self.add((*path, key), f"cannot resolve {value}: {exc}")
-            return None
-        if not target.is_file():
+            return target.resolve(), read_regular_file(target, MAX_STEP_FILE_BYTES)
+        except FileNotFoundError:
             self.add((*path, key), f"no such file: {value} (looked for {target}; paths are "
                                    "relative to the workflow file)")
-            return None
-        return target
-
-    def read(self, target: Path, path: Path_) -> str | None:
-        try:
-            return target.read_text(encoding="utf-8")
         except UnicodeDecodeError:
-            self.add(path, f"{target} is not UTF-8 text")
+            self.add((*path, key), f"{target} is not UTF-8 text")
+        except FileRefused as exc:
+            self.add((*path, key), f"cannot use {target}: {exc}")
         except OSError as exc:
-            self.add(path, f"cannot read {target}: {exc.strerror}")
+            self.add((*path, key), f"cannot read {target}: {exc.strerror}")
+        except RuntimeError as exc:  # a symlink loop, on resolving
+            self.add((*path, key), f"cannot resolve {target}: {exc}")
         return None
 
 
@@ -283,33 +299,108 @@ def _texts(value: Any) -> tuple[str, ...]:
     return tuple(v for v in value if isinstance(v, str)) if isinstance(value, list) else ()
 
 
+def _flag(value: Any) -> bool | None:
+    return value if isinstance(value, bool) else None
+
+
+# -- settings: every key the schema marks with x-setting, read alike ------------------------------
+
+#: How a setting's value is converted, by the kind the schema gives it.
+CONVERT: dict[str, Any] = {"duration": _seconds, "integer": _whole, "number": _number,
+                           "array": _texts, "boolean": _flag, "string": _text}
+
+
+@functools.cache
+def setting_keys() -> dict[str, dict[str, Any]]:
+    """The workflow keys that are claude settings (``schema`` -> ``json_schema``, ...), each
+    with its schema: the keys of ``$defs/settings`` that carry ``x-setting``."""
+    properties: dict[str, Any] = schema()["$defs"]["settings"]["properties"]
+    return {key: node for key, node in properties.items() if "x-setting" in node}
+
+
+def _kind(node: Any) -> str:
+    """A setting's kind: ``duration`` for the schema's duration, else its JSON type."""
+    while isinstance(node, dict) and "type" not in node and isinstance(node.get("$ref"), str):
+        if node["$ref"] == "#/$defs/duration":
+            return "duration"
+        target: Any = schema()
+        for part in node["$ref"][2:].split("/"):
+            target = target[part]
+        node = target
+    kind = node.get("type") if isinstance(node, dict) else None
+    return kind if isinstance(kind, str) else "string"
+
+
+def _layer(c: _Checker, raw: dict[str, Any], path: Path_) -> tuple[CallSettings, dict[str, str]]:
+    """The settings ``raw`` sets, and the text of each file it passes by path (for the
+    fingerprint: the path alone would not show an edit of the file)."""
+    values: dict[str, Any] = {}
+    files: dict[str, str] = {}
+    for key, node in setting_keys().items():
+        if key not in raw or not c.usable((*path, key)):
+            continue
+        value: Any
+        if "x-file" in node:
+            found = c.file_text(raw, key, path)
+            if found is None:
+                continue
+            target, text = found
+            if node["x-file"] == "json":
+                try:
+                    value = json.dumps(json.loads(text))
+                except ValueError as exc:
+                    c.add((*path, key), f"{c.file.parent / raw[key]} is not valid JSON: {exc}")
+                    continue
+            else:
+                value, files[key] = str(target), text
+        else:
+            value = CONVERT[_kind(node)](raw[key])
+        if value is not None:
+            values[node["x-setting"]] = value
+    try:
+        return CallSettings(**values).checked(c.file.parent), files
+    except UsageError as exc:  # the schema and the settings' own checks disagree
+        c.add(path, str(exc))
+        return CallSettings(), files
+
+
 def load_workflow(
     path: str | Path, *, var_overrides: Mapping[str, str] | None = None,
-    known_sessions: Iterable[str] = (),
+    known_sessions: Iterable[str] = (), max_parallel: int | None = None,
 ) -> Workflow:
-    """Read, parse and check ``path``; raise :class:`WorkflowError` listing every problem."""
+    """Read, parse and check ``path``, its plan included (``max_parallel`` overrides the
+    file's); raise :class:`WorkflowError` listing every problem."""
     file = Path(path)
     try:
-        text = file.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) else "it is not UTF-8 text"
+        text = read_regular_file(file, MAX_DOCUMENT_BYTES)
+    except (OSError, UnicodeDecodeError, FileRefused) as exc:
+        reason = (exc.strerror if isinstance(exc, OSError) else
+                  "it is not UTF-8 text" if isinstance(exc, UnicodeDecodeError) else str(exc))
         raise WorkflowError([f"{file}: cannot read the workflow: {reason}"]) from exc
     try:
         marked = load(text)
+    except LimitError as exc:
+        raise WorkflowError([f"{file}:{exc.line}:{exc.column}: refused: {exc}"]) from exc
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{mark.line + 1}:{mark.column + 1}:" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc)
+        if problem == "mapping values are not allowed here":
+            problem += f"; {MAPPING_HINT}"
         raise WorkflowError([f"{file}:{where} YAML syntax error: {problem}"]) from exc
     checker = _Checker(file, marked)
     for where_, message in shape_problems(marked.data):
         checker.add(where_, message)
+        checker.wrong.add(where_)
     workflow = _build(checker, dict(var_overrides or {}), set(known_sessions))
+    if workflow is not None:
+        parallel = (max_parallel or workflow.max_parallel) > 1
+        for where_, message in plan.problems(workflow, parallel):
+            checker.add(where_, message)
     problems = checker.report()
     if problems or workflow is None:
         raise WorkflowError(problems or [f"{file}: the workflow is empty"])
-    return replace(workflow, steps=tuple(_fingerprinted(s, workflow.vars)
-                                         for s in workflow.steps))
+    return workflow
 
 
 def _build(c: _Checker, overrides: dict[str, str], known: set[str]) -> Workflow | None:
@@ -317,17 +408,20 @@ def _build(c: _Checker, overrides: dict[str, str], known: set[str]) -> Workflow 
     if not isinstance(data, dict):
         return None
     variables = _vars(data.get("vars"), overrides)
+    env = _texts(data.get("env")) if c.usable(("env",)) else ()
     defaults = data.get("defaults")
     defaults = defaults if isinstance(defaults, dict) else {}
+    base = _layer(c, defaults, ("defaults",))
     raw_steps = data.get("steps")
-    steps = [_step(c, raw, i, defaults) for i, raw in
+    steps = [_step(c, raw, i, defaults, base, variables) for i, raw in
              enumerate(raw_steps if isinstance(raw_steps, list) else []) if isinstance(raw, dict)]
-    _check_graph(c, steps, set(variables), known)
+    _check_graph(c, steps, set(variables), set(env), known)
     description = data.get("description")
     return Workflow(path=c.file.resolve(), name=_text(data.get("name")) or c.file.stem,
                     description=description if isinstance(description, str) else "",
                     vars=variables, max_parallel=_whole(data.get("max_parallel")) or 1,
-                    budget_usd=_number(data.get("budget_usd")), steps=tuple(steps))
+                    budget_usd=_number(data.get("budget_usd")), steps=tuple(steps), env=env,
+                    source=str(c.file))
 
 
 def _vars(raw: Any, overrides: dict[str, str]) -> dict[str, str]:
@@ -343,9 +437,9 @@ def _vars(raw: Any, overrides: dict[str, str]) -> dict[str, str]:
     return result
 
 
-def _step(c: _Checker, raw: dict[str, Any], index: int, defaults: dict[str, Any]) -> Step:
+def _step(c: _Checker, raw: dict[str, Any], index: int, defaults: dict[str, Any],
+          base: tuple[CallSettings, dict[str, str]], variables: Mapping[str, str]) -> Step:
     path: Path_ = ("steps", index)
-    merged = {**defaults, **raw}
     actions = [a for a in Action if a.value in raw]
     action = actions[0] if actions else Action.CREATE
     # With more than one action (the schema reports it), the first stands for the step in the
@@ -353,19 +447,14 @@ def _step(c: _Checker, raw: dict[str, Any], index: int, defaults: dict[str, Any]
     session = _text(raw.get(action.value))
     target = _text(raw.get("as")) if action is Action.FORK else session
     prompt, source = _prompt(c, raw, path)
-    schema_text = None
-    schema_file = c.file_ref(raw, "schema", path)
-    if schema_file is not None and (text := c.read(schema_file, (*path, "schema"))) is not None:
-        try:
-            schema_text = json.dumps(json.loads(text))
-        except ValueError as exc:
-            c.add((*path, "schema"), f"{schema_file} is not valid JSON: {exc}")
-    role = c.file_ref(raw, "role", path)
-    if role is not None and c.read(role, (*path, "role")) is None:
-        role = None
-    output = _text(raw.get("output"))
+    own, own_files = _layer(c, raw, path)
+    inherited, inherited_files = base
+    if raw.get("args_replace") is True:
+        inherited = replace(inherited, extra_args=())
+    settings = merge(own, inherited)  # defaults' args first, then the step's
+    output = _text(raw.get("output")) if c.usable((*path, "output")) else None
     output_path = None
-    if output is not None and "\0" not in output:
+    if output is not None:
         try:
             output_path = (c.file.parent / output).resolve()
         except (OSError, RuntimeError) as exc:
@@ -373,50 +462,50 @@ def _step(c: _Checker, raw: dict[str, Any], index: int, defaults: dict[str, Any]
     refs = list(expr.find(prompt or ""))
     for bad in (r for r in refs if isinstance(r, expr.ExprError)):
         c.add((*path, "prompt" if source == "prompt" else "prompt_file"), str(bad))
-    effort = merged.get("effort")
+    retries = raw["retries"] if "retries" in raw else defaults.get("retries")
     line, column = c.marked.where(path)
     # Every field is read even when an essential one is missing, so that all problems are
     # reported at once; such a step only serves the remaining checks (the load fails anyway).
-    return Step(
+    step = Step(
         id=_text(raw.get("id")) or f"#{index + 1}", index=index, action=action,
         session=session or "", target=target or "", prompt=prompt or "", prompt_source=source,
-        line=line, column=column, role=role, model=_text(merged.get("model")),
-        effort=effort.lower() if isinstance(effort, str) and effort.lower() in EFFORTS else None,
-        deadline=_seconds(merged.get("deadline")),
-        idle_timeout=_seconds(merged.get("idle_timeout")),
-        retries=_whole(merged.get("retries")) or 0, args=_texts(merged.get("args")),
-        max_turns=_whole(merged.get("max_turns")),
-        max_budget_usd=_number(merged.get("max_budget_usd")), schema=schema_text,
+        line=line, column=column, settings=settings, retries=max(0, _whole(retries) or 0),
         output=output_path, needs=_texts(raw.get("needs")),
         continue_on_error=raw.get("continue_on_error") is True,
         refs=tuple(r for r in refs if isinstance(r, expr.Ref)),
     )
+    return replace(step, fingerprint=_fingerprint(step, {**inherited_files, **own_files},
+                                                  variables))
 
 
 def _prompt(c: _Checker, raw: dict[str, Any], path: Path_) -> tuple[str | None, str]:
     if "prompt" in raw or "prompt_file" not in raw:
         return _text(raw.get("prompt")), "prompt"
-    prompt_file = c.file_ref(raw, "prompt_file", path)
-    if prompt_file is None:
+    found = c.file_text(raw, "prompt_file", path)
+    if found is None:
         return None, "prompt_file"
-    text = c.read(prompt_file, (*path, "prompt_file"))
-    if text is None:
+    shown = str(c.file.parent / raw["prompt_file"])
+    if not found[1].strip():
+        c.add((*path, "prompt_file"), f"{shown} is empty")
         return None, "prompt_file"
-    if not text.strip():
-        c.add((*path, "prompt_file"), f"{prompt_file} is empty")
-        return None, "prompt_file"
-    return text, str(prompt_file)
+    return found[1], shown
 
 
-def _check_graph(c: _Checker, steps: list[Step], variables: set[str], known: set[str]) -> None:
-    """References: unique ids, known vars and steps, sessions that exist when resumed."""
+def _short(text: str) -> str:
+    return text if len(text) <= 70 else text[:66] + " ..."
+
+
+def _check_graph(c: _Checker, steps: list[Step], variables: set[str], env: set[str],
+                 known: set[str]) -> None:
+    """References: unique ids, known vars, declared env and steps, sessions that exist when
+    resumed."""
     ids: dict[str, int] = {}
     for step in steps:
         if step.id in ids:
             c.add(("steps", step.index, "id"), f"duplicate id {step.id!r} (first used by "
                                                f"steps[{ids[step.id]}])")
         ids.setdefault(step.id, step.index)
-    with_schema = {s.id for s in steps if s.schema is not None}
+    with_schema = {s.id for s in steps if s.settings.json_schema is not None}
     for step in steps:
         where: Path_ = ("steps", step.index, "prompt" if step.prompt_source == "prompt"
                         else "prompt_file")
@@ -426,20 +515,25 @@ def _check_graph(c: _Checker, steps: list[Step], variables: set[str], known: set
             elif need == step.id:
                 c.add(("steps", step.index, "needs"), "a step cannot need itself")
         for ref in step.refs:
-            if ref.parts[0] == "env" and ref.parts[1] not in os.environ:
-                c.add(where, f"{ref.text}: the environment variable {ref.parts[1]} is not set")
+            shown = _short(ref.text)
+            if ref.parts[0] == "env" and ref.parts[1] not in env:
+                c.add(where, f"{shown}: only environment variables the workflow declares can be "
+                             f"read; add {ref.parts[1]} to its top-level env: list (declared: "
+                             f"{', '.join(sorted(env)) or 'none'})")
+            elif ref.parts[0] == "env" and ref.parts[1] not in os.environ:
+                c.add(where, f"{shown}: the environment variable {ref.parts[1]} is not set")
             if ref.parts[0] == "vars" and ref.parts[1] not in variables:
-                c.add(where, f"{ref.text}: no var {ref.parts[1]!r} (vars: "
+                c.add(where, f"{shown}: no var {ref.parts[1]!r} (vars: "
                              f"{', '.join(sorted(variables)) or 'none'})")
             sid = ref.step
             if sid is None:
                 continue
             if sid not in ids:
-                c.add(where, f"{ref.text}: no step {sid!r}")
+                c.add(where, f"{shown}: no step {sid!r}")
             elif sid == step.id:
-                c.add(where, f"{ref.text}: a step cannot use its own result")
+                c.add(where, f"{shown}: a step cannot use its own result")
             elif ref.parts[2] == "output" and sid not in with_schema:
-                c.add(where, f"{ref.text}: step {sid!r} has no schema, so no output")
+                c.add(where, f"{shown}: step {sid!r} has no schema, so no output")
     made = set(known)
     for step in steps:
         if step.session and step.action is not Action.CREATE and step.session not in made:
@@ -449,21 +543,18 @@ def _check_graph(c: _Checker, steps: list[Step], variables: set[str], known: set
         made |= {step.target}
 
 
-def _fingerprinted(step: Step, variables: Mapping[str, str]) -> Step:
-    """The step with a hash of its whole definition (files and vars it uses included), so a
-    resumed run can tell whether it changed."""
+def _fingerprint(step: Step, files: Mapping[str, str], variables: Mapping[str, str]) -> str:
+    """A hash of the step's whole definition: its settings (``settings.digest``), prompt, the
+    files it passes by path and the vars it reads. A resumed run adds what the step reads at
+    run time (the rendered prompt, the results it builds on) before comparing."""
     used_vars = {r.parts[1]: variables.get(r.parts[1]) for r in step.refs if r.parts[0] == "vars"}
-    role_text = step.role.read_text(encoding="utf-8") if step.role else None
     definition = {
         "action": step.action.value, "session": step.session, "target": step.target,
-        "prompt": step.prompt, "role": role_text, "model": step.model, "effort": step.effort,
-        "deadline": step.deadline, "idle_timeout": step.idle_timeout, "args": step.args,
-        "max_turns": step.max_turns, "max_budget_usd": step.max_budget_usd,
-        "schema": step.schema, "output": str(step.output), "needs": step.needs,
-        "vars": used_vars,
+        "prompt": step.prompt, "settings": digest(step.settings), "files": dict(files),
+        "output": str(step.output), "needs": step.needs, "vars": used_vars,
     }
-    digest = hashlib.sha256(json.dumps(definition, sort_keys=True, default=str).encode())
-    return replace(step, fingerprint=digest.hexdigest()[:16])
+    text = json.dumps(definition, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def validate_var_assignments(pairs: Iterable[str]) -> dict[str, str]:
@@ -478,4 +569,4 @@ def validate_var_assignments(pairs: Iterable[str]) -> dict[str, str]:
 
 
 __all__ = ["SCHEMA_PATH", "Step", "Workflow", "load_workflow", "parse_duration", "path_text",
-           "schema", "shape_problems", "validate_var_assignments"]
+           "schema", "setting_keys", "shape_problems", "validate_var_assignments"]

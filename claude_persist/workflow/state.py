@@ -12,8 +12,8 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from .. import fsio
-from ..errors import UsageError
+from .. import fsio, validate
+from ..errors import SessionBusyError, UsageError
 
 
 class StepStatus(str, Enum):
@@ -80,13 +80,23 @@ class RunState:
     finished_at: str | None = None
     duration_s: float = 0.0
     stop_reason: str | None = None
+    #: What earlier invocations of this run spent (``--resume-run`` carries it on).
+    spent_before_usd: float = 0.0
+    #: The process driving the run (one at a time: see :meth:`RunStore.lock`).
+    pid: int | None = None
 
     def __post_init__(self) -> None:
         self.status = RunStatus(self.status)  # a state file holds the plain text
 
     @property
     def total_cost_usd(self) -> float:
+        """What this invocation spent (steps reused from earlier ones cost nothing now)."""
         return sum(s.cost_usd or 0.0 for s in self.steps.values() if not s.reused)
+
+    @property
+    def run_cost_usd(self) -> float:
+        """What the run spent over all its invocations: what ``budget_usd`` covers."""
+        return self.spent_before_usd + self.total_cost_usd
 
     def to_json(self) -> dict[str, Any]:
         # Shallow on purpose: the result is only serialised (asdict's deep copy of every step
@@ -95,6 +105,7 @@ class RunState:
         data["steps"] = [{name: getattr(step, name) for name in _STEP_FIELDS}
                          for step in self.steps.values()]
         data["total_cost_usd"] = round(self.total_cost_usd, 6)
+        data["run_cost_usd"] = round(self.run_cost_usd, 6)
         return data
 
     @classmethod
@@ -140,9 +151,26 @@ class RunStore:
         return cls(mapping_folder / "runs" / f"{slug}-{digest}")
 
     def path(self, run_id: str) -> Path:
-        if not re.match(r"^[A-Za-z0-9._-]+$", run_id):
-            raise UsageError(f"--run-id {run_id!r}: use letters, digits, '.', '_' and '-'")
-        return self.folder / f"{run_id}.json"
+        return self.folder / f"{validate.name(run_id, '--run-id')}.json"
+
+    def lock(self, run_id: str, timeout: float | None) -> fsio.Lock:
+        """Hold the run's lock: one process drives a run at a time. ``timeout`` None or 0
+        tries once; another holder is a :class:`SessionBusyError` (exit 4) naming it."""
+        lock = fsio.Lock(self.path(run_id).with_suffix(".lock"))
+        fsio.ensure_folder(self.folder, "the folder of the run state")
+        try:
+            return lock.acquire(timeout or 0)
+        except fsio.LockTimeout:
+            pass
+        try:
+            holder = self.load(run_id).pid
+        except UsageError:
+            holder = None
+        who = f"process {holder}" if holder else "another process"
+        raise SessionBusyError(f"run {run_id} is being run by {who} (state in "
+                               f"{self.path(run_id)}); a run is driven by one process at a "
+                               "time: wait for it to end, or start a new run without "
+                               "--resume-run")
 
     def save(self, state: RunState) -> None:
         """Write atomically (temp file, fsync, rename), so a crash never leaves half a state."""
@@ -163,13 +191,19 @@ class RunStore:
         return self.path(run_id).exists()
 
     def latest_unfinished(self) -> RunState:
-        """The newest run that did not succeed, for ``--resume-run``."""
-        candidates = sorted(self.folder.glob("*.json"), reverse=True) if self.folder.is_dir() \
-            else []
-        for path in candidates:
+        """The run that did not succeed and was saved last, for ``--resume-run`` (by time, not
+        by name: a run id may be anything)."""
+        found: list[tuple[int, str, RunState]] = []
+        for path in self.folder.glob("*.json") if self.folder.is_dir() else ():
+            try:
+                saved = path.stat().st_mtime_ns
+            except OSError:
+                continue
             state = self.load(path.stem)
             if state.status is not RunStatus.SUCCEEDED:
-                return state
+                found.append((saved, state.started_at, state))
+        if found:
+            return max(found, key=lambda entry: entry[:2])[2]
         raise UsageError(f"--resume-run: this workflow has no unfinished run in {self.folder}; "
                          "run it without --resume-run")
 
