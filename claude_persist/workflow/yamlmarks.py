@@ -156,6 +156,7 @@ class _Converter:
         self.open: set[int] = set()  # nodes being converted: their ancestors in the document
         self.aliased = 0  # depth of alias expansions we are inside
         self.expanded = 0
+        self.alias_at: Path_ = ()  # where the outermost alias being expanded stands
 
     def convert(self, node: yaml.Node, path: Path_) -> Any:
         if id(node) in self.open:
@@ -166,19 +167,28 @@ class _Converter:
                                           "deep")
         again = id(node) in self.seen
         self.seen.add(id(node))
+        if again and not self.aliased:
+            self.alias_at = path
         self.aliased += again
         if self.aliased:
             self.expanded += 1
             if self.expanded > MAX_ALIAS_VALUES:
-                raise LimitError(*_pos(node), f"aliases expand to more than "
-                                              f"{MAX_ALIAS_VALUES} values; write the values "
-                                              "out, or use fewer aliases")
+                raise LimitError(*self._key_position(self.alias_at),
+                                 f"aliases expand to more than {MAX_ALIAS_VALUES} values; "
+                                 "write the values out, or use fewer aliases")
         self.open.add(id(node))
         try:
             return self._convert(node, path)
         finally:
             self.open.discard(id(node))
             self.aliased -= again
+
+    def _key_position(self, path: Path_) -> tuple[int, int]:
+        """Where the key holding ``path`` stands (an alias has no position of its own; its
+        anchor's value is elsewhere)."""
+        while path and path not in self.marked.keys:
+            path = path[:-1]
+        return self.marked.keys.get(path, (1, 1))
 
     def _convert(self, node: yaml.Node, path: Path_) -> Any:
         marked = self.marked
