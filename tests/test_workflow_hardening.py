@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -310,7 +311,7 @@ def test_a_run_is_driven_by_one_process_at_a_time(cp: Runner, workspace: Path,
     """)
     assert cp("run", "wf.yml", "--run-id", "r1").code == 1
     first = subprocess.Popen([sys.executable, "-m", "claude_persist.cli", "run", "wf.yml",
-                              "--resume-run", "--var", "mode=[fake delay=3]"],
+                              "--resume-run", "--var", "mode=[fake delay=60]"],
                              cwd=workspace, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                              text=True)
     try:
@@ -322,10 +323,10 @@ def test_a_run_is_driven_by_one_process_at_a_time(cp: Runner, workspace: Path,
         assert second.code == 4, second.err
         assert f"run r1 is being run by process {first.pid}" in second.err
     finally:
+        first.send_signal(signal.SIGINT)  # the first resume stops as on Ctrl-C
         _, err = first.communicate(timeout=60)
-    assert first.returncode == 0, err
-    b_calls = [c for c in fake_claude.calls() if c["prompt_head"].endswith("b")]
-    assert len(b_calls) == 2  # the failed one and the first resume's; the second ran nothing
+    assert first.returncode == 130, err
+    assert len(fake_claude.records()) == 5  # the second resume started no call
 
 
 # -- 15: the latest run is the latest in time; run ids are names --------------------------------
