@@ -11,8 +11,10 @@ not stop claude, and no ``--pty`` beside ``-p/--prompt``).
 from __future__ import annotations
 
 import contextlib
+import difflib
 import inspect
 import os
+import re
 import sys
 from collections.abc import Iterator
 from typing import Any
@@ -26,12 +28,38 @@ from .tasks import closed_stdout, ns
 
 
 @contextlib.contextmanager
-def _usage_errors() -> Iterator[None]:
+def _usage_errors(program: PersistProgram | None = None) -> Iterator[None]:
     try:
         yield
     except ParseError as exc:
-        raise Exit(f"claude-persist: usage error: {exc} (see claude-persist --help)",
-                   code=2) from exc
+        raise Exit(f"claude-persist: usage error: {_explain(exc, program)} (see claude-persist "
+                   "--help)", code=2) from exc
+
+
+def _explain(error: ParseError, program: PersistProgram | None) -> str:
+    """Invoke's parse error in words that say what to type instead."""
+    text = str(error)
+    context = getattr(error, "context", None)
+    flags = sorted(getattr(context, "flags", {}) or {})
+    tasks = sorted(program.collection.task_names) if program and program.collection else []
+    needed = re.match(r"Flag <Argument: ([\w-]+)(?: \((\w)\))?> needed value", text)
+    if needed:
+        long, short = needed.groups()
+        names = f"-{short}/--{long}" if short else f"--{long}"
+        return f"{names} needs a value, e.g. --{long}=VALUE"
+    unknown = re.match(r"No idea what '(.*)' is!", text)
+    if not unknown:
+        return text
+    word = unknown.group(1)
+    if word.startswith("-"):
+        close = difflib.get_close_matches(word, flags, n=1)
+        return f"{word} is not an option here" + (f"; did you mean {close[0]}?" if close else "")
+    close = difflib.get_close_matches(word, tasks, n=1)
+    if close:
+        return f"{word!r} is not a task; did you mean {close[0]}?"
+    if context is not None and "--name" in flags:
+        return f"{word!r} is not an option or a task; to name the session, write -n {word}"
+    return f"{word!r} is not a task or an option"
 
 
 #: Invoke's core flags that mean something for claude-persist; the others (--dry, --pty, --echo,
@@ -45,15 +73,26 @@ class PersistProgram(Program):
 
     def parse_core(self, argv: list[str] | None) -> None:
         writes_bytecode = sys.dont_write_bytecode
-        with _usage_errors():
+        with _usage_errors(self):
             super().parse_core(argv)
         # Invoke stops bytecode caching to keep it out of a tasks.py folder; there is none here,
         # and without the cache every module imported from now on compiles on every call.
         sys.dont_write_bytecode = writes_bytecode
+        self._help_after_task()
         for flag in self.args.values():
             if flag.name not in CORE_FLAGS and flag.name != "write-pyc" and flag.got_value:
                 raise Exit(f"claude-persist: usage error: --{flag.name} is not an option of "
                            "claude-persist (see claude-persist --help)", code=2)
+
+    def _help_after_task(self) -> None:
+        """``claude-persist run --help`` is read as ``--help run``: Invoke would take the flag
+        for ``run``'s file argument."""
+        words = self.core.unparsed
+        cut = words.index("--") if "--" in words else len(words)
+        asked = [i for i, word in enumerate(words[:cut]) if word in ("-h", "--help")]
+        if asked and words and not words[0].startswith("-"):
+            self.args.help.value = words[0]
+            self.core.unparsed = [w for i, w in enumerate(words) if i not in asked]
 
     def print_help(self) -> None:
         print(f"Usage: {self.binary} [--core-opts] <task> [--task-opts] ...\n")
@@ -63,7 +102,7 @@ class PersistProgram(Program):
         self.list_tasks()
 
     def parse_collection(self) -> None:
-        with _usage_errors():
+        with _usage_errors(self):
             super().parse_collection()
         self.config.set_project_location(os.getcwd())
         # Data files only: invoke.py would run code from whatever folder we are started in.
@@ -86,11 +125,17 @@ class PersistProgram(Program):
         return Parser(initial=self.initial_context, contexts=named or contexts)
 
     def parse_tasks(self) -> None:
+        asked = self.args.help.value
+        if isinstance(asked, str) and asked:  # before a missing positional is complained of
+            self.parser = self._make_parser()
+            if asked in self.parser.contexts:
+                self.print_task_help(asked)
+                raise Exit
         takes_more = {name for name, task in self.collection.tasks.items()
                       if MORE in inspect.signature(task.body).parameters}
         if takes_more.intersection(self.core.unparsed):
             self.core.unparsed = _more_words(self.core.unparsed, self._make_parser().contexts)
-        with _usage_errors():
+        with _usage_errors(self):
             super().parse_tasks()
 
 

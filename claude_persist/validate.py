@@ -75,10 +75,9 @@ def duration(value: object) -> float:
     if isinstance(value, bool):
         raise ValueError(f"{value!r} is not a duration")
     if isinstance(value, (int, float)):
-        number = float(value)
-        if number != number or number < 0:
+        if value != value or value < 0:
             raise ValueError(f"{value!r} is not a duration")
-        return min(number, MAX_SECONDS)
+        return float(min(value, MAX_SECONDS))  # min first: a huge int has no float
     match = DURATION.match(str(value))
     if not match:
         raise ValueError(f"{value!r} is not a duration")

@@ -112,3 +112,21 @@ def test_a_bad_configured_value_says_where_it_came_from(cp: Runner) -> None:
     ran = cp("list", env={"INVOKE_CLAUDE_PERSIST_DEADLINE": "soon"})
     assert ran.code == 2
     assert "configuration under claude_persist" in ran.err and "'soon'" in ran.err
+
+
+@pytest.mark.parametrize(("args", "says"), [
+    (["resume", "busy", "-p", "hi"], "to name the session, write -n busy"),
+    (["resume", "-n", "x", "--promt", "hi"], "did you mean --prompt?"),
+    (["resume", "-n"], "-n/--name needs a value"),
+    (["creat", "-n", "x"], "did you mean create?"),
+])
+def test_parse_errors_say_what_to_type(cp: Runner, args: list[str], says: str) -> None:
+    ran = cp(*args)
+    assert ran.code == 2 and says in ran.err, ran.err
+
+
+@pytest.mark.parametrize("task", ["run", "validate", "resume"])
+def test_help_after_a_task_shows_that_tasks_help(cp: Runner, task: str) -> None:
+    ran = cp(task, "--help")
+    assert ran.code == 0, ran.err
+    assert ran.out.startswith(f"Usage: claude-persist [--core-opts] {task} ")

@@ -13,7 +13,6 @@ import functools
 import hashlib
 import json
 import os
-import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -21,6 +20,7 @@ from typing import Any
 
 import yaml
 
+from .. import validate
 from ..claude.command import Action
 from ..errors import UsageError, WorkflowError
 from ..settings import CallSettings, digest, merge
@@ -36,12 +36,6 @@ from .yamlmarks import (
 )
 
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schemas" / "workflow.schema.json"
-# The same text as the schema's duration pattern (minus its zero exclusion: parse_duration also
-# takes numbers, and says "more than 0" for both).
-DURATION = re.compile(r"^ *([0-9]+(?:\.[0-9]+)?) *([smh]?) *$(?!\n)")
-UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600}
-# A longer limit means no limit in practice; capped so that timers never overflow.
-MAX_SECONDS = 1e9
 #: The largest file a step may name (prompt_file, role, schema): beyond any model's context.
 MAX_STEP_FILE_BYTES = 16 << 20
 MAPPING_HINT = ("text with ': ' in it reads as a mapping in YAML: put the text in quotes, or "
@@ -103,19 +97,12 @@ class Workflow:
 
 
 def parse_duration(value: Any) -> float:
-    """Seconds as a number, or text such as ``90s``, ``15m``, ``2h``; > 0."""
-    if isinstance(value, bool):
-        raise ValueError("is not a duration")
-    if isinstance(value, (int, float)):
-        seconds = float(min(value, MAX_SECONDS))
-    else:
-        match = DURATION.match(str(value))
-        if not match:
-            raise ValueError(f"{value!r} is not a duration: write seconds, or 90s, 15m, 2h")
-        seconds = float(match.group(1)) * UNIT_SECONDS[match.group(2)]
+    """Seconds as a number, or text such as ``90s``, ``15m``, ``2h``; > 0 (the one spelling,
+    :func:`claude_persist.validate.duration`)."""
+    seconds = validate.duration(value)
     if not seconds > 0:
         raise ValueError(f"{value!r} must be more than 0 seconds")
-    return min(seconds, MAX_SECONDS)
+    return seconds
 
 
 def path_text(path: Path_) -> str:
