@@ -383,22 +383,21 @@ def fork(
 def adopt(
     c: Context, name: str | None = None, session_id: str | None = None, force: bool = False,
     workspace: str | None = None, mapping_file: str | None = None,
-    claude_cmd: str | None = None,
 ) -> None:
     """Map an existing Claude session (made interactively, say) under --name; calls nothing."""
     if session_id is None:
         raise UsageError("adopt needs --session-id: the id of the claude session to name")
-    entry = open_sessions(c, workspace, mapping_file, claude_cmd).adopt(
+    entry = open_sessions(c, workspace, mapping_file, None).adopt(
         validate.name(name), session_id, force=force)
     print(entry.session_id, flush=True)
 
 
 def resolve(
     c: Context, name: str | None = None, json: bool = False, workspace: str | None = None,
-    mapping_file: str | None = None, claude_cmd: str | None = None,
+    mapping_file: str | None = None,
 ) -> None:
     """Print the session id of --name (--json: the whole entry)."""
-    sessions = open_sessions(c, workspace, mapping_file, claude_cmd)
+    sessions = open_sessions(c, workspace, mapping_file, None)
     entry = sessions.resolve(validate.name(name))
     if json:
         print_json({**entry.to_json(), "mapping_file": str(sessions.mapping_file)})
@@ -408,10 +407,10 @@ def resolve(
 
 def list_(
     c: Context, json: bool = False, workspace: str | None = None,
-    mapping_file: str | None = None, claude_cmd: str | None = None,
+    mapping_file: str | None = None,
 ) -> None:
     """List the workspace's sessions: name, id, last model and effort, created, last used."""
-    sessions = open_sessions(c, workspace, mapping_file, claude_cmd)
+    sessions = open_sessions(c, workspace, mapping_file, None)
     entries = sessions.list()
     if json:
         print_json({"workspace_dir": str(sessions.workspace),
@@ -433,13 +432,12 @@ def list_(
 def delete(
     c: Context, name: str | None = None, session_id: str | None = None, all_: bool = False,
     yes: bool = False, workspace: str | None = None, mapping_file: str | None = None,
-    claude_cmd: str | None = None,
 ) -> None:
     """Forget names: --name N, --session-id ID (every name of it), or --all --yes.
 
     Claude's own transcripts are never touched. Prints the names removed.
     """
-    sessions = open_sessions(c, workspace, mapping_file, claude_cmd)
+    sessions = open_sessions(c, workspace, mapping_file, None)
     if all_:
         if name is not None or session_id is not None:
             raise UsageError("--all goes alone: drop --name and --session-id")

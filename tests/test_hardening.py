@@ -130,3 +130,30 @@ def test_help_after_a_task_shows_that_tasks_help(cp: Runner, task: str) -> None:
     ran = cp(task, "--help")
     assert ran.code == 0, ran.err
     assert ran.out.startswith(f"Usage: claude-persist [--core-opts] {task} ")
+
+
+def test_repeated_ctrl_c_still_saves_the_state(workspace: Path, fake_claude: Any,
+                                               group_alive: Any) -> None:
+    # One step's claude ignores SIGINT and SIGTERM, so stopping it takes the grace periods:
+    # the extra Ctrl-Cs land while the run is stopping.
+    (workspace / "wf.yml").write_text(
+        "version: 1\nmax_parallel: 2\nsteps:\n"
+        "  - {id: a, create: x, prompt: '[fake delay=30 ignore_signals=1] a'}\n"
+        "  - {id: b, create: y, prompt: '[fake delay=30] b'}\n")
+    proc = subprocess.Popen([sys.executable, "-m", "claude_persist.cli", "run", "wf.yml",
+                             "--run-id", "r2"], cwd=workspace, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 30
+    while len(fake_claude.records()) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    groups = [r["pgid"] for r in fake_claude.records()]
+    assert len(groups) == 2, "the fakes never started"
+    for _ in range(3):
+        proc.send_signal(signal.SIGINT)
+        time.sleep(0.3)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert not any(group_alive(g) for g in groups)
+    states = list((workspace.parent / "tmp").rglob("r2.json"))
+    assert len(states) == 1
+    assert json.loads(states[0].read_text())["status"] == "interrupted"

@@ -3,13 +3,15 @@ run's state after every step, stop cleanly on failure, budget or Ctrl-C."""
 
 from __future__ import annotations
 
+import contextlib
 import graphlib
 import hashlib
 import json
 import os
+import signal
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
@@ -125,6 +127,22 @@ def write_output(path: Path, result: TurnResult) -> None:
     fsio.write_in_folder(path, text, "the step's output file")
 
 
+@contextlib.contextmanager
+def interrupts_held() -> Iterator[None]:
+    """Ignore Ctrl-C, SIGTERM and SIGHUP for the block (in the main thread): the run is already
+    stopping, and a repeated signal must not cut the saving of its state short."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    kinds = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    before = {kind: signal.signal(kind, signal.SIG_IGN) for kind in kinds}
+    try:
+        yield
+    finally:
+        for kind, handler in before.items():
+            signal.signal(kind, handler)
+
+
 class Scheduler:
     """Runs one workflow once. Build it (which takes the run's lock), then call :meth:`run`."""
 
@@ -214,9 +232,10 @@ class Scheduler:
                     if self._settled(step_id):
                         graph.done(step_id)  # what waits for it may start
         except KeyboardInterrupt:
-            self.cancel.set()
-            wait(list(running))
-            self._close(RunStatus.INTERRUPTED, began, "interrupted")
+            with interrupts_held():  # a second Ctrl-C must not lose the state
+                self.cancel.set()
+                wait(list(running))
+                self._close(RunStatus.INTERRUPTED, began, "interrupted")
             raise InterruptedByUserError(
                 f"interrupted; running steps were stopped. Continue with --resume-run "
                 f"(run {self.state.run_id})") from None
