@@ -158,6 +158,55 @@ class InterruptedByUserError(ClaudePersistError):
     """The user interrupted us (Ctrl-C or SIGTERM); children were stopped."""
 
 
+class LeaseBusyError(SessionBusyError):
+    """Another machine (or process) holds the session's lease in the shared store and the wait
+    ran out. ``holder`` says who (host, pid), ``expires_at`` when its lease runs out unless it
+    is renewed (seconds since the epoch, by the holder's clock)."""
+
+    def __init__(self, message: str, *, name: str, holder: str,
+                 expires_at: float | None = None) -> None:
+        super().__init__(message)
+        self.name = name
+        self.holder = holder
+        self.expires_at = expires_at
+
+
+class StoreError(ClaudePersistError):
+    """The shared session store failed: unreachable, refused (permission, credentials), missing
+    (no such bucket or folder), or holding something unreadable.
+
+    ``store`` names the store (the bucket and prefix, or the folder), ``operation`` what we were
+    doing ("read the entry 'x'", ...), ``reason`` what the store or the system said.
+    """
+
+    def __init__(self, message: str, *, store: str = "", operation: str = "",
+                 reason: str = "") -> None:
+        super().__init__(message)
+        self.store = store
+        self.operation = operation
+        self.reason = reason
+
+
+class StoreConflictError(ClaudePersistError):
+    """A compare-and-swap write to the shared store lost: the record was created, changed or
+    removed by another writer since it was read. Nothing was written; read it again and decide.
+
+    ``store`` and ``key`` say which record, ``operation`` what we tried.
+    """
+
+    def __init__(self, message: str, *, store: str = "", key: str = "",
+                 operation: str = "") -> None:
+        super().__init__(message)
+        self.store = store
+        self.key = key
+        self.operation = operation
+
+
+class LeaseLostError(StoreConflictError):
+    """Our lease on a session was taken over (it expired and another holder took it) or broken,
+    so we may no longer write the session's entry."""
+
+
 class WorkflowError(UsageError):
     """A workflow file is invalid; holds every problem found, each with file, line and column."""
 
@@ -180,6 +229,8 @@ EXIT_CODES: dict[type[BaseException], int] = {
     FileSystemError: 2,
     SessionNotFoundError: 3,
     SessionBusyError: 4,
+    StoreConflictError: 4,
+    StoreError: 75,
     CallTimeoutError: 124,
     ClaudeNotFoundError: 127,
     InternalError: 70,

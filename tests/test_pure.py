@@ -238,7 +238,7 @@ def test_every_error_has_a_documented_exit_code() -> None:
     assert exit_code_for(NameExistsError("x", name="x", session_id=SID)) == 2
     assert exit_code_for(KeyboardInterrupt()) == 130
     assert exit_code_for(RuntimeError("unexpected")) == 1
-    assert sorted(set(EXIT_CODES.values())) == [1, 2, 3, 4, 70, 124, 127, 130, 141]
+    assert sorted(set(EXIT_CODES.values())) == [1, 2, 3, 4, 70, 75, 124, 127, 130, 141]
 
 
 def test_mapping_round_trip_keeps_unknown_keys() -> None:

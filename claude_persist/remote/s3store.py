@@ -1,0 +1,310 @@
+"""A shared store in an S3-compatible bucket (``s3://bucket/prefix``), through boto3.
+
+Layout under the prefix::
+
+    entry/<name>.json     lease/<name>.json     blobs/<sha256>
+
+Compare-and-swap is S3's conditional writes: a create is ``PutObject`` with
+``If-None-Match: *``, a replace ``PutObject`` with ``If-Match: <ETag read>``, a delete
+``DeleteObject`` with ``If-Match``; the server answers 412 (or 409 when two conditional writes
+race) to the loser, and we raise :class:`~claude_persist.errors.StoreConflictError`. The server
+evaluates the condition and stores the object as one step: AWS S3 (conditional deletes in
+general purpose buckets since September 2025), MinIO, Cloudflare R2 and Ceph RGW do. A server
+that ignores ``If-Match`` on ``DeleteObject`` makes a delete unconditional: a lease released
+late could then remove its successor's lease, and a concurrent call would be caught only by
+the entry's own compare-and-swap at its push.
+
+boto3 is imported only when such a store is opened (``pip install 'claude-persist[s3]'``).
+Endpoint, region and credentials come the standard AWS way: ``AWS_ENDPOINT_URL`` (or
+``AWS_ENDPOINT_URL_S3``), ``AWS_REGION``, ``AWS_PROFILE``, the access key variables, the shared
+config and credentials files, instance roles. Retries follow ``AWS_RETRY_MODE`` and
+``AWS_MAX_ATTEMPTS`` when set, else three attempts in the standard mode.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+from ..errors import StoreError, UsageError
+from .base import (
+    RECORD_LIMIT,
+    Document,
+    Kind,
+    SharedStore,
+    check_digest,
+    decode_name,
+    digest_of,
+    encode_name,
+    envelope,
+    new_token,
+    open_envelope,
+    what,
+)
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+
+_CONFLICT_CODES = {"PreconditionFailed", "ConditionalRequestConflict", "412", "409"}
+_MISSING_CODES = {"NoSuchKey", "404", "NotFound"}
+_DENIED_CODES = {"AccessDenied", "403", "Forbidden", "AllAccessDisabled"}
+_CREDENTIAL_CODES = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken",
+                     "InvalidToken", "TokenRefreshRequired"}
+_UNSUPPORTED_CODES = {"NotImplemented", "501"}
+
+
+class _Missing(Exception):
+    """The key is not there (404), when the caller has something to say about it."""
+
+
+class _Conflict(Exception):
+    """The condition of a conditional request failed (412, 409)."""
+
+
+class S3Store(SharedStore):
+    """The S3 backend; see the module's docstring."""
+
+    def __init__(self, bucket: str, prefix: str, url: str | None = None) -> None:
+        self.bucket = bucket
+        self.prefix = prefix  # "" or ending in "/"
+        self.url = url or f"s3://{bucket}/{prefix}"
+        self.location = f"bucket {bucket!r}" + (f" (prefix {prefix!r})" if prefix else "")
+        self._requests = itertools.count()
+        self._sent = 0
+        self.client = self._client(url or self.url)
+        self.endpoint = self.client.meta.endpoint_url
+
+    def _client(self, url: str) -> S3Client:
+        try:
+            import boto3
+            from botocore.config import Config
+        except ImportError:
+            raise UsageError(f"the store {url} needs boto3, which is not installed: "
+                             "pip install 'claude-persist[s3]'") from None
+        from botocore.exceptions import BotoCoreError
+
+        config = Config(connect_timeout=10, read_timeout=60, user_agent_extra="claude-persist")
+        if not os.environ.get("AWS_RETRY_MODE") and not os.environ.get("AWS_MAX_ATTEMPTS"):
+            config = config.merge(Config(retries={"mode": "standard", "total_max_attempts": 3}))
+        try:
+            client: S3Client = boto3.session.Session().client("s3", config=config)
+        except BotoCoreError as exc:  # a bad profile, a bad endpoint URL, ...
+            raise StoreError(f"cannot open the shared store {self.location}: {exc}. Check "
+                             "AWS_PROFILE, AWS_ENDPOINT_URL and the AWS config files.",
+                             store=self.location, operation="open the store",
+                             reason=str(exc)) from None
+        client.meta.events.register("before-send.s3", self._count)
+        return client
+
+    def _count(self, **_: Any) -> None:
+        self._sent = next(self._requests) + 1
+
+    @property
+    def requests(self) -> int:
+        """HTTP requests sent so far (retries included): the round trips."""
+        return self._sent
+
+    def close(self) -> None:
+        self.client.close()
+
+    # -- errors ----------------------------------------------------------------------------
+
+    @contextmanager
+    def _calling(self, operation: str, *, conflicts: bool = False,
+                 missing: bool = False) -> Iterator[None]:
+        """Turn boto3's failures into ours: ``_Conflict`` / ``_Missing`` when the caller asked
+        for them, a :class:`StoreError` naming the bucket and the operation otherwise."""
+        from botocore.exceptions import (
+            BotoCoreError,
+            ClientError,
+            ConnectionError,
+            HTTPClientError,
+            NoCredentialsError,
+            PartialCredentialsError,
+        )
+
+        try:
+            yield
+        except ClientError as exc:
+            error = exc.response.get("Error", {})
+            code = str(error.get("Code", ""))
+            status = str(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", ""))
+            if conflicts and (code in _CONFLICT_CODES or status in {"412", "409"}):
+                raise _Conflict(code) from None
+            if missing and (code in _MISSING_CODES or (status == "404"
+                                                       and code != "NoSuchBucket")):
+                raise _Missing(code) from None
+            raise self._client_error(operation, code, status,
+                                     str(error.get("Message", "") or exc)) from None
+        except (NoCredentialsError, PartialCredentialsError) as exc:
+            raise StoreError(
+                f"cannot {operation} in the shared store {self.location}: no usable AWS "
+                f"credentials ({exc}). Set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or "
+                "AWS_PROFILE, or give the machine a role.",
+                store=self.location, operation=operation, reason=str(exc)) from None
+        except (ConnectionError, HTTPClientError) as exc:
+            raise StoreError(
+                f"cannot {operation} in the shared store {self.location}: the endpoint "
+                f"{self.endpoint} cannot be reached ({exc}). Check AWS_ENDPOINT_URL and the "
+                "network, then try again.",
+                store=self.location, operation=operation, reason=str(exc)) from None
+        except BotoCoreError as exc:
+            raise StoreError(f"cannot {operation} in the shared store {self.location}: {exc}",
+                             store=self.location, operation=operation,
+                             reason=str(exc)) from None
+
+    def _client_error(self, operation: str, code: str, status: str, message: str
+                      ) -> StoreError:
+        if code == "NoSuchBucket":
+            why = (f"the bucket {self.bucket!r} does not exist at {self.endpoint}: create it, "
+                   "or check the store URL and AWS_ENDPOINT_URL")
+        elif code in _DENIED_CODES or status == "403":
+            why = (f"access denied ({code}: {message}): the credentials in use may not do "
+                   f"this in the bucket {self.bucket!r}; check their policy (the store needs "
+                   "s3:GetObject, s3:PutObject, s3:DeleteObject and s3:ListBucket)")
+        elif code in _CREDENTIAL_CODES:
+            why = f"the credentials were refused ({code}: {message}): check them"
+        elif code in _UNSUPPORTED_CODES:
+            why = (f"the server does not support this request ({code}: {message}); the "
+                   "store needs conditional writes (If-None-Match and If-Match on PutObject, "
+                   "If-Match on DeleteObject)")
+        else:
+            why = f"the server answered {code or status}: {message}"
+        return StoreError(f"cannot {operation} in the shared store {self.location}: {why}.",
+                          store=self.location, operation=operation, reason=f"{code} {message}")
+
+    # -- records ---------------------------------------------------------------------------
+
+    def _key(self, kind: Kind, name: str) -> str:
+        return f"{self.prefix}{kind}/{encode_name(name)}.json"
+
+    def _read(self, kind: Kind, name: str, operation: str) -> tuple[bytes, str] | None:
+        try:
+            with self._calling(operation, missing=True):
+                answer = self.client.get_object(Bucket=self.bucket, Key=self._key(kind, name))
+                with answer["Body"] as body:
+                    raw = body.read(RECORD_LIMIT + 1)
+        except _Missing:
+            return None
+        if len(raw) > RECORD_LIMIT:
+            raise StoreError(f"the shared store {self.location} holds a record over "
+                             f"{RECORD_LIMIT} bytes: {self._key(kind, name)}. Remove it.",
+                             store=self.location, operation=operation, reason="too big")
+        return raw, answer["ETag"]
+
+    def get(self, kind: Kind, name: str) -> Document | None:
+        read = self._read(kind, name, f"read {what(kind, name)}")
+        if read is None:
+            return None
+        raw, etag = read
+        data, write = open_envelope(raw, what(kind, name), self.location)
+        if data is None:
+            return None
+        return Document(data, etag, write)
+
+    def put(self, kind: Kind, name: str, data: dict[str, Any], *,
+            expect: str | None) -> str:
+        verb = "create" if expect is None else "replace"
+        operation = f"{verb} {what(kind, name)}"
+        token = new_token()
+        raw = envelope(data, token)
+        key = self._key(kind, name)
+        try:
+            with self._calling(operation, conflicts=True, missing=expect is not None):
+                if expect is None:
+                    answer = self.client.put_object(Bucket=self.bucket, Key=key, Body=raw,
+                                                    ContentType="application/json",
+                                                    IfNoneMatch="*")
+                else:
+                    answer = self.client.put_object(Bucket=self.bucket, Key=key, Body=raw,
+                                                    ContentType="application/json",
+                                                    IfMatch=expect)
+            return answer["ETag"]
+        except (_Conflict, _Missing) as lost:
+            # A retried request whose first attempt went through meets its own write.
+            current = self._read(kind, name, operation)
+            if current is not None and open_envelope(
+                    current[0], what(kind, name), self.location)[1] == token:
+                return current[1]
+            why = ("it exists already" if expect is None
+                   else "it does not exist (any more)" if isinstance(lost, _Missing)
+                   else "another writer changed it since it was read")
+            raise self.conflict(kind, name, verb, why) from None
+
+    def delete(self, kind: Kind, name: str, *, expect: str) -> None:
+        operation = f"delete {what(kind, name)}"
+        try:
+            with self._calling(operation, conflicts=True, missing=True):
+                self.client.delete_object(Bucket=self.bucket, Key=self._key(kind, name),
+                                          IfMatch=expect)
+        except _Missing:
+            raise self.conflict(kind, name, "delete", "it does not exist (any more)") from None
+        except _Conflict:
+            raise self.conflict(kind, name, "delete",
+                                "another writer changed it since it was read") from None
+
+    def names(self, kind: Kind) -> list[str]:
+        operation = f"list the {kind} records"
+        start = f"{self.prefix}{kind}/"
+        found: list[str] = []
+        with self._calling(operation):
+            for page in self.client.get_paginator("list_objects_v2").paginate(
+                    Bucket=self.bucket, Prefix=start):
+                for item in page.get("Contents", []):
+                    rest = item["Key"][len(start):]
+                    if rest.endswith(".json") and "/" not in rest:
+                        found.append(decode_name(rest[:-len(".json")]))
+        return sorted(found)
+
+    # -- blobs -----------------------------------------------------------------------------
+
+    def _blob_key(self, digest: str) -> str:
+        return f"{self.prefix}blobs/{check_digest(digest)}"
+
+    def put_blob(self, data: bytes) -> str:
+        digest = digest_of(data)
+        try:
+            with self._calling(f"write the blob {digest[:12]}", conflicts=True):
+                self.client.put_object(Bucket=self.bucket, Key=self._blob_key(digest),
+                                       Body=data, IfNoneMatch="*")
+        except _Conflict:
+            pass  # there already: the same bytes
+        return digest
+
+    def get_blob(self, digest: str) -> bytes:
+        operation = f"read the blob {digest[:12]}"
+        try:
+            with self._calling(operation, missing=True):
+                answer = self.client.get_object(Bucket=self.bucket, Key=self._blob_key(digest))
+                with answer["Body"] as body:
+                    data = body.read()
+        except _Missing:
+            raise StoreError(f"the shared store {self.location} has no blob {digest}, which "
+                             "an entry names: it was removed (a lifecycle rule?). Push the "
+                             "session again from a machine that has it.",
+                             store=self.location, operation=operation,
+                             reason="missing") from None
+        if digest_of(data) != digest:
+            raise StoreError(f"the blob {self._blob_key(digest)} in the shared store "
+                             f"{self.location} is damaged: its content does not match its "
+                             "sha256. Remove it and push the session again.",
+                             store=self.location, operation=operation, reason="damaged")
+        return data
+
+    def has_blob(self, digest: str) -> bool:
+        operation = f"look up the blob {digest[:12]}"
+        try:
+            with self._calling(operation, missing=True):
+                self.client.head_object(Bucket=self.bucket, Key=self._blob_key(digest))
+        except _Missing:
+            # A HEAD's 404 has no body: tell a missing bucket from a missing blob.
+            try:
+                with self._calling(operation, missing=True):
+                    self.client.head_bucket(Bucket=self.bucket)
+            except _Missing:
+                raise self._client_error(operation, "NoSuchBucket", "404", "") from None
+            return False
+        return True

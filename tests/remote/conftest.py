@@ -1,0 +1,127 @@
+"""Fixtures of the shared-store tests: a real S3-compatible server (moto's, over HTTP on
+127.0.0.1, started once per test session), AWS settings pointing at it and at nothing of this
+machine's, and one store of each backend for the conformance tests."""
+
+from __future__ import annotations
+
+import os
+import select
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from claude_persist.remote import SharedStore, open_store
+
+HERE = Path(__file__).parent
+SERVER = HERE / "serial_moto.py"
+WORKER = HERE / "worker.py"
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The URL of moto's S3 server, run as a process of its own for the whole session."""
+    log = tmp_path_factory.mktemp("moto") / "server.log"
+    with open(log, "wb") as errors:
+        server = subprocess.Popen([sys.executable, str(SERVER), "127.0.0.1"],
+                                  stdout=subprocess.PIPE, stderr=errors)
+    try:
+        assert server.stdout is not None
+        ready, _, _ = select.select([server.stdout], [], [], 60)
+        line = server.stdout.readline() if ready else b""
+        if not line.strip().isdigit():
+            server.kill()
+            pytest.fail(f"moto's server did not start: {log.read_text()[-2000:]}")
+        endpoint = f"http://127.0.0.1:{int(line)}"
+        deadline = time.monotonic() + 60
+        while True:  # it answers (any HTTP status) once it serves
+            try:
+                urllib.request.urlopen(endpoint + "/", timeout=5).close()
+                break
+            except urllib.error.HTTPError:
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    pytest.fail(f"moto's server does not answer: {log.read_text()[-2000:]}")
+                time.sleep(0.05)
+        yield endpoint
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+
+
+@pytest.fixture
+def aws_env(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> str:
+    """The standard AWS variables pointing at the local server, with test credentials and no
+    config or credentials file of this machine; gives the endpoint. Subprocesses inherit them."""
+    for variable in [v for v in os.environ if v.startswith("AWS_")]:
+        monkeypatch.delenv(variable)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_endpoint)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
+    return s3_endpoint
+
+
+@pytest.fixture
+def bucket(aws_env: str) -> str:
+    """A new, empty bucket on the local server."""
+    import boto3
+
+    name = f"test-{uuid.uuid4().hex[:16]}"
+    client = boto3.client("s3")
+    client.create_bucket(Bucket=name)
+    client.close()
+    return name
+
+
+@pytest.fixture(params=["dir", "s3"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A store URL of each backend: a new folder, or a new bucket with a prefix."""
+    if request.param == "dir":
+        folder = tmp_path / "shared store"
+        folder.mkdir()
+        return f"dir:{folder}"
+    bucket = request.getfixturevalue("bucket")
+    return f"s3://{bucket}/team/sessions"
+
+
+@pytest.fixture
+def store(store_url: str) -> Iterator[SharedStore]:
+    opened = open_store(store_url)
+    yield opened
+    opened.close()
+
+
+def race(stores: list[SharedStore], attempt: Callable[[SharedStore], object]) -> list[object]:
+    """Run ``attempt(store)`` for each store, in threads released at once; gives each outcome
+    (its value, or the error it raised)."""
+    barrier = threading.Barrier(len(stores))
+    outcomes: list[object] = [None] * len(stores)
+
+    def run(i: int) -> None:
+        barrier.wait()
+        try:
+            outcomes[i] = attempt(stores[i])
+        except Exception as exc:
+            outcomes[i] = exc
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(stores))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return outcomes

@@ -1,0 +1,46 @@
+"""Moto's S3 server (its own WSGI app and request handler, as ``python -m moto.server`` runs
+them), answering one request at a time, on 127.0.0.1 and a port the system picks.
+
+Why one at a time: moto checks a conditional write's ``If-None-Match`` / ``If-Match`` and then
+stores the object in a second step, so two racing requests on its threaded server could both
+pass the check, which real S3 servers never allow. Serialising the requests (connections stay
+concurrent and kept alive, as with a real server) makes each check-and-store atomic, as on S3,
+so the compare-and-swap tests test our code and not moto's race.
+
+Usage: ``python serial_moto.py [HOST]``; prints the port on its first line of stdout, then
+serves until terminated.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+from collections.abc import Iterable
+from typing import Any
+
+from moto.moto_server.werkzeug_app import (
+    DomainDispatcherApplication,
+    MotoRequestHandler,
+    create_backend_app,
+)
+from werkzeug.serving import make_server
+
+
+def main() -> None:
+    host = sys.argv[1] if len(sys.argv) > 1 else "127.0.0.1"
+    app = DomainDispatcherApplication(create_backend_app)
+    one_at_a_time = threading.Lock()
+
+    def serial(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        with one_at_a_time:
+            return list(app(environ, start_response))
+
+    server = make_server(host, 0, serial, threaded=True, request_handler=MotoRequestHandler)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    print(server.server_port, flush=True)
+    server.serve_forever()
+
+
+if __name__ == "__main__":
+    main()
