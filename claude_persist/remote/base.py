@@ -176,6 +176,13 @@ class SharedStore(ABC):
     def has_blob(self, digest: str) -> bool:
         """True when the blob is stored."""
 
+    @abstractmethod
+    def self_check(self) -> list[str]:
+        """Prove on a probe object that the store's compare-and-swap works here (the server
+        honours the conditions, the file system has hard links): a :class:`StoreError` when it
+        does not; a list of warnings about weaker guarantees (empty: none). Leaves nothing
+        behind but, in a folder, an empty probe folder."""
+
     def close(self) -> None:  # noqa: B027  (a no-op unless a backend holds something)
         """Let go of connections; the store is not used afterwards."""
 

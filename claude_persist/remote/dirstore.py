@@ -315,6 +315,24 @@ class DirStore(SharedStore):
                     if os.stat(temp).st_mtime < limit:
                         os.unlink(temp)
 
+    def self_check(self) -> list[str]:
+        operation = "check the store"
+        folder = self.root / "probe"
+        self._make_folders(folder, operation)
+        target = folder / f"{self._host}.{os.getpid()}.{new_token()[:12]}"
+        try:
+            first = self._publish(folder, target, b"1", operation)
+            second = self._publish(folder, target, b"2", operation)
+        finally:
+            with contextlib.suppress(OSError):
+                os.unlink(target)
+        if not first or second:
+            raise StoreError(f"the shared store folder {self.root} does not give atomic "
+                             "create-only writes (a hard link made over an existing name "
+                             "succeeded): its file system cannot hold a store.",
+                             store=self.location, operation=operation, reason="link")
+        return []
+
     # -- blobs -----------------------------------------------------------------------------
 
     def _blob_path(self, digest: str) -> Path:

@@ -135,22 +135,30 @@ class Lease:
                 raise self.lost
             if self.released:
                 raise self._lost("it was released")
-            info = self.info
-            started = time.monotonic()
-            now = time.time()
-            data = _data(info.host, info.pid, info.token, info.acquired_at, now, info.ttl,
-                         info.note)
-            try:
-                version = self.store.put("lease", self.name, data, expect=info.version)
-            except StoreConflictError:
-                current = read_lease(self.store, self.name)
-                raise self._lost(
-                    "it was broken" if current is None else
-                    f"it expired and {current.holder} holds it now") from None
-            self.info = LeaseInfo(info.name, info.host, info.pid, info.token,
-                                  info.acquired_at, now, now + info.ttl, info.ttl, version,
-                                  info.note)
-            self._valid_until = started + info.ttl
+            for _ in range(3):
+                info = self.info
+                started = time.monotonic()
+                now = time.time()
+                data = _data(info.host, info.pid, info.token, info.acquired_at, now, info.ttl,
+                             info.note)
+                try:
+                    version = self.store.put("lease", self.name, data, expect=info.version)
+                except StoreConflictError:
+                    current = read_lease(self.store, self.name)
+                    if current is not None and current.token == info.token:
+                        # Our own earlier renewal landed though its answer was lost (the
+                        # store failed after writing): only we write our token.
+                        self.info = current
+                        continue
+                    raise self._lost(
+                        "it was broken" if current is None else
+                        f"it expired and {current.holder} holds it now") from None
+                self.info = LeaseInfo(info.name, info.host, info.pid, info.token,
+                                      info.acquired_at, now, now + info.ttl, info.ttl, version,
+                                      info.note)
+                self._valid_until = started + info.ttl
+                return
+            raise self._lost("its record kept changing under us")
 
     def ensure(self) -> None:
         """Prove the lease is ours right now (by renewing it): call before writing."""

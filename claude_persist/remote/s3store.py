@@ -259,6 +259,49 @@ class S3Store(SharedStore):
                         found.append(decode_name(rest[:-len(".json")]))
         return sorted(found)
 
+    def self_check(self) -> list[str]:
+        """Conditional writes on a probe object: a server that ignores ``If-None-Match`` or
+        ``If-Match`` on PutObject cannot hold a store; one that ignores ``If-Match`` on
+        DeleteObject gives a warning (deletes and lease releases become unconditional)."""
+        operation = "check conditional writes"
+        key = f"{self.prefix}probe/{new_token()}"
+        wrong = '"00000000000000000000000000000000"'
+        client = self.client
+
+        def refused(call: Any) -> bool:
+            try:
+                with self._calling(operation, conflicts=True, missing=True):
+                    call()
+            except (_Conflict, _Missing):
+                return True
+            return False
+
+        warnings: list[str] = []
+        with self._calling(operation):
+            client.put_object(Bucket=self.bucket, Key=key, Body=b"1", IfNoneMatch="*")
+        try:
+            problems = []
+            if not refused(lambda: client.put_object(Bucket=self.bucket, Key=key, Body=b"2",
+                                                     IfNoneMatch="*")):
+                problems.append("If-None-Match: * on PutObject")
+            if not refused(lambda: client.put_object(Bucket=self.bucket, Key=key, Body=b"3",
+                                                     IfMatch=wrong)):
+                problems.append("If-Match on PutObject")
+            if problems:
+                raise StoreError(
+                    f"the S3 server at {self.endpoint} ignores {' and '.join(problems)}, so "
+                    f"the shared store {self.location} could lose writes: use a server with "
+                    "conditional writes (AWS S3, MinIO, Cloudflare R2, Ceph RGW).",
+                    store=self.location, operation=operation, reason="no conditional writes")
+            if not refused(lambda: client.delete_object(Bucket=self.bucket, Key=key,
+                                                        IfMatch=wrong)):
+                warnings.append(f"the S3 server at {self.endpoint} ignores If-Match on "
+                                "DeleteObject: deletes and lease releases are unconditional")
+        finally:
+            with self._calling(operation):
+                client.delete_object(Bucket=self.bucket, Key=key)
+        return warnings
+
     # -- blobs -----------------------------------------------------------------------------
 
     def _blob_key(self, digest: str) -> str:

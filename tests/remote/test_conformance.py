@@ -9,7 +9,7 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -108,6 +108,39 @@ def racers(store_url: str) -> Iterator[list[SharedStore]]:
     yield opened
     for one in opened:
         one.close()
+
+
+def test_the_self_check_passes_and_leaves_no_record(store: SharedStore) -> None:
+    assert store.self_check() == []
+    assert store.self_check() == []  # again: nothing of the first one is in the way
+    assert store.names("entry") == [] and store.names("lease") == []
+
+
+def _strip(headers: tuple[str, ...]) -> Callable[..., None]:
+    """An event handler that removes ``headers`` from a request before it is signed and sent:
+    the real server then sees what a server that ignores them would act on."""
+    def handler(request: Any, **_: Any) -> None:
+        for header in headers:
+            if header in request.headers:
+                del request.headers[header]
+    return handler
+
+
+def test_the_self_check_refuses_a_server_that_ignores_conditions(bucket: str) -> None:
+    from claude_persist.remote.s3store import S3Store
+
+    store = open_store(f"s3://{bucket}/p")
+    assert isinstance(store, S3Store)
+    store.client.meta.events.register("before-sign.s3.DeleteObject", _strip(("If-Match",)))
+    warnings = store.self_check()
+    assert len(warnings) == 1 and "ignores If-Match on DeleteObject" in warnings[0]
+    store.client.meta.events.register("before-sign.s3.PutObject",
+                                      _strip(("If-None-Match", "If-Match")))
+    with pytest.raises(StoreError) as refused:
+        store.self_check()
+    message = str(refused.value)
+    assert "ignores If-None-Match: * on PutObject and If-Match on PutObject" in message
+    assert f"'{bucket}'" in message and exit_code_for(refused.value) == 75
 
 
 def _put(name: str, expect: str | None, store: SharedStore) -> str:

@@ -121,6 +121,23 @@ def test_a_lease_long_expired_by_the_clock_is_taken_at_once(store: SharedStore) 
                              "expires_at": long_ago + 30, "ttl": 30}, expect=None)
     lease = acquire(store, "s", timeout=0)
     assert read_lease(store, "s").token == lease.token  # type: ignore[union-attr]
+    # A record nobody can make sense of blocks nobody either.
+    store.put("lease", "t", {"holder": "?"}, expect=None)
+    taken = acquire(store, "t", timeout=0)
+    assert read_lease(store, "t").token == taken.token  # type: ignore[union-attr]
+
+
+def test_a_renewal_whose_answer_was_lost_keeps_the_lease(store: SharedStore) -> None:
+    """The store wrote a renewal but the holder never learnt the new version (the answer was
+    lost): the next renewal finds its own token and goes on, instead of giving up."""
+    lease = acquire(store, "s", ttl=60)
+    landed = {"holder": {"host": lease.info.host, "pid": lease.info.pid, "token": lease.token},
+              "acquired_at": lease.info.acquired_at, "renewed_at": time.time(),
+              "expires_at": time.time() + 60, "ttl": 60}
+    store.put("lease", "s", landed, expect=lease.info.version)
+    lease.renew()
+    assert lease.lost is None and read_lease(store, "s").version == lease.info.version  # type: ignore[union-attr]
+    assert lease.release() is True
 
 
 def _take(name: str, store: SharedStore) -> Lease:
