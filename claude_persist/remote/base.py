@@ -207,8 +207,8 @@ class SharedStore(ABC):
                                    expect=None if current is None else current.version)
                 return Document(new, version, "")
             except StoreConflictError:
-                time.sleep(min(0.001 * 2 ** attempt, 0.05) * (0.5 + secrets.randbelow(100)
-                                                                / 100))
+                backoff = min(0.001 * 2 ** min(attempt, 6), 0.05)
+                time.sleep(backoff * (0.5 + secrets.randbelow(100) / 100))
         raise StoreConflictError(
             f"gave up updating {what(kind, name)} in the shared store {self.location} after "
             f"{attempts} attempts: other writers kept changing it. Try again.",

@@ -81,9 +81,11 @@ def test_a_waiter_gets_the_lease_when_it_is_released(store: SharedStore,
                                                      other: SharedStore) -> None:
     lease = acquire(store, "s", ttl=60)
     got: list[Lease] = []
-    waiter = threading.Thread(target=lambda: got.append(acquire(other, "s", timeout=60)))
+    waiting = threading.Event()
+    waiter = threading.Thread(target=lambda: got.append(
+        acquire(other, "s", timeout=60, on_wait=lambda _: waiting.set())))
     waiter.start()
-    wait_for(lambda: waiter.is_alive())
+    assert waiting.wait(60)  # it found the lease held and waits
     lease.release()
     waiter.join()
     assert len(got) == 1 and read_lease(store, "s") is not None
