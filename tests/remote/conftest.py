@@ -134,3 +134,15 @@ def race(stores: list[SharedStore], attempt: Callable[[SharedStore], object]) ->
     for thread in threads:
         thread.join()
     return outcomes
+
+
+#: Many processes against the S3 server, which serves one request at a time: tens of seconds.
+#: They run in CI's stress stage; their folder-store twins stay in the default run.
+SLOW_ON_S3 = ("test_eight_processes_lose_no_update",
+              "test_four_machines_taking_turns_on_one_session_never_overlap")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.name.split("[")[0] in SLOW_ON_S3 and "[s3" in item.name:
+            item.add_marker(pytest.mark.stress)
