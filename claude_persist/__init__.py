@@ -10,6 +10,14 @@ The Python API::
     answer = sessions.resume("review-src", "Now rank them.", TurnOptions(deadline=600))
     print(answer.text, answer.session_id, answer.cost_usd)
 
+Workflows from Python (a ``noxfile.py`` session, a script)::
+
+    from claude_persist import run_workflow
+
+    report = run_workflow("workflows/fix-until-green.yml", vars={"target": "calc"},
+                          max_parallel=4)
+    print(report["status"], [(s["id"], s["status"]) for s in report["steps"]])
+
 Every failure is a :class:`ClaudePersistError` subclass; :func:`exit_code_for` gives the exit
 code the command-line faces use for it.
 """
@@ -51,6 +59,10 @@ _EXPORTS = {
     "Sessions": ".sessions",
     "TurnOptions": ".sessions",
     "default_mapping_file": ".store",
+    "run_workflow": ".workflow",
+    "validate_workflow": ".workflow",
+    "dry_run_workflow": ".workflow",
+    "WorkflowRunFailedError": ".workflow",
 }
 
 if TYPE_CHECKING:
@@ -82,6 +94,12 @@ if TYPE_CHECKING:
     from .sessions import Sessions, TurnOptions
     from .settings import CallSettings
     from .store import default_mapping_file
+    from .workflow import (
+        WorkflowRunFailedError,
+        dry_run_workflow,
+        run_workflow,
+        validate_workflow,
+    )
 
 
 def __getattr__(name: str) -> Any:
@@ -119,6 +137,10 @@ __all__ = [
     "UsageError",
     "WorkflowError",
     "WorkflowFailedError",
+    "WorkflowRunFailedError",
     "default_mapping_file",
+    "dry_run_workflow",
     "exit_code_for",
+    "run_workflow",
+    "validate_workflow",
 ]

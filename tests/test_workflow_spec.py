@@ -91,16 +91,18 @@ def test_every_problem_is_reported_at_once_with_positions(tmp_path: Path) -> Non
         ":2:1: version: expected 1 (the only version of the format), got 2",
         ":3:1: colour: unknown key; expected one of budget_usd, defaults, description, ",
         ":4:1: description: expected text, got 5",
-        ":6:5: steps[0]: needs exactly one of create: NAME, resume: NAME or fork: NAME",
+        ":6:5: steps[0]: needs exactly one of create: NAME, resume: NAME, fork: NAME (with "
+        "as: NEW), run: COMMAND or loop",
         ":12:5: steps[1].effort: expected an effort level: low, medium, high, xhigh or max, "
         "got 'extreme'",
         ":13:5: steps[1].deadline: expected a number of seconds above 0, or a duration like "
         "90s, 15m or 2h, got 'soon'",
-        "no step 'nope'", "no var 'missing'", "${{ os.system }} is not a known lookup",
+        "no step 'nope'", "no var 'missing'",
+        "${{ os.system }}: os.system: attribute access is not part of the language",
         "session 'nobody' is neither created by an earlier step nor in the workspace",
         ":15:5: steps[2].id: duplicate id 'two'",
-        ":16:5: steps[2].create: expected a name of letters, digits, '.', '_' and '-' (like "
-        "review-src), got 'bad name'",
+        ":16:5: steps[2].create: expected a session name of letters, digits, '.', '_' and '-' "
+        "(in a for_each step it may use ${{ item... }} / ${{ item_index }}), got 'bad name'",
         ":17:5: steps[2].prompt_file: no such file: missing.md",
         ":18:5: steps[2].needs: needs 'ghost', which is no step id",
         ":19:5: steps[2].retries: expected a whole number, 0 or more, got -1",
@@ -188,11 +190,14 @@ def test_expressions_render_once_and_escape() -> None:
 
     assert expr.render("a ${{ vars.x }} b", lookup) == "a ${{ vars.y }} b"
     assert expr.render("literal $${{ vars.x }}", lookup) == "literal ${{ vars.x }}"
-    assert expr.render("${{ steps.s.result }} stays", lambda ref: None) == \
+    def unknown(ref: expr.Ref) -> str:
+        raise expr.Unknown(ref.text)
+
+    assert expr.render("${{ steps.s.result }} stays", unknown) == \
         "${{ steps.s.result }} stays"
     assert expr.as_text({"a": [1]}) == '{"a": [1]}' and expr.as_text(None) == ""
     found = list(expr.find("${{ steps.a.result.x }} ${{ run.id }}"))
-    assert isinstance(found[0], expr.ExprError) and isinstance(found[1], expr.Ref)
+    assert isinstance(found[0], expr.ExprError) and isinstance(found[1], expr.Expression)
 
 
 def _plan_of(tmp_path: Path, steps: str, parallel: int = 4) -> plan.Plan:
@@ -328,7 +333,7 @@ def test_odd_numbers_and_names_are_refused_with_their_place(tmp_path: Path) -> N
     """)))
     assert ":3:13: unsupported value: .nan; write a finite number" in text
     assert ":5:50: unsupported value: .inf; write a finite number" in text
-    assert "steps[0].create: expected a name of letters" in text
+    assert "steps[0].create: expected a session name of letters" in text
     assert "steps[0].max_turns: expected a whole number, 1 or more, got inf" in text
 
 

@@ -421,3 +421,57 @@ def run(
         duration=time.monotonic() - started,
         lines=count,
     )
+
+
+#: How much of a command's stdout a shell step keeps (like one claude line, it is bounded).
+MAX_COMMAND_OUTPUT_BYTES = 16 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class CommandOutcome:
+    """How a command (not claude: any process, stdout as text) ended."""
+
+    returncode: int
+    stopped_by: StopReason | None
+    stdout: str
+    stderr: str
+    duration: float
+    truncated: bool
+
+
+def run_command(
+    argv: Sequence[str],
+    *,
+    cwd: Path,
+    limits: Limits,
+    env: Mapping[str, str] | None = None,
+    cancel: threading.Event | None = None,
+    max_output_bytes: int = MAX_COMMAND_OUTPUT_BYTES,
+) -> CommandOutcome:
+    """Run a command through :func:`run` -- the same process group, limits, signals and
+    no-survivor guarantee as a claude call -- keeping its stdout (bounded) and stderr tail.
+    A command that cannot be started is a :class:`UsageError`."""
+    kept: list[str] = []
+    size = 0
+    truncated = False
+
+    def on_line(line: str) -> None:
+        nonlocal size, truncated
+        if size + len(line) + 1 > max_output_bytes:
+            truncated = True  # keep draining, so the command is not blocked on a full pipe
+            return
+        kept.append(line)
+        size += len(line) + 1
+
+    if not cwd.is_dir():
+        raise UsageError(f"cannot run {argv[0]!r}: its folder {cwd} does not exist")
+    try:
+        outcome = run(argv, prompt="", cwd=cwd, limits=limits, on_line=on_line, env=env,
+                      cancel=cancel)
+    except ClaudeNotFoundError as exc:
+        raise UsageError(f"cannot run the command {argv[0]!r}: "
+                         f"{exc.__cause__.strerror if isinstance(exc.__cause__, OSError) else exc}"
+                         ) from None
+    return CommandOutcome(returncode=outcome.returncode, stopped_by=outcome.stopped_by,
+                          stdout="\n".join(kept) + ("\n" if kept else ""),
+                          stderr=outcome.stderr, duration=outcome.duration, truncated=truncated)

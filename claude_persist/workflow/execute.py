@@ -4,23 +4,23 @@ run's state after every step, stop cleanly on failure, budget or Ctrl-C."""
 from __future__ import annotations
 
 import contextlib
-import graphlib
 import hashlib
 import json
 import os
+import re
 import signal
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
 from .. import fsio
 from ..claude.command import Action
 from ..claude.result import TurnResult
-from ..claude.runner import StopReason
+from ..claude.runner import Limits, StopReason, run_command
 from ..errors import (
     CallTimeoutError,
     ClaudeCallError,
@@ -71,35 +71,85 @@ def is_transient(error: Exception) -> bool:
     return isinstance(error, CallTimeoutError) and error.limit == StopReason.IDLE_TIMEOUT
 
 
-def lookup_in(workflow: Workflow, states: dict[str, StepState], run_id: str | None,
-              environ: Mapping[str, str]) -> Callable[[expr.Ref], str | None]:
-    """The resolver for ``expr.render``; None (keep the expression) for what is not known.
+@dataclass(frozen=True)
+class Scope:
+    """Where a step runs: the prefix of its state key (``implement[3]/`` inside an expansion),
+    its element and index in a fan-out, its loop pass; and the scope around it."""
 
-    Only the environment variables the workflow declares are read (the loader refuses any
-    other lookup; this is the second lock on that door)."""
+    prefix: str = ""
+    item: Any = None
+    item_index: int | None = None
+    iteration: int | None = None
+    outer: Scope | None = None
 
-    def lookup(ref: expr.Ref) -> str | None:
+    def chain(self) -> list[Scope]:
+        found: list[Scope] = []
+        scope: Scope | None = self
+        while scope is not None:
+            found.append(scope)
+            scope = scope.outer
+        return found
+
+
+def resolver(workflow: Workflow, states: Mapping[str, StepState], run_id: str | None,
+             environ: Mapping[str, str], scope: Scope = Scope()) -> Callable[[expr.Ref], Any]:
+    """Each lookup's value; :class:`expr.Unknown` for what is not known (yet).
+
+    ``steps.X`` is the state of X in the innermost scope that has one (inside a fan-out's
+    expansion, its own steps first). Only the environment variables the workflow declares are
+    read (the loader refuses any other lookup; this is the second lock on that door)."""
+
+    def lookup(ref: expr.Ref) -> Any:
         head, *rest = ref.parts
         if head == "vars":
             return workflow.vars.get(rest[0], "")
         if head == "env":
-            return environ.get(rest[0], "") if rest[0] in workflow.env else None
+            if rest[0] not in workflow.env:
+                raise expr.Unknown(ref.text)
+            return environ.get(rest[0], "")
         if head == "workflow":
             return workflow.name
         if head == "run":
+            if run_id is None:
+                raise expr.Unknown(ref.text)
             return run_id
-        state = states.get(rest[0])
+        chain = scope.chain()
+        if head == "loop":
+            iteration = next((s.iteration for s in chain if s.iteration is not None), None)
+            if iteration is None:
+                raise expr.Unknown(ref.text)
+            return iteration
+        if head in ("item", "item_index"):
+            holder = next((s for s in chain if s.item_index is not None), None)
+            if holder is None:
+                raise expr.Unknown(ref.text)
+            if head == "item_index":
+                return holder.item_index
+            value: Any = holder.item
+            for key in rest:
+                value = value.get(key) if isinstance(value, dict) else None
+            return value
+        state = next((got for s in chain
+                      if (got := states.get(s.prefix + rest[0])) is not None), None)
         if state is None or state.status in (StepStatus.PENDING, StepStatus.RUNNING):
-            return None
+            raise expr.Unknown(ref.text)
         field_name = rest[1]
         if field_name == "output":
-            value: Any = state.output
+            value = state.output
             for key in rest[2:]:
                 value = value.get(key) if isinstance(value, dict) else None
-            return expr.as_text(value)
-        return expr.as_text(getattr(state, field_name))
+            return value
+        if field_name == "status":
+            return str(state.status)
+        return getattr(state, field_name)
 
     return lookup
+
+
+def lookup_in(workflow: Workflow, states: dict[str, StepState], run_id: str | None,
+              environ: Mapping[str, str]) -> Callable[[expr.Ref], Any]:
+    """The resolver of the top scope (kept for callers of the earlier name)."""
+    return resolver(workflow, states, run_id, environ)
 
 
 def step_options(step: Step, settings: RunSettings) -> CallSettings:
@@ -143,8 +193,17 @@ def interrupts_held() -> Iterator[None]:
             signal.signal(kind, handler)
 
 
+SKIPPED_BY_IF = "skipped: if: "
+SHELL_TIMEOUT_EXIT = 124  # what timeout(1) reports for a command it stopped
+
+
 class Scheduler:
-    """Runs one workflow once. Build it (which takes the run's lock), then call :meth:`run`."""
+    """Runs one workflow once. Build it (which takes the run's lock), then call :meth:`run`.
+
+    Top-level steps are ordered by the plan's graph; a loop runs its steps in order inside
+    its worker, a fan-out runs its expansions on a pool of its own. Every process (a claude
+    call or a command) takes one of the run's ``max_parallel`` slots, so the limit covers
+    expansions too, and each session has a lock, so it never runs two turns at once."""
 
     def __init__(self, workflow: Workflow, plan: Plan, sessions: Sessions, store: RunStore,
                  settings: RunSettings, progress: Progress) -> None:
@@ -157,16 +216,16 @@ class Scheduler:
         self.cancel = threading.Event()
         self._lock = threading.Lock()
         self._position = {step_id: i for i, step_id in enumerate(plan.order)}
-        self._prompts: dict[str, str] = {}
         self._run_lock: fsio.Lock | None = None
+        self._workers = max(1, settings.max_parallel if plan.parallel else 1)
+        self._slots = threading.BoundedSemaphore(self._workers)
+        self._session_locks: dict[str, threading.Lock] = {}
+        self._failed: str | None = None  # the first step that failed and stops the run
         self.state, self._before = self._open()
 
     def _open(self) -> tuple[RunState, dict[str, StepState]]:
         """The run's state, with its lock held; and, when resuming, its steps as they were."""
-        fresh = {s.id: StepState(id=s.id, action=s.action.value, session=s.target,
-                                 model=s.settings.model, effort=s.settings.effort,
-                                 fingerprint=s.fingerprint)
-                 for s in self.workflow.steps}
+        fresh = {s.id: self._fresh(s, s.id) for s in self.workflow.steps}
         wait = self.settings.lock_timeout
         if not self.settings.resume_run:
             run_id = self.settings.run_id or new_run_id()
@@ -190,12 +249,22 @@ class Scheduler:
                         vars=dict(self.workflow.vars), steps=fresh,
                         spent_before_usd=old.run_cost_usd, pid=os.getpid()), old.steps
 
+    @staticmethod
+    def _fresh(step: Step, key: str) -> StepState:
+        kind = "for_each" if step.for_each is not None and "[" not in key[len(step.id):] \
+            else step.kind
+        return StepState(id=key, action=step.action.value if step.kind == "claude" else kind,
+                         session=step.target if step.kind == "claude" else "",
+                         model=step.settings.model if step.kind == "claude" else None,
+                         effort=step.settings.effort if step.kind == "claude" else None,
+                         fingerprint=step.fingerprint, kind=kind)
+
     def _release(self) -> None:
         if self._run_lock is not None:
             lock, self._run_lock = self._run_lock, None
             lock.release()
 
-    # -- the loop -----------------------------------------------------------------------------
+    # -- the top-level loop -------------------------------------------------------------------
 
     def run(self) -> RunState:
         """Run every step that can run; return the final state (saved). Releases the run."""
@@ -206,31 +275,28 @@ class Scheduler:
 
     def _run(self) -> RunState:
         began = time.monotonic()
-        stop_reason: str | None = None
         self.store.save(self.state)
         graph = sorter(self.plan.deps)
-        waiting: list[str] = []  # ready and changed: may start once a worker is free
+        waiting: list[str] = []  # ready: may start once a worker is free
         running: dict[Future[None], str] = {}
-        workers = max(1, self.settings.max_parallel if self.plan.parallel else 1)
-        pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="step")
+        pool = ThreadPoolExecutor(max_workers=self._workers, thread_name_prefix="step")
         try:
             while True:
-                self._take_ready(graph, waiting)
-                if stop_reason is None:
-                    stop_reason = self._stop_reason()
-                if stop_reason is None:
-                    waiting.sort(key=self._position.__getitem__)
-                    while waiting and len(running) < workers:
-                        step_id = waiting.pop(0)
-                        running[self._start(pool, step_id)] = step_id
+                waiting.extend(graph.get_ready())
+                waiting.sort(key=self._position.__getitem__)
+                while waiting and len(running) < self._workers:
+                    step_id = waiting.pop(0)
+                    if self._may_start(step_id):
+                        running[pool.submit(self._top, self.workflow.step(step_id))] = step_id
+                    else:
+                        graph.done(step_id)
                 if not running:
                     break
                 done, _ = wait(list(running), timeout=0.5, return_when=FIRST_COMPLETED)
                 for future in done:
                     step_id = running.pop(future)
                     future.result()  # a fatal error (no claude, unsafe mapping) ends the run
-                    if self._settled(step_id):
-                        graph.done(step_id)  # what waits for it may start
+                    graph.done(step_id)  # what waits for it decides by its own if:
         except KeyboardInterrupt:
             with interrupts_held():  # a second Ctrl-C must not lose the state
                 self.cancel.set()
@@ -246,54 +312,384 @@ class Scheduler:
             raise
         finally:
             pool.shutdown(wait=True)
-        ok = all(self._settled(step_id) for step_id in self.state.steps)
+        stop_reason = self._stop_reason()
+        ok = self._failed is None and all(self._settled(s.id) for s in self.workflow.steps)
         self._close(RunStatus.SUCCEEDED if ok else RunStatus.FAILED, began, stop_reason)
         return self.state
 
-    def _take_ready(self, graph: graphlib.TopologicalSorter[str], waiting: list[str]) -> None:
-        """Move the steps that became ready to ``waiting``, or settle them at once when an
-        earlier invocation of the run did them with exactly the same inputs. Reuse costs
-        nothing, so it goes on even once the run stops starting steps."""
-        while ready := sorted(graph.get_ready(), key=self._position.__getitem__):
-            for step_id in ready:
-                if self._reuse(step_id):
-                    graph.done(step_id)
-                else:
-                    waiting.append(step_id)
-
-    def _reuse(self, step_id: str) -> bool:
+    def _may_start(self, step_id: str) -> bool:
+        """A top-level step starts unless the run stopped or a step it reads failed, when its
+        ``if:`` does not say ``always()`` or ``failure()``; it stays pending (and is reported
+        skipped, with the reason)."""
         step = self.workflow.step(step_id)
-        state = self.state.steps[step_id]
-        prompt = expr.render(step.prompt, lookup_in(self.workflow, self.state.steps,
-                                                    self.state.run_id, os.environ))
-        self._prompts[step_id] = prompt
-        state.fingerprint = self._fingerprint(step, prompt)
-        before = self._before.get(step_id)
-        if before is None or before.status is not StepStatus.SUCCEEDED or \
-                before.fingerprint != state.fingerprint:
+        after_failure = step.condition is not None and step.condition.reads_status
+        if after_failure:
+            return True
+        if self._stop_reason() is not None or self.cancel.is_set():
             return False
-        reused = StepState(**{**before.__dict__, "reused": True})
-        with self._lock:
-            self.state.steps[step_id] = reused
-            self.store.save(self.state)
-        self.progress.step_finished(step, reused)
+        inputs = self.plan.inputs.get(step_id, frozenset()) | self.plan.deps.get(step_id,
+                                                                                 frozenset())
+        failed = [d for d in sorted(inputs) if not self._settled(d)]
+        if failed:
+            state = self.state.steps[step_id]
+            state.status = StepStatus.SKIPPED
+            state.error = f"skipped: {', '.join(failed)} did not succeed"
+            self._record(state)
+            self.progress.step_finished(step, state)
+            return False
         return True
 
-    def _fingerprint(self, step: Step, prompt: str) -> str:
-        """The step's definition, its rendered prompt, and what the steps it reads left: a
+    def _top(self, step: Step) -> None:
+        inputs = self.plan.inputs.get(step.id, frozenset()) | self.plan.deps.get(step.id,
+                                                                                 frozenset())
+        failed = any(not self._settled(d) for d in inputs)
+        self._node(step, Scope(), step.id, failed)
+
+    # -- one step, of any kind ----------------------------------------------------------------
+
+    def _record(self, state: StepState) -> None:
+        """Append the step's state to the run's journal (O(1), whatever the run's size)."""
+        with self._lock:
+            self.state.steps[state.id] = state
+            self.store.append(self.state.run_id, state)
+
+    def _resolve(self, scope: Scope) -> Callable[[expr.Ref], Any]:
+        return resolver(self.workflow, self.state.steps, self.state.run_id, os.environ, scope)
+
+    def _node(self, step: Step, scope: Scope, key: str, failed_before: bool,
+              expand: bool = True) -> StepState:
+        """Run ``step`` as ``key`` in ``scope``: check its ``if:``, then fan it out, loop it
+        or call it. Returns its final state (recorded)."""
+        state = self._fresh(step, key) if expand or step.for_each is None else \
+            StepState(**{**self._fresh(step, key).__dict__, "kind": step.kind})
+        with self._lock:
+            self.state.steps[key] = state
+        if step.condition is not None:
+            try:
+                go = expr.truthy(expr.evaluate(step.condition, self._resolve(scope),
+                                               expr.Status(failed=failed_before)))
+            except (expr.ExprError, expr.Unknown) as exc:
+                return self._fail(step, state, f"if: {exc}")
+            if not go:
+                state.status = StepStatus.SKIPPED
+                state.error = f"{SKIPPED_BY_IF}{expr.shown(step.condition.text)} was false"
+                self._record(state)
+                self.progress.step_finished(step, state)
+                return state
+        elif failed_before:
+            state.status = StepStatus.SKIPPED
+            state.error = "skipped: a step it depends on failed"
+            self._record(state)
+            self.progress.step_finished(step, state)
+            return state
+        if expand and step.for_each is not None:
+            return self._fan(step, scope, state)
+        if step.kind == "loop":
+            return self._loop(step, scope, state)
+        return self._leaf(step, scope, state)
+
+    def _fail(self, step: Step, state: StepState, message: str) -> StepState:
+        state.status, state.error = StepStatus.FAILED, message
+        self._note_failure(step, state)
+        self._record(state)
+        self.progress.step_finished(step, state)
+        return state
+
+    def _note_failure(self, step: Step, state: StepState) -> None:
+        if state.status is StepStatus.FAILED and not step.continue_on_error:
+            with self._lock:
+                self._failed = self._failed or state.id
+
+    # -- loops --------------------------------------------------------------------------------
+
+    def _loop(self, step: Step, scope: Scope, state: StepState) -> StepState:
+        """Run the loop's steps in order, then check ``until``; again, up to max_iterations.
+        A resumed run starts at the pass where the earlier one stopped."""
+        assert step.until is not None  # the loader requires it
+        began = time.monotonic()
+        before = self._before.get(state.id)
+        first = before.iteration if before is not None and before.iteration else 1
+        state.status = StepStatus.RUNNING
+        self.progress.step_started(step, state)
+        last: Any = None
+        for iteration in range(min(first, step.max_iterations), step.max_iterations + 1):
+            state.iteration = iteration
+            self._record(state)
+            inner = Scope(prefix=scope.prefix, iteration=iteration, outer=scope)
+            broken = False
+            for body in step.body:
+                if self.cancel.is_set():
+                    broken = True
+                    break
+                result = self._node(body, inner, scope.prefix + body.id, broken)
+                if result.status is StepStatus.FAILED and not body.continue_on_error:
+                    broken = True
+            if self.cancel.is_set():
+                state.status, state.error = StepStatus.FAILED, "interrupted"
+                break
+            if broken:
+                state.status = StepStatus.FAILED
+                state.error = f"loop {step.id}: a step failed in pass {iteration}"
+                break
+            try:
+                last = expr.evaluate(step.until, self._resolve(inner))
+            except (expr.ExprError, expr.Unknown) as exc:
+                state.status, state.error = StepStatus.FAILED, f"until: {exc}"
+                break
+            if expr.truthy(last):
+                state.status = StepStatus.SUCCEEDED
+                break
+        else:
+            state.status = StepStatus.FAILED
+            state.error = (f"loop {step.id}: until {expr.shown(step.until.text)} was still "
+                           f"{expr.as_text(last) or 'false'} after {step.max_iterations} "
+                           "iterations")
+        state.duration_s = round(time.monotonic() - began, 3)
+        self._note_failure(step, state)
+        self._record(state)
+        self.progress.step_finished(step, state)
+        return state
+
+    # -- fan-out ------------------------------------------------------------------------------
+
+    def _fan(self, step: Step, scope: Scope, state: StepState) -> StepState:
+        """One expansion per element, each as ``ID[index]``; their sessions are rendered and
+        checked distinct before any of them runs."""
+        began = time.monotonic()
+        if isinstance(step.for_each, expr.Expression):
+            try:
+                items = expr.evaluate(step.for_each, self._resolve(scope))
+            except (expr.ExprError, expr.Unknown) as exc:
+                return self._fail(step, state, f"for_each: {exc}")
+        else:
+            items = list(step.for_each or ())
+        if not isinstance(items, (list, tuple)):
+            return self._fail(step, state, f"for_each: {expr.shown(str(step.for_each))} gave "
+                                           f"{type(items).__name__}, not a list")
+        scopes = [Scope(prefix=f"{state.id}[{i}]/", item=item, item_index=i, outer=scope)
+                  for i, item in enumerate(items)]
+        problem = self._distinct_sessions(step, scopes)
+        if problem:
+            return self._fail(step, state, problem)
+        state.status = StepStatus.RUNNING
+        self.progress.step_started(step, state)
+        limit = max(1, min(step.fan_parallel or self._workers, self._workers, len(items) or 1))
+        results: list[StepState] = []
+        with ThreadPoolExecutor(max_workers=limit, thread_name_prefix="fan") as pool:
+            futures = [pool.submit(self._expansion, step, s, f"{state.id}[{i}]")
+                       for i, s in enumerate(scopes)]
+            try:
+                results = [future.result() for future in futures]
+            except BaseException:
+                self.cancel.set()
+                raise
+        state.result = [r.result for r in results]
+        state.output = [r.output for r in results]
+        failed = [r.id for r in results if r.status is StepStatus.FAILED]
+        skipped = [r.id for r in results if r.status is StepStatus.SKIPPED]
+        if failed or (skipped and (self._stop_reason() or self.cancel.is_set())):
+            state.status = StepStatus.FAILED
+            state.error = (f"{len(failed)} of {len(results)} expansions failed"
+                           + (f", {len(skipped)} did not run" if skipped else ""))
+        else:
+            state.status = StepStatus.SUCCEEDED
+        state.duration_s = round(time.monotonic() - began, 3)
+        self._note_failure(step, state)
+        self._record(state)
+        self.progress.step_finished(step, state)
+        return state
+
+    def _expansion(self, step: Step, scope: Scope, key: str) -> StepState:
+        if self.cancel.is_set() or self._stop_reason() is not None:
+            state = StepState(**{**self._fresh(step, key).__dict__, "kind": step.kind})
+            state.status = StepStatus.SKIPPED
+            state.error = "interrupted" if self.cancel.is_set() else self._stop_reason()
+            self._record(state)
+            return state
+        return self._node(step, scope, key, False, expand=False)
+
+    def _distinct_sessions(self, step: Step, scopes: list[Scope]) -> str | None:
+        """Every expansion must name its own sessions, and the names must be valid."""
+        if step.kind == "shell":
+            return None
+        inner = [s for s in step.walk() if s.kind == "claude" and s.templated]
+        for body in inner:
+            seen: dict[str, int] = {}
+            for scope in scopes:
+                try:
+                    names = {self._render(n, scope) for n in (body.session, body.target)}
+                except expr.ExprError as exc:
+                    return f"{body.id}: session name: {exc}"
+                for name in names:
+                    if not SESSION_NAME.match(name):
+                        return (f"{body.id}[{scope.item_index}]: session name {name!r} is not "
+                                "a name of letters, digits, '.', '_' and '-'")
+                    if name in seen and seen[name] != scope.item_index:
+                        return (f"{body.id}[{seen[name]}] and {body.id}[{scope.item_index}] "
+                                f"both name session {name!r}: each expansion needs its own "
+                                "session (one session never runs two turns at once); nothing "
+                                "ran")
+                    seen[name] = scope.item_index or 0
+        return None
+
+    def _render(self, text: str, scope: Scope) -> str:
+        try:
+            return expr.render(text, self._resolve(scope))
+        except expr.Unknown as exc:
+            raise expr.ExprError(f"{exc} is not known yet") from None
+
+    # -- a claude call or a command -----------------------------------------------------------
+
+    def _leaf(self, step: Step, scope: Scope, state: StepState) -> StepState:
+        began = time.monotonic()
+        state.iteration = scope.chain()[0].iteration if scope.iteration else next(
+            (s.iteration for s in scope.chain() if s.iteration is not None), None)
+        try:
+            if step.kind == "shell":
+                argv, env = self._command(step, scope)
+                text = json.dumps([argv, sorted(env.items())])
+                session = ""
+                prompt = ""
+            else:
+                prompt = self._render(step.prompt, scope)
+                session = self._render(step.session, scope)
+                target = self._render(step.target, scope)
+                state.session = target
+                text = json.dumps([prompt, session, target])
+        except expr.ExprError as exc:
+            return self._fail(step, state, str(exc))
+        state.fingerprint = self._fingerprint(step, scope, text)
+        before = self._before.get(state.id)
+        if before is not None and before.status is StepStatus.SUCCEEDED and \
+                before.fingerprint == state.fingerprint and before.iteration == state.iteration:
+            reused = StepState(**{**before.__dict__, "reused": True})
+            self._record(reused)
+            self.progress.step_finished(step, reused)
+            return reused
+        reason = self._stop_reason() if not (step.condition and step.condition.reads_status) \
+            else None
+        if reason is not None or self.cancel.is_set():
+            state.status = StepStatus.SKIPPED
+            state.error = "interrupted" if self.cancel.is_set() else reason
+            self._record(state)
+            return state
+        state.status = StepStatus.RUNNING
+        self.progress.step_started(step, state)
+        try:
+            with self._slots:
+                if step.kind == "shell":
+                    self._shell(step, state, argv, env)
+                else:
+                    with self._session_lock(session, state.session):
+                        self._claude(step, state, prompt, replace_sessions(step, session,
+                                                                           state.session))
+        except ClaudePersistError as fatal:
+            state.status, state.error = StepStatus.FAILED, str(fatal)
+            raise
+        finally:
+            state.duration_s = round(time.monotonic() - began, 3)
+            if state.status is StepStatus.RUNNING:
+                state.status, state.error = StepStatus.FAILED, "interrupted"
+            if state.cost_usd:
+                with self._lock:
+                    self.state.spent_usd += state.cost_usd
+            self._note_failure(step, state)
+            self._record(state)
+            self.progress.step_finished(step, state)
+        return state
+
+    def _session_lock(self, *names: str) -> contextlib.ExitStack:
+        stack = contextlib.ExitStack()
+        with self._lock:
+            locks = [self._session_locks.setdefault(n, threading.Lock())
+                     for n in sorted(set(names)) if n]
+        for lock in locks:
+            stack.enter_context(lock)
+        return stack
+
+    def _fingerprint(self, step: Step, scope: Scope, text: str) -> str:
+        """The step's definition, what it renders to, and what the steps it reads left: a
         step runs again when anything it builds on changed, an earlier step's result too."""
-        inputs = [[dep, state.fingerprint, state.status, state.session_id, state.result,
-                   state.output]
-                  for dep in sorted(self.plan.inputs.get(step.id, ()))
-                  if (state := self.state.steps.get(dep)) is not None]
-        text = json.dumps([step.fingerprint, prompt, inputs], sort_keys=True, default=str)
-        return hashlib.sha256(text.encode()).hexdigest()[:16]
+        chain = scope.chain()
+        read = {r.step for r in step.refs if r.step} | set(step.needs)
+        if not step.parent:
+            read |= set(self.plan.inputs.get(step.id, ()))
+        inputs = []
+        for dep in sorted(read):
+            state = next((found for s in chain
+                          if (found := self.state.steps.get(s.prefix + dep)) is not None), None)
+            if state is not None:
+                inputs.append([dep, state.fingerprint, state.status, state.session_id,
+                               state.result, state.output, state.exit_code])
+        payload = json.dumps([step.fingerprint, text, inputs], sort_keys=True, default=str)
+        return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+    def _command(self, step: Step, scope: Scope) -> tuple[list[str], dict[str, str]]:
+        argv = ["/bin/sh", "-c", step.run] if isinstance(step.run, str) else list(step.run or ())
+        env = {name: self._render(value, scope) for name, value in step.env}
+        return argv, env
+
+    def _shell(self, step: Step, state: StepState, argv: list[str], env: dict[str, str]
+               ) -> None:
+        limits = Limits(deadline=step.settings.deadline, idle_timeout=step.settings.idle_timeout)
+        folder = step.cwd or self.sessions.workspace
+        for attempt in range(1, step.retries + 2):
+            state.attempts = attempt
+            try:
+                outcome = run_command(argv, cwd=folder, limits=limits,
+                                      env={**os.environ, **env} if env else None,
+                                      cancel=self.cancel)
+            except UsageError as error:
+                state.status, state.error = StepStatus.FAILED, str(error)
+                return
+            state.result, state.stderr = outcome.stdout, outcome.stderr
+            limited = outcome.stopped_by in (StopReason.DEADLINE, StopReason.IDLE_TIMEOUT)
+            state.exit_code = SHELL_TIMEOUT_EXIT if limited else outcome.returncode
+            if outcome.stopped_by is StopReason.INTERRUPT:
+                state.status, state.error = StepStatus.FAILED, "interrupted"
+                return
+            if state.exit_code == 0 and outcome.stopped_by is None:
+                state.status, state.error = StepStatus.SUCCEEDED, None
+                break
+            state.status = StepStatus.FAILED
+            state.error = (f"stopped by its {outcome.stopped_by} (exit code 124)" if limited
+                           else f"stopped: {outcome.stopped_by}" if outcome.stopped_by
+                           else f"exit code {outcome.returncode}")
+            if outcome.truncated:
+                state.error += "; its output was cut short"
+            if attempt <= step.retries and not self.cancel.is_set():
+                pause = self.settings.backoff_seconds * 2 ** (attempt - 1)
+                self.progress.step_retrying(step, attempt, RuntimeError(state.error), pause)
+                if self.cancel.wait(pause):
+                    return
+        if state.status is StepStatus.SUCCEEDED and step.output is not None:
+            try:
+                fsio.write_in_folder(step.output, state.result, "the step's output file")
+            except OSError as exc:
+                state.status = StepStatus.FAILED
+                state.error = f"cannot write output {step.output}: {exc.strerror}"
+
+    def _claude(self, step: Step, state: StepState, prompt: str, call: Step) -> None:
+        options = step_options(step, self.settings)
+        for attempt in range(1, step.retries + 2):
+            state.attempts = attempt
+            try:
+                result = call_step(self.sessions, call, prompt, options, self.cancel)
+            except STEP_ERRORS as error:
+                if attempt <= step.retries and is_transient(error) and \
+                        not self.cancel.is_set():
+                    pause = self.settings.backoff_seconds * 2 ** (attempt - 1)
+                    self.progress.step_retrying(step, attempt, error, pause)
+                    if not self.cancel.wait(pause):
+                        continue
+                state.status, state.error = StepStatus.FAILED, str(error)
+                return
+            self._succeeded(step, state, result)
+            return
 
     def _stop_reason(self) -> str | None:
-        for state in self.state.steps.values():
-            if state.status is StepStatus.FAILED and \
-                    not self.workflow.step(state.id).continue_on_error:
-                return f"step {state.id} failed"
+        if self._failed is not None:
+            return f"step {self._failed} failed"
         budget = self.workflow.budget_usd
         spent = self.state.run_cost_usd
         if budget is not None and spent >= budget:
@@ -303,45 +699,15 @@ class Scheduler:
         return None
 
     def _settled(self, step_id: str) -> bool:
-        """Done in a way that lets what waits for it go on."""
-        status = self.state.steps[step_id].status
-        return status is StepStatus.SUCCEEDED or (
-            status is StepStatus.FAILED and self.workflow.step(step_id).continue_on_error)
-
-    def _start(self, pool: ThreadPoolExecutor, step_id: str) -> Future[None]:
-        step = self.workflow.step(step_id)
-        state = self.state.steps[step_id]
-        state.status = StepStatus.RUNNING
-        self.progress.step_started(step, state)
-        return pool.submit(self._execute, step, state, self._prompts[step_id])
-
-    def _execute(self, step: Step, state: StepState, prompt: str) -> None:
-        began = time.monotonic()
-        options = step_options(step, self.settings)
-        try:
-            for attempt in range(1, step.retries + 2):
-                state.attempts = attempt
-                try:
-                    result = call_step(self.sessions, step, prompt, options, self.cancel)
-                except STEP_ERRORS as error:
-                    if attempt <= step.retries and is_transient(error) and \
-                            not self.cancel.is_set():
-                        pause = self.settings.backoff_seconds * 2 ** (attempt - 1)
-                        self.progress.step_retrying(step, attempt, error, pause)
-                        if not self.cancel.wait(pause):
-                            continue
-                    state.status, state.error = StepStatus.FAILED, str(error)
-                    return
-                self._succeeded(step, state, result)
-                return
-        except ClaudePersistError as fatal:
-            state.status, state.error = StepStatus.FAILED, str(fatal)
-            raise
-        finally:
-            state.duration_s = round(time.monotonic() - began, 3)
-            with self._lock:
-                self.store.save(self.state)
-            self.progress.step_finished(step, state)
+        """Done in a way that lets what waits for it go on: succeeded, skipped by its own
+        ``if:``, or failed with ``continue_on_error``."""
+        state = self.state.steps.get(step_id)
+        if state is None:
+            return True
+        if state.status is StepStatus.SKIPPED:
+            return (state.error or "").startswith(SKIPPED_BY_IF)
+        return state.status is StepStatus.SUCCEEDED or (
+            state.status is StepStatus.FAILED and self.workflow.step(step_id).continue_on_error)
 
     def _succeeded(self, step: Step, state: StepState, result: TurnResult) -> None:
         state.status = StepStatus.SUCCEEDED
@@ -359,11 +725,22 @@ class Scheduler:
                 state.error = f"cannot write output {step.output}: {exc.strerror}"
 
     def _close(self, status: RunStatus, began: float, reason: str | None) -> None:
-        for state in self.state.steps.values():
-            if state.status is StepStatus.PENDING:
-                state.status = StepStatus.SKIPPED
-                state.error = reason or "not reached"
-            elif state.status is StepStatus.RUNNING:
-                state.status, state.error = StepStatus.FAILED, reason
-        finish(self.state, status, time.monotonic() - began, reason)
-        self.store.save(self.state)
+        with self._lock:
+            for state in self.state.steps.values():
+                if state.status is StepStatus.PENDING:
+                    state.status = StepStatus.SKIPPED
+                    state.error = reason or "not reached"
+                elif state.status is StepStatus.RUNNING:
+                    state.status, state.error = StepStatus.FAILED, reason
+            finish(self.state, status, time.monotonic() - began, reason)
+            self.store.save(self.state)  # the whole state, once: the journal is compacted
+
+
+SESSION_NAME = re.compile(r"^[A-Za-z0-9._-]+$")
+
+
+def replace_sessions(step: Step, session: str, target: str) -> Step:
+    """The step with its rendered session names (a for_each expansion's own)."""
+    if session == step.session and target == step.target:
+        return step
+    return replace(step, session=session, target=target)

@@ -47,7 +47,12 @@ def dependencies(workflow: Workflow, parallel: bool) -> dict[str, frozenset[str]
     for step in workflow.steps:
         if step.id in deps:
             continue  # a duplicate id, reported by the loader
-        wanted = set(step.needs) | {r.step for r in step.refs if r.step}
+        # Lookups and needs of the steps inside a loop count for the loop; a step inside a
+        # loop counts as its top-level step.
+        inner = list(step.walk())
+        named = {need for s in inner for need in s.needs} | \
+            {r.step for s in inner for r in s.refs if r.step}
+        wanted = {workflow.top.get(name, name) for name in named}
         wanted |= {last_on_session[s] for s in step.sessions if s in last_on_session}
         if not parallel and previous is not None:
             wanted.add(previous)

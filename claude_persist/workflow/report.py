@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import shlex
 import sys
 import threading
 from pathlib import Path
@@ -45,21 +44,33 @@ class ProgressPrinter:
         self.total = len(workflow.steps)
         self._lock = threading.Lock()
 
-    def _line(self, step: Step, text: str) -> None:
-        head = f"[{step.index + 1}/{self.total}] {step.id}  {step.action.value} {step.target}"
+    def _line(self, step: Step, text: str, state: StepState | None = None) -> None:
+        key = state.id if state is not None else None
+        what = {"shell": "run", "loop": "loop"}.get(step.kind, step.action.value)
+        where = (state.session if state is not None and state.kind == "claude"
+                 else step.target if step.kind == "claude" and not step.templated else "")
+        number = f"[{step.index + 1}/{self.total}] " if step.parent is None else "  "
+        head = f"{number}{key or step.id}  {what} {where}".rstrip()
         with self._lock:
             print(f"{head}  {text}", file=self.stream, flush=True)
 
     def step_started(self, step: Step, state: StepState) -> None:
-        self._line(step, f"{_setting(step.settings.model, step.settings.effort)}  started")
+        self._line(step, f"{_setting(step.settings.model, step.settings.effort)}  started"
+                   if step.kind == "claude" else "started", state)
 
     def step_finished(self, step: Step, state: StepState) -> None:
         status = "reused (unchanged, succeeded before)" if state.reused else str(state.status)
         text = (f"{_setting(state.model, state.effort)}  {status}  {state.duration_s:.1f}s  "
                 f"{_cost(state.cost_usd)}")
-        if state.error and state.status is StepStatus.FAILED:
+        if state.kind in ("shell", "loop", "for_each"):
+            text = f"{status}  {state.duration_s:.1f}s"
+            if state.exit_code is not None:
+                text += f"  exit {state.exit_code}"
+            if state.iteration is not None and state.kind == "loop":
+                text += f"  pass {state.iteration}"
+        if state.error and state.status in (StepStatus.FAILED, StepStatus.SKIPPED):
             text += f"\n    {state.error}"
-        self._line(step, text)
+        self._line(step, text, state)
 
     def step_retrying(self, step: Step, attempt: int, error: Exception, wait: float) -> None:
         self._line(step, f"attempt {attempt} failed ({error}); retrying in {wait:g}s")
@@ -100,6 +111,7 @@ def as_json(run: RunState, state_file: str | None = None) -> dict[str, Any]:
         "attempts": s.attempts, "duration_s": s.duration_s,
         "cost_usd": None if s.cost_usd is None else round(s.cost_usd, 6),
         "num_turns": s.num_turns, "error": s.error, "result": s.result, "output": s.output,
+        "kind": s.kind, "exit_code": s.exit_code, "stderr": s.stderr, "iteration": s.iteration,
     } for s in run.steps.values()]
     return {
         "run_id": run.run_id, "workflow": run.workflow, "name": run.workflow_name,
@@ -120,7 +132,7 @@ def final_result(run: RunState) -> str | None:
     last = list(run.steps.values())[-1]
     if last.output is not None:
         return json.dumps(last.output, ensure_ascii=False, indent=2)
-    return last.result
+    return last.result if isinstance(last.result, str) else json.dumps(last.result)
 
 
 def check_writable(path: Path) -> None:
@@ -151,9 +163,9 @@ def _exists(path: Path) -> bool:
     return True
 
 
-def dry_run_text(workflow: Workflow, plan: Plan, argvs: dict[str, list[str]],
-                 prompts: dict[str, str]) -> str:
-    """The plan as a person reads it: order or waves, then each step's argv and prompt."""
+def dry_run_text(workflow: Workflow, plan: Plan, details: dict[str, list[str]]) -> str:
+    """The plan as a person reads it: order or waves, then each step's argv and prompt (or
+    command, loop, fan-out and condition)."""
     mode = "parallel waves" if plan.parallel else "in file order, one after another"
     out = [f"workflow {workflow.name} ({workflow.path}): {len(workflow.steps)} steps, {mode}"]
     if plan.parallel:
@@ -161,9 +173,9 @@ def dry_run_text(workflow: Workflow, plan: Plan, argvs: dict[str, list[str]],
     for step_id in plan.order:
         step = workflow.step(step_id)
         needs = ", ".join(sorted(plan.deps[step_id])) or "nothing"
-        out.append(f"\n[{step.index + 1}/{len(workflow.steps)}] {step.id}: {step.action.value} "
-                   f"{step.target} (waits for {needs})")
-        out.append(f"  argv: {shlex.join(argvs[step_id])}")
-        out.append("  prompt (sent on stdin):")
-        out += [f"    {line}" for line in prompts[step_id].splitlines()]
+        what = {"shell": "run", "loop": "loop"}.get(step.kind, step.action.value)
+        where = f" {step.target}" if step.kind == "claude" else ""
+        out.append(f"\n[{step.index + 1}/{len(workflow.steps)}] {step.id}: {what}{where} "
+                   f"(waits for {needs})")
+        out += details[step_id]
     return "\n".join(out)

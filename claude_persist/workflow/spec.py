@@ -64,11 +64,48 @@ class Step:
     continue_on_error: bool = False
     refs: tuple[expr.Ref, ...] = ()
     fingerprint: str = ""
+    #: ``claude`` (create/resume/fork), ``shell`` (run) or ``loop``.
+    kind: str = "claude"
+    #: A shell step's command: text for ``/bin/sh -c``, or an argv.
+    run: str | tuple[str, ...] | None = None
+    cwd: Path | None = None
+    env: tuple[tuple[str, str], ...] = ()
+    condition: expr.Expression | None = None
+    until: expr.Expression | None = None
+    max_iterations: int = 1
+    body: tuple[Step, ...] = ()
+    #: ``for_each:``: an expression giving the list, or the list itself.
+    for_each: expr.Expression | tuple[Any, ...] | None = None
+    fan_parallel: int | None = None
+    #: The loop or fanned-out step this one is inside, if any.
+    parent: str | None = None
+    #: Its session names are ``${{ }}`` templates (a for_each step's, rendered per element).
+    templated: bool = False
+    #: Where it stands in the document, for messages: ``("steps", 2, "loop", "steps", 0)``.
+    path: tuple[str | int, ...] = ()
+    #: Each lookup with the key it is written in, for messages.
+    places: tuple[tuple[expr.Ref, tuple[str | int, ...]], ...] = ()
 
     @property
     def sessions(self) -> set[str]:
-        """The session names this step touches (a fork touches its source and its copy)."""
+        """The session names this step touches (a fork touches its source and its copy; a
+        loop, those of its steps); templated ones are distinct per expansion, not here."""
+        if self.kind == "loop":
+            return set().union(*(s.sessions for s in self.body))
+        if self.kind == "shell" or self.templated:
+            return set()
         return {self.session, self.target}
+
+    @property
+    def all_refs(self) -> tuple[expr.Ref, ...]:
+        """Its lookups and those of the steps inside it."""
+        return self.refs + tuple(r for s in self.body for r in s.all_refs)
+
+    def walk(self) -> Iterable[Step]:
+        """This step and every step inside it."""
+        yield self
+        for inner in self.body:
+            yield from inner.walk()
 
     @property
     def where(self) -> str:
@@ -76,7 +113,7 @@ class Step:
         return f"{self.line}:{self.column}"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Workflow:
     """A whole, checked workflow file."""
 
@@ -93,7 +130,21 @@ class Workflow:
     source: str = ""
 
     def step(self, step_id: str) -> Step:
-        return next(s for s in self.steps if s.id == step_id)
+        return self.by_id[step_id]
+
+    @functools.cached_property
+    def by_id(self) -> dict[str, Step]:
+        """Every step, those inside loops too, by id (the first of a duplicate id)."""
+        found: dict[str, Step] = {}
+        for top in self.steps:
+            for step in top.walk():
+                found.setdefault(step.id, step)
+        return found
+
+    @functools.cached_property
+    def top(self) -> dict[str, str]:
+        """Each step id -> the id of the top-level step it is in (itself at the top)."""
+        return {step.id: top.id for top in self.steps for step in top.walk()}
 
 
 def parse_duration(value: Any) -> float:
@@ -219,6 +270,17 @@ class _Checker:
 
     def add(self, path: Path_, message: str) -> None:
         self.problems.append((self.marked.where(path), f"{path_text(path)}: {message}"))
+
+    def add_expr(self, path: Path_, error: expr.ExprError, text: str) -> None:
+        """An expression's problem, at the line:column of the offending part in the file."""
+        line, column = self.marked.values.get(path, self.marked.where(path))
+        offset = error.offset or 0
+        before = text[:offset]
+        if "\n" in before:
+            line, column = line + before.count("\n"), offset - before.rindex("\n")
+        else:
+            column += offset
+        self.problems.append(((line, column), f"{path_text(path)}: {error}"))
 
     def report(self) -> list[str]:
         ordered = sorted(set(self.problems + self.marked.problems))
@@ -400,7 +462,7 @@ def _build(c: _Checker, overrides: dict[str, str], known: set[str]) -> Workflow 
     defaults = defaults if isinstance(defaults, dict) else {}
     base = _layer(c, defaults, ("defaults",))
     raw_steps = data.get("steps")
-    steps = [_step(c, raw, i, defaults, base, variables) for i, raw in
+    steps = [_step(c, raw, ("steps", i), defaults, base, variables) for i, raw in
              enumerate(raw_steps if isinstance(raw_steps, list) else []) if isinstance(raw, dict)]
     _check_graph(c, steps, set(variables), set(env), known)
     description = data.get("description")
@@ -424,16 +486,87 @@ def _vars(raw: Any, overrides: dict[str, str]) -> dict[str, str]:
     return result
 
 
-def _step(c: _Checker, raw: dict[str, Any], index: int, defaults: dict[str, Any],
-          base: tuple[CallSettings, dict[str, str]], variables: Mapping[str, str]) -> Step:
-    path: Path_ = ("steps", index)
+@dataclass(frozen=True)
+class _Where:
+    """What encloses a step: the loop or fan-out it is in, which names it may read."""
+
+    parent: str | None = None
+    in_loop: bool = False
+    in_fan: bool = False
+
+
+def _expression(c: _Checker, raw: dict[str, Any], key: str, path: Path_
+                ) -> expr.Expression | None:
+    text = raw.get(key)
+    if not isinstance(text, str) or not c.usable((*path, key)):
+        return None
+    try:
+        return expr.parse(text)
+    except expr.ExprError as exc:
+        c.add_expr((*path, key), exc, text)
+        return None
+
+
+def _text_exprs(c: _Checker, text: str, path: Path_) -> list[expr.Ref]:
+    """The lookups of the ``${{ }}`` in ``text``; each bad one is a problem at ``path``."""
+    refs: list[expr.Ref] = []
+    for found in expr.find(text):
+        if isinstance(found, expr.ExprError):
+            c.add_expr(path, found, text)
+        else:
+            refs.extend(found.refs)
+    return refs
+
+
+def _step(c: _Checker, raw: dict[str, Any], path: Path_, defaults: dict[str, Any],
+          base: tuple[CallSettings, dict[str, str]], variables: Mapping[str, str],
+          where: _Where = _Where()) -> Step:
+    index = path[-1] if isinstance(path[-1], int) else 0
+    kind = "shell" if "run" in raw else "loop" if "loop" in raw else "claude"
     actions = [a for a in Action if a.value in raw]
     action = actions[0] if actions else Action.CREATE
     # With more than one action (the schema reports it), the first stands for the step in the
     # session checks, so that later steps are not reported for its sake.
-    session = _text(raw.get(action.value))
+    session = _text(raw.get(action.value)) if kind == "claude" else None
     target = _text(raw.get("as")) if action is Action.FORK else session
-    prompt, source = _prompt(c, raw, path)
+    places: list[tuple[expr.Ref, Path_]] = []  # each lookup, and the key it is in
+    fan = raw.get("for_each")
+    for_each: expr.Expression | tuple[Any, ...] | None = None
+    if isinstance(fan, list):
+        for_each = tuple(fan)
+    elif isinstance(fan, str) and c.usable((*path, "for_each")):
+        found = [e for e in expr.find(fan)]
+        for bad in (e for e in found if isinstance(e, expr.ExprError)):
+            c.add_expr((*path, "for_each"), bad, fan)
+        for_each = expr.whole(fan)
+        if for_each is None and not any(isinstance(e, expr.ExprError) for e in found):
+            c.add((*path, "for_each"), "write the list as one ${{ expression }}, or as a YAML "
+                                       "list")
+        places += [(r, (*path, "for_each")) for r in (for_each.refs if for_each else ())]
+    in_fan = where.in_fan or "for_each" in raw
+    step_id = _text(raw.get("id")) or f"#{index + 1}"
+    inner = _Where(parent=step_id, in_loop=where.in_loop, in_fan=in_fan)
+    templated = False
+    for key in ("create", "resume", "fork", "as"):
+        value = raw.get(key)
+        if isinstance(value, str) and expr.OPEN in value and c.usable((*path, key)):
+            found_refs = _text_exprs(c, value, (*path, key))
+            templated = True
+            if not in_fan:
+                c.add((*path, key), "a session name may use ${{ }} only in a for_each step "
+                                    "(to name one session per element)")
+            elif not any(r.parts[0] in ("item", "item_index") for r in found_refs):
+                c.add((*path, key), "each expansion of a for_each needs its own session: "
+                                    "use ${{ item... }} or ${{ item_index }} in the name")
+            places += [(r, (*path, key)) for r in found_refs]
+    if kind == "claude":
+        prompt, source = _prompt(c, raw, path)
+    else:
+        prompt, source = "", "prompt"
+        for key in ("prompt", "prompt_file"):
+            if key in raw:
+                c.add((*path, key), f"a {'shell' if kind == 'shell' else 'loop'} step has no "
+                                    "prompt; remove it")
     own, own_files = _layer(c, raw, path)
     inherited, inherited_files = base
     if raw.get("args_replace") is True:
@@ -446,23 +579,85 @@ def _step(c: _Checker, raw: dict[str, Any], index: int, defaults: dict[str, Any]
             output_path = (c.file.parent / output).resolve()
         except (OSError, RuntimeError) as exc:
             c.add((*path, "output"), f"cannot resolve {output}: {exc}")
-    refs = list(expr.find(prompt or ""))
-    for bad in (r for r in refs if isinstance(r, expr.ExprError)):
-        c.add((*path, "prompt" if source == "prompt" else "prompt_file"), str(bad))
+    prompt_key = (*path, "prompt" if source == "prompt" else "prompt_file")
+    places += [(r, prompt_key) for r in _text_exprs(c, prompt or "", prompt_key)]
+    run: str | tuple[str, ...] | None = None
+    cwd: Path | None = None
+    env: list[tuple[str, str]] = []
+    if kind == "shell":
+        command = raw.get("run")
+        run = command if isinstance(command, str) else _texts(command)
+        folder = _text(raw.get("cwd")) if c.usable((*path, "cwd")) else None
+        if folder is not None:
+            cwd = (c.file.parent / folder).resolve()
+            if not cwd.is_dir():
+                c.add((*path, "cwd"), f"no such folder: {folder} (looked for {cwd}; paths are "
+                                      "relative to the workflow file)")
+        for key, value in (raw.get("env") or {}).items() if isinstance(raw.get("env"), dict) \
+                else ():
+            if isinstance(value, (str, int, float)):
+                text = value if isinstance(value, str) else json.dumps(value)
+                env.append((key, text))
+                places += [(r, (*path, "env", key))
+                           for r in _text_exprs(c, text, (*path, "env", key))]
+    elif "cwd" in raw or "env" in raw:
+        for key in ("cwd", "env"):
+            if key in raw:
+                c.add((*path, key), f"{key}: is for shell steps (run:) only")
+    condition = _expression(c, raw, "if", path)
+    places += [(r, (*path, "if")) for r in (condition.refs if condition else ())]
+    body: list[Step] = []
+    until = None
+    max_iterations = 1
+    loop = raw.get("loop")
+    if kind == "loop" and isinstance(loop, dict):
+        loop_where = _Where(parent=step_id, in_loop=True, in_fan=in_fan)
+        inner_steps = loop.get("steps")
+        body = [_step(c, item, (*path, "loop", "steps", i), defaults, base, variables,
+                      loop_where)
+                for i, item in enumerate(inner_steps if isinstance(inner_steps, list) else [])
+                if isinstance(item, dict)]
+        until = _expression(c, loop, "until", (*path, "loop"))
+        places += [(r, (*path, "loop", "until")) for r in (until.refs if until else ())]
+        max_iterations = _whole(loop.get("max_iterations")) or 1
+    if "max_parallel" in raw and "for_each" not in raw:
+        c.add((*path, "max_parallel"), "a step's max_parallel limits its for_each expansions; "
+                                       "add for_each:, or set max_parallel at the top")
     retries = raw["retries"] if "retries" in raw else defaults.get("retries")
     line, column = c.marked.where(path)
     # Every field is read even when an essential one is missing, so that all problems are
     # reported at once; such a step only serves the remaining checks (the load fails anyway).
     step = Step(
-        id=_text(raw.get("id")) or f"#{index + 1}", index=index, action=action,
+        id=step_id, index=index, action=action,
         session=session or "", target=target or "", prompt=prompt or "", prompt_source=source,
         line=line, column=column, settings=settings, retries=max(0, _whole(retries) or 0),
         output=output_path, needs=_texts(raw.get("needs")),
         continue_on_error=raw.get("continue_on_error") is True,
-        refs=tuple(r for r in refs if isinstance(r, expr.Ref)),
+        refs=tuple(r for r, _ in places), places=tuple(places), kind=kind, run=run, cwd=cwd,
+        env=tuple(env), condition=condition,
+        until=until, max_iterations=max_iterations, body=tuple(body), for_each=for_each,
+        fan_parallel=_whole(raw.get("max_parallel")), parent=where.parent,
+        templated=templated, path=path,
     )
+    _check_scope(c, step, path, where, inner)
     return replace(step, fingerprint=_fingerprint(step, {**inherited_files, **own_files},
                                                   variables))
+
+
+def _check_scope(c: _Checker, step: Step, path: Path_, where: _Where, inner: _Where) -> None:
+    """``loop.iteration`` only inside a loop, ``item``/``item_index`` only in a for_each (not
+    in the list it expands)."""
+    fan_refs = set(step.for_each.refs) if isinstance(step.for_each, expr.Expression) else set()
+    for ref in step.refs:
+        if ref.parts[0] == "loop" and not where.in_loop and step.kind != "loop":
+            c.add(path, f"{ref.text}: loop.iteration is only known inside a loop's steps")
+        if ref.parts[0] in ("item", "item_index"):
+            if ref in fan_refs and not where.in_fan:
+                c.add((*path, "for_each"), f"{ref.text}: the list of a for_each cannot use "
+                                           "its own elements")
+            elif not inner.in_fan:
+                c.add(path, f"{ref.text}: item and item_index are only known in a for_each "
+                            "step (and the steps of a loop it expands)")
 
 
 def _prompt(c: _Checker, raw: dict[str, Any], path: Path_) -> tuple[str | None, str]:
@@ -484,25 +679,27 @@ def _short(text: str) -> str:
 
 def _check_graph(c: _Checker, steps: list[Step], variables: set[str], env: set[str],
                  known: set[str]) -> None:
-    """References: unique ids, known vars, declared env and steps, sessions that exist when
-    resumed."""
-    ids: dict[str, int] = {}
-    for step in steps:
+    """References: ids unique across loops, known vars, declared env and steps, sessions that
+    exist when resumed."""
+    everything = [inner for step in steps for inner in step.walk()]
+    ids: dict[str, Step] = {}
+    for step in everything:
         if step.id in ids:
-            c.add(("steps", step.index, "id"), f"duplicate id {step.id!r} (first used by "
-                                               f"steps[{ids[step.id]}])")
-        ids.setdefault(step.id, step.index)
-    with_schema = {s.id for s in steps if s.settings.json_schema is not None}
-    for step in steps:
-        where: Path_ = ("steps", step.index, "prompt" if step.prompt_source == "prompt"
-                        else "prompt_file")
+            c.add((*step.path, "id"), f"duplicate id {step.id!r} (first used by "
+                                      f"{path_text(ids[step.id].path)}; ids are unique across "
+                                      "loops too)")
+        ids.setdefault(step.id, step)
+    with_schema = {s.id for s in everything if s.settings.json_schema is not None
+                   and s.kind == "claude"}
+    inside = {s.id: {i.id for i in s.walk()} for s in everything}
+    for step in everything:
         for need in step.needs:
             if need not in ids:
-                c.add(("steps", step.index, "needs"), f"needs {need!r}, which is no step id")
+                c.add((*step.path, "needs"), f"needs {need!r}, which is no step id")
             elif need == step.id:
-                c.add(("steps", step.index, "needs"), "a step cannot need itself")
-        for ref in step.refs:
-            shown = _short(ref.text)
+                c.add((*step.path, "needs"), "a step cannot need itself")
+        for ref, where in step.places:
+            shown = "${{ " + _short(ref.text) + " }}"
             if ref.parts[0] == "env" and ref.parts[1] not in env:
                 c.add(where, f"{shown}: only environment variables the workflow declares can be "
                              f"read; add {ref.parts[1]} to its top-level env: list (declared: "
@@ -517,14 +714,21 @@ def _check_graph(c: _Checker, steps: list[Step], variables: set[str], env: set[s
                 continue
             if sid not in ids:
                 c.add(where, f"{shown}: no step {sid!r}")
-            elif sid == step.id:
+            elif sid == step.id and not (step.kind == "loop" and step.until is not None
+                                         and ref in step.until.refs):
                 c.add(where, f"{shown}: a step cannot use its own result")
             elif ref.parts[2] == "output" and sid not in with_schema:
                 c.add(where, f"{shown}: step {sid!r} has no schema, so no output")
+            elif sid in inside[step.id] - {step.id} and step.kind == "loop" and \
+                    (step.until is None or ref not in step.until.refs):
+                c.add(where, f"{shown}: a loop's own steps are read in its until:, not in "
+                             "its other keys")
     made = set(known)
-    for step in steps:
+    for step in everything:
+        if step.kind != "claude" or step.templated:
+            continue
         if step.session and step.action is not Action.CREATE and step.session not in made:
-            c.add(("steps", step.index, step.action.value),
+            c.add((*step.path, step.action.value),
                   f"session {step.session!r} is neither created by an earlier step nor in the "
                   "workspace's mapping; add a create: step before it, or create it first")
         made |= {step.target}
@@ -539,6 +743,11 @@ def _fingerprint(step: Step, files: Mapping[str, str], variables: Mapping[str, s
         "action": step.action.value, "session": step.session, "target": step.target,
         "prompt": step.prompt, "settings": digest(step.settings), "files": dict(files),
         "output": str(step.output), "needs": step.needs, "vars": used_vars,
+        "kind": step.kind, "run": step.run, "cwd": str(step.cwd), "env": step.env,
+        "if": step.condition and step.condition.text, "until": step.until and step.until.text,
+        "max_iterations": step.max_iterations,
+        "for_each": step.for_each.text if isinstance(step.for_each, expr.Expression)
+        else step.for_each,
     }
     text = json.dumps(definition, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]

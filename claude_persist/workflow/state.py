@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import os
 import re
 import secrets
 import time
@@ -56,11 +58,18 @@ class StepState:
     duration_s: float = 0.0
     cost_usd: float | None = None
     num_turns: int | None = None
-    result: str = ""
+    #: The text answer, a shell step's stdout; a for_each step's: the list of its expansions'.
+    result: Any = ""
     output: Any = None
     error: str | None = None
     fingerprint: str = ""
     reused: bool = False
+    #: ``claude``, ``shell``, ``loop`` or ``for_each``.
+    kind: str = "claude"
+    exit_code: int | None = None
+    stderr: str = ""
+    #: A loop's pass (from 1); for a step inside a loop, the pass it ran in.
+    iteration: int | None = None
 
     def __post_init__(self) -> None:
         self.status = StepStatus(self.status)  # a state file holds the plain text
@@ -88,10 +97,14 @@ class RunState:
     def __post_init__(self) -> None:
         self.status = RunStatus(self.status)  # a state file holds the plain text
 
+    #: What this invocation's calls spent, each counted as it ends: a loop's steps keep only
+    #: their latest pass, so summing the steps would miss the earlier passes.
+    spent_usd: float = 0.0
+
     @property
     def total_cost_usd(self) -> float:
         """What this invocation spent (steps reused from earlier ones cost nothing now)."""
-        return sum(s.cost_usd or 0.0 for s in self.steps.values() if not s.reused)
+        return self.spent_usd
 
     @property
     def run_cost_usd(self) -> float:
@@ -172,14 +185,36 @@ class RunStore:
                                "time: wait for it to end, or start a new run without "
                                "--resume-run")
 
+    def journal(self, run_id: str) -> Path:
+        return self.path(run_id).with_suffix(".journal")
+
     def save(self, state: RunState) -> None:
-        """Write atomically (temp file, fsync, rename), so a crash never leaves half a state."""
+        """Write the whole state atomically (temp file, fsync, rename), so a crash never leaves
+        half a state, and empty the journal it includes (compaction)."""
         fsio.write_in_folder(self.path(state.run_id), state_text(state), "the run state")
+        with contextlib.suppress(FileNotFoundError):
+            self.journal(state.run_id).unlink()
+
+    def append(self, run_id: str, step: StepState) -> None:
+        """Record one step's new state at the end of the run's journal: O(1) per step, where
+        rewriting the whole state after each of thousands of expansions is quadratic. A torn
+        last line (a crash mid-write) is ignored on loading."""
+        line = _encode({name: getattr(step, name) for name in _STEP_FIELDS}) + "\n"
+        descriptor = os.open(self.journal(run_id), os.O_WRONLY | os.O_APPEND | os.O_CREAT,
+                             0o600)
+        try:
+            os.write(descriptor, line.encode("utf-8"))
+        finally:
+            os.close(descriptor)
 
     def load(self, run_id: str) -> RunState:
         path = self.path(run_id)
         try:
-            return RunState.from_json(json.loads(path.read_text(encoding="utf-8")))
+            state = RunState.from_json(json.loads(path.read_text(encoding="utf-8")))
+            for line in _journal_lines(self.journal(run_id)):
+                step = StepState(**line)
+                state.steps[step.id] = step
+            return state
         except FileNotFoundError as exc:
             raise UsageError(f"--run-id {run_id}: no such run of this workflow in "
                              f"{self.folder}") from exc
@@ -206,6 +241,22 @@ class RunStore:
             return max(found, key=lambda entry: entry[:2])[2]
         raise UsageError(f"--resume-run: this workflow has no unfinished run in {self.folder}; "
                          "run it without --resume-run")
+
+
+def _journal_lines(path: Path) -> list[dict[str, Any]]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return []
+    rows = []
+    for line in text.splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue  # a line torn by a crash
+        if isinstance(row, dict):
+            rows.append({k: v for k, v in row.items() if k in _STEP_FIELDS})
+    return rows
 
 
 def now() -> str:
