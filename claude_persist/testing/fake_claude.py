@@ -201,6 +201,8 @@ def schema_example(schema: Any) -> Any:
         return None
     if "enum" in schema:
         return schema["enum"][0]
+    if isinstance(schema.get("examples"), list) and schema["examples"]:
+        return schema["examples"][0]  # what a schema says a value looks like
     kind = schema.get("type")
     if kind == "object" or "properties" in schema:
         return {k: schema_example(v) for k, v in schema.get("properties", {}).items()}

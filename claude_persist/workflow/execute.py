@@ -284,12 +284,16 @@ class Scheduler:
             while True:
                 waiting.extend(graph.get_ready())
                 waiting.sort(key=self._position.__getitem__)
+                passed_over = False
                 while waiting and len(running) < self._workers:
                     step_id = waiting.pop(0)
                     if self._may_start(step_id):
                         running[pool.submit(self._top, self.workflow.step(step_id))] = step_id
                     else:
-                        graph.done(step_id)
+                        graph.done(step_id)  # what waits for it decides by its own if:
+                        passed_over = True
+                if passed_over:
+                    continue
                 if not running:
                     break
                 done, _ = wait(list(running), timeout=0.5, return_when=FIRST_COMPLETED)
@@ -386,7 +390,7 @@ class Scheduler:
             return self._fan(step, scope, state)
         if step.kind == "loop":
             return self._loop(step, scope, state)
-        return self._leaf(step, scope, state)
+        return self._leaf(step, scope, state, expr.Status(failed=failed_before))
 
     def _fail(self, step: Step, state: StepState, message: str) -> StepState:
         state.status, state.error = StepStatus.FAILED, message
@@ -532,26 +536,27 @@ class Scheduler:
                     seen[name] = scope.item_index or 0
         return None
 
-    def _render(self, text: str, scope: Scope) -> str:
+    def _render(self, text: str, scope: Scope, status: expr.Status = expr.NO_FAILURE) -> str:
         try:
-            return expr.render(text, self._resolve(scope))
+            return expr.render(text, self._resolve(scope), status)
         except expr.Unknown as exc:
             raise expr.ExprError(f"{exc} is not known yet") from None
 
     # -- a claude call or a command -----------------------------------------------------------
 
-    def _leaf(self, step: Step, scope: Scope, state: StepState) -> StepState:
+    def _leaf(self, step: Step, scope: Scope, state: StepState,
+              status: expr.Status = expr.NO_FAILURE) -> StepState:
         began = time.monotonic()
         state.iteration = scope.chain()[0].iteration if scope.iteration else next(
             (s.iteration for s in scope.chain() if s.iteration is not None), None)
         try:
             if step.kind == "shell":
-                argv, env = self._command(step, scope)
+                argv, env = self._command(step, scope, status)
                 text = json.dumps([argv, sorted(env.items())])
                 session = ""
                 prompt = ""
             else:
-                prompt = self._render(step.prompt, scope)
+                prompt = self._render(step.prompt, scope, status)
                 session = self._render(step.session, scope)
                 target = self._render(step.target, scope)
                 state.session = target
@@ -624,9 +629,10 @@ class Scheduler:
         payload = json.dumps([step.fingerprint, text, inputs], sort_keys=True, default=str)
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
-    def _command(self, step: Step, scope: Scope) -> tuple[list[str], dict[str, str]]:
+    def _command(self, step: Step, scope: Scope, status: expr.Status
+                 ) -> tuple[list[str], dict[str, str]]:
         argv = ["/bin/sh", "-c", step.run] if isinstance(step.run, str) else list(step.run or ())
-        env = {name: self._render(value, scope) for name, value in step.env}
+        env = {name: self._render(value, scope, status) for name, value in step.env}
         return argv, env
 
     def _shell(self, step: Step, state: StepState, argv: list[str], env: dict[str, str]

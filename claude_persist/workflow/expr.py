@@ -254,8 +254,12 @@ class Status:
     failed: bool = False
 
 
+#: The dependencies all succeeded.
+NO_FAILURE = Status()
+
+
 def evaluate(expression: Expression, resolve: Callable[[Ref], Any],
-             status: Status = Status()) -> Any:
+             status: Status = NO_FAILURE) -> Any:
     """The value of ``expression``; ``resolve`` gives each lookup's value (or raises
     :class:`Unknown`). A failure while evaluating is an :class:`ExprError`."""
 
@@ -342,7 +346,7 @@ def as_text(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False)
 
 
-def render(text: str, resolve: Callable[[Ref], Any], status: Status = Status()) -> str:
+def render(text: str, resolve: Callable[[Ref], Any], status: Status = NO_FAILURE) -> str:
     """Replace each ``${{ }}`` with its value as text; an expression whose lookups are not
     known yet (:class:`Unknown`) is kept as written (a dry run shows it so)."""
     out: list[str] = []

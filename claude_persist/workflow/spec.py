@@ -265,6 +265,8 @@ class _Checker:
     file: Path  # as given: messages name paths the way the user wrote them
     marked: Marked
     problems: list[tuple[tuple[int, int], str]] = field(default_factory=list)
+    #: The file's text, to place a problem inside a quoted value.
+    source: str = ""
     #: Where the schema found a problem: values there (and below) are not read.
     wrong: set[Path_] = field(default_factory=set)
 
@@ -274,6 +276,9 @@ class _Checker:
     def add_expr(self, path: Path_, error: expr.ExprError, text: str) -> None:
         """An expression's problem, at the line:column of the offending part in the file."""
         line, column = self.marked.values.get(path, self.marked.where(path))
+        lines = self.source.splitlines()
+        if 0 < line <= len(lines) and lines[line - 1][column - 1:column] in ("'", '"'):
+            column += 1  # a quoted value: the text starts after the quote
         offset = error.offset or 0
         before = text[:offset]
         if "\n" in before:
@@ -437,7 +442,7 @@ def load_workflow(
         if problem == "mapping values are not allowed here":
             problem += f"; {MAPPING_HINT}"
         raise WorkflowError([f"{file}:{where} YAML syntax error: {problem}"]) from exc
-    checker = _Checker(file, marked)
+    checker = _Checker(file, marked, source=text)
     for where_, message in shape_problems(marked.data):
         checker.add(where_, message)
         checker.wrong.add(where_)

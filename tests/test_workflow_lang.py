@@ -1,0 +1,371 @@
+"""The workflow language: shell steps, expressions, if:, loops, for_each, resumption inside
+them, and the Python API -- through the fake claude CLI as a real subprocess."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from claude_persist import (
+    Sessions,
+    WorkflowError,
+    WorkflowRunFailedError,
+    dry_run_workflow,
+    run_workflow,
+    validate_workflow,
+)
+from claude_persist.testing import InProcessClaude
+from claude_persist.workflow import expr
+
+
+def write(folder: Path, text: str, name: str = "wf.yml") -> Path:
+    path = folder / name
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def steps(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {s["id"]: s for s in report["steps"]}
+
+
+def problems(path: Path, workspace: Path) -> str:
+    with pytest.raises(WorkflowError) as caught:
+        validate_workflow(path, workspace=workspace)
+    return "\n".join(caught.value.problems)
+
+
+# -- shell steps ------------------------------------------------------------------------------
+
+
+def test_shell_steps_expose_stdout_stderr_and_exit_code(workspace: Path,
+                                                        fake_claude: Any) -> None:
+    (workspace / "sub").mkdir()
+    path = write(workspace, """
+        version: 1
+        steps:
+          - id: text
+            run: echo "out $GREETING"; echo oops >&2; exit 3
+            env: {GREETING: "${{ vars.who }}"}
+            continue_on_error: true
+          - id: argv
+            run: [sh, -c, 'pwd; printf "%s|" "$@"', sh, "a b", "$HOME"]
+            cwd: sub
+          - id: ask
+            create: s
+            prompt: "exit ${{ steps.text.exit_code }} said ${{ steps.text.result }}"
+        vars: {who: world}
+    """)
+    report = run_workflow(path, workspace=workspace)
+    found = steps(report)
+    assert found["text"]["status"] == "failed" and found["text"]["exit_code"] == 3
+    assert found["text"]["result"] == "out world\n" and found["text"]["stderr"] == "oops\n"
+    # An argv is passed as it is: no shell splits or expands its items.
+    assert found["argv"]["result"] == f"{workspace / 'sub'}\na b|$HOME|\n"
+    assert "exit 3 said out world" in found["ask"]["result"]
+    assert report["status"] == "succeeded"
+
+
+def test_a_non_zero_exit_fails_the_run_and_a_limit_gives_124(workspace: Path,
+                                                              fake_claude: Any) -> None:
+    path = write(workspace, """
+        version: 1
+        steps:
+          - {id: slow, run: sleep 30, deadline: 0.5}
+          - {id: never, run: echo no}
+    """)
+    with pytest.raises(WorkflowRunFailedError) as caught:
+        run_workflow(path, workspace=workspace)
+    found = steps(caught.value.report)
+    assert found["slow"]["exit_code"] == 124 and "deadline" in found["slow"]["error"]
+    assert found["never"]["status"] == "skipped"
+    assert caught.value.report["stop_reason"] == "step slow failed"
+
+
+# -- expressions and if: ----------------------------------------------------------------------
+
+
+def test_if_skips_with_its_reason_and_always_runs_after_a_failure(workspace: Path,
+                                                                  fake_claude: Any) -> None:
+    path = write(workspace, """
+        version: 1
+        steps:
+          - {id: probe, run: "printf 'a\\nb\\n'"}
+          - id: skipped
+            if: not contains(lines(steps.probe.result), "b") or steps.probe.exit_code != 0
+            run: echo never
+          - id: taken
+            if: startswith(steps.probe.result, "a") and steps.skipped.status == "skipped"
+            run: echo taken
+          - {id: broken, run: exit 1}
+          - {id: after, run: echo after}
+          - id: report
+            if: always()
+            run: echo "$S $B"
+            env: {S: "${{ steps.taken.status }}", B: "${{ failure() }}"}
+    """)
+    with pytest.raises(WorkflowRunFailedError) as caught:
+        run_workflow(path, workspace=workspace)
+    found = steps(caught.value.report)
+    assert found["skipped"]["status"] == "skipped"
+    assert "if: not contains(lines(steps.probe.result)" in found["skipped"]["error"]
+    assert found["taken"]["status"] == "succeeded"
+    assert found["after"]["status"] == "skipped"
+    assert found["report"]["status"] == "succeeded"
+    assert found["report"]["result"] == "succeeded true\n"
+
+
+def test_expression_errors_are_validation_errors_with_line_and_column(
+        workspace: Path, fake_claude: Any) -> None:
+    path = write(workspace, """
+        version: 1
+        steps:
+          - id: a
+            if: steps.a.result.upper() == "X"
+            run: echo
+          - id: b
+            run: echo
+            if: len(steps.a.result) > 1
+          - id: c
+            create: s
+            prompt: "x ${{ steps.a.exit_code + 1 }}"
+          - id: d
+            create: t-${{ item }}
+            prompt: "${{ loop.iteration }}"
+          - id: e
+            loop:
+              max_iterations: 2
+              until: steps.nope.exit_code == 0
+              steps:
+                - {id: a, run: echo}
+    """)
+    text = problems(path, workspace)
+    assert "wf.yml:5:9: steps[0].if: steps.a.result.upper() == \"X\": that() is not a " \
+           "function" in text
+    assert "wf.yml:9:9: steps[1].if: len(steps.a.result) > 1: len() is not a function" in text
+    assert "wf.yml:12:20: steps[2].prompt: ${{ steps.a.exit_code + 1 }}" in text
+    assert "arithmetic is not part of the language" in text
+    assert "a session name may use ${{ }} only in a for_each step" in text
+    assert "loop.iteration is only known inside a loop's steps" in text
+    assert "${{ steps.nope.exit_code }}: no step 'nope'" in text
+    assert "duplicate id 'a' (first used by steps[0]; ids are unique across loops too)" in text
+
+
+def test_evaluation_is_bounded_and_calls_only_its_functions() -> None:
+    with pytest.raises(expr.ExprError, match="longer than"):
+        expr.parse("1 == 1 and " * 1000 + "true")
+    for bad in ("__import__('os')", "steps.a.result.__class__", "[x for x in lines('a')]",
+                "'a' * 1000000000", "vars.x.y"):
+        with pytest.raises(expr.ExprError):
+            expr.parse(bad)
+    parsed = expr.parse("fromjson(steps.a.result) == [1, 'x'] and 2 in fromjson('[2]')")
+    assert expr.evaluate(parsed, lambda ref: '[1, "x"]') is True
+    with pytest.raises(expr.ExprError, match="not JSON"):
+        expr.evaluate(expr.parse("fromjson(steps.a.result)"), lambda ref: "{")
+
+
+# -- loops ------------------------------------------------------------------------------------
+
+
+LOOP = """
+    version: 1
+    steps:
+      - {id: plan, create: planner, prompt: Plan.}
+      - id: green
+        loop:
+          max_iterations: 4
+          until: steps.test.exit_code == 0
+          steps:
+            - id: test
+              run: >-
+                n=$(cat count 2>/dev/null || echo 0); n=$((n+1)); echo $n > count;
+                echo "pass $n"; test $n -ge 3
+              continue_on_error: true
+            - id: gate
+              run: 'test ! -f stop-$N'
+              env: {N: "${{ loop.iteration }}"}
+            - id: fix
+              if: steps.test.exit_code != 0
+              resume: planner
+              prompt: "Pass ${{ loop.iteration }}: ${{ steps.test.result }}"
+"""
+
+
+def test_a_loop_repeats_until_its_condition_holds(workspace: Path, fake_claude: Any) -> None:
+    path = write(workspace, LOOP)
+    report = run_workflow(path, workspace=workspace)
+    found = steps(report)
+    assert found["green"]["status"] == "succeeded" and found["green"]["iteration"] == 3
+    assert found["test"]["result"] == "pass 3\n" and found["fix"]["status"] == "skipped"
+    prompts = [c["prompt_head"] for c in fake_claude.calls() if "Pass" in c["prompt_head"]]
+    assert [p.split(":")[0] for p in prompts] == ["Pass 1", "Pass 2"]
+    assert "pass 2" in prompts[1]
+
+
+def test_an_exhausted_loop_fails_naming_its_last_until_value(workspace: Path,
+                                                             fake_claude: Any) -> None:
+    path = write(workspace, LOOP.replace("max_iterations: 4", "max_iterations: 2"))
+    with pytest.raises(WorkflowRunFailedError) as caught:
+        run_workflow(path, workspace=workspace)
+    error = steps(caught.value.report)["green"]["error"]
+    assert error == ("loop green: until steps.test.exit_code == 0 was still false after 2 "
+                     "iterations")
+
+
+def test_resume_continues_inside_a_loop_without_repeating_claude_calls(
+        workspace: Path, fake_claude: Any) -> None:
+    path = write(workspace, LOOP)
+    (workspace / "stop-2").touch()  # pass 2 fails at its gate, after its test
+    with pytest.raises(WorkflowRunFailedError) as caught:
+        run_workflow(path, workspace=workspace)
+    assert steps(caught.value.report)["green"]["iteration"] == 2
+    calls = len(fake_claude.calls())
+    assert calls == 2  # plan, fix of pass 1
+    (workspace / "stop-2").unlink()
+    (workspace / "count").write_text("1\n")  # as pass 1 left it: pass 2 runs its test again
+    report = run_workflow(path, workspace=workspace, resume_run=True)
+    found = steps(report)
+    assert found["green"]["status"] == "succeeded" and found["green"]["iteration"] == 3
+    assert found["plan"]["reused"] is True
+    later = [c["prompt_head"] for c in fake_claude.calls()[calls:]]
+    assert [p.split(":")[0] for p in later] == ["Pass 2"]  # pass 1 is not redone
+
+
+# -- fan-out ----------------------------------------------------------------------------------
+
+
+def test_for_each_runs_one_session_per_element_from_structured_output(
+        workspace: Path, fake_claude: Any) -> None:
+    (workspace / "plan.json").write_text(json.dumps({
+        "type": "object", "properties": {"tasks": {
+            "type": "array", "items": {"type": "object"},
+            "examples": [[{"id": "parse", "title": "Parse"}, {"id": "print", "title": "Print"},
+                          {"id": "test", "title": "Test"}]]}}}))
+    path = write(workspace, """
+        version: 1
+        max_parallel: 4
+        steps:
+          - {id: plan, create: planner, schema: plan.json, prompt: Plan.}
+          - id: implement
+            for_each: ${{ steps.plan.output.tasks }}
+            max_parallel: 2
+            create: impl-${{ item.id }}
+            prompt: Implement ${{ item.title }} (${{ item_index }}).
+          - id: count
+            run: echo "$N"
+            env: {N: "${{ tojson(steps.implement.result) }}"}
+    """)
+    report = run_workflow(path, workspace=workspace)
+    found = steps(report)
+    assert [found[f"implement[{i}]"]["session"] for i in range(3)] == \
+        ["impl-parse", "impl-print", "impl-test"]
+    assert found["implement"]["status"] == "succeeded"
+    assert len(found["implement"]["result"]) == 3
+    assert "Implement Print (1)" in found["implement[1]"]["result"]
+    assert {e.name for e in Sessions(workspace).list()} >= {"impl-parse", "impl-print"}
+    # At most 2 expansions at once: the fake's log shows when each call ran.
+    calls = [c for c in fake_claude.calls() if "Implement" in c["prompt_head"]]
+    for call in calls:
+        overlapping = [o for o in calls if o["started"] < call["ended"]
+                       and call["started"] < o["ended"]]
+        assert len(overlapping) <= 2
+
+
+def test_expansions_must_name_distinct_sessions_before_any_runs(workspace: Path,
+                                                                fake_claude: Any) -> None:
+    path = write(workspace, """
+        version: 1
+        steps:
+          - id: fan
+            for_each: [a, b, A]
+            create: s-${{ lines(item) == ["a"] }}
+            prompt: x
+    """)
+    with pytest.raises(WorkflowRunFailedError) as caught:
+        run_workflow(path, workspace=workspace)
+    error = steps(caught.value.report)["fan"]["error"]
+    assert "fan[1] and fan[2] both name session 's-false'" in error
+    assert fake_claude.calls() == []
+    path = write(workspace, """
+        version: 1
+        steps:
+          - {id: fan, for_each: [a, b], create: "same-${{ vars.x }}", prompt: x}
+        vars: {x: "1"}
+    """)
+    assert "use ${{ item... }} or ${{ item_index }} in the name" in problems(path, workspace)
+
+
+def test_resume_reruns_only_the_expansions_that_failed_or_did_not_run(
+        workspace: Path, fake_claude: Any) -> None:
+    path = write(workspace, """
+        version: 1
+        steps:
+          - id: impl
+            for_each: [a, b, c, d]
+            loop:
+              max_iterations: 1
+              until: steps.check.exit_code == 0
+              steps:
+                - {id: work, create: "w-${{ item }}", prompt: "Work on ${{ item }}."}
+                - id: check
+                  run: 'test ! -f fail-$X'
+                  env: {X: "${{ item }}"}
+    """)
+    (workspace / "fail-b").touch()
+    with pytest.raises(WorkflowRunFailedError) as caught:
+        run_workflow(path, workspace=workspace)
+    found = steps(caught.value.report)
+    assert found["impl[0]"]["status"] == "succeeded" and found["impl[1]"]["status"] == "failed"
+    assert found["impl[2]"]["status"] == "skipped"  # the run stopped starting work
+    assert found["impl[1]/check"]["exit_code"] == 1
+    (workspace / "fail-b").unlink()
+    before = len(fake_claude.calls())
+    report = run_workflow(path, workspace=workspace, resume_run=True)
+    assert report["status"] == "succeeded"
+    again = sorted(c["prompt_head"] for c in fake_claude.calls()[before:])
+    assert again == ["Work on c.", "Work on d."]  # b's claude call had succeeded
+
+
+def test_max_parallel_covers_expansions_and_one_session_runs_one_turn() -> None:
+    claude = InProcessClaude()
+    import io
+    import tempfile
+
+    from claude_persist.workflow import RunSettings, load, run
+    from claude_persist.workflow.report import ProgressPrinter
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = write(Path(folder), """
+            version: 1
+            max_parallel: 3
+            steps:
+              - {id: fan, for_each: [1, 2, 3, 4, 5, 6, 7, 8], create: "s${{ item }}",
+                 prompt: "n ${{ item }}"}
+        """)
+        sessions = Sessions(folder, turn_runner=claude)
+        workflow, the_plan = load(path, sessions)
+        state, _ = run(workflow, the_plan, sessions, RunSettings(max_parallel=3),
+                       ProgressPrinter(workflow, io.StringIO()))
+    assert state.status == "succeeded" and len(claude.calls) == 8
+    assert state.steps["fan"].result == [state.steps[f"fan[{i}]"].result for i in range(8)]
+
+
+# -- validate and dry run ---------------------------------------------------------------------
+
+
+def test_dry_run_shows_conditions_and_what_is_decided_at_run_time(workspace: Path,
+                                                                  fake_claude: Any) -> None:
+    path = write(workspace, LOOP + """
+      - id: fan
+        for_each: ${{ lines(steps.test.result) }}
+        create: f-${{ item_index }}
+        prompt: x
+    """)
+    text = dry_run_workflow(path, workspace=workspace)
+    assert "if: steps.test.exit_code != 0  (decided at run time)" in text
+    assert "loop: up to 4 passes, until steps.test.exit_code == 0" in text
+    assert "the list is decided at run time" in text
+    assert fake_claude.calls() == []
