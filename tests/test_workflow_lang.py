@@ -4,7 +4,11 @@ them, and the Python API -- through the fake claude CLI as a real subprocess."""
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
 import textwrap
+import time
 from pathlib import Path
 from typing import Any
 
@@ -369,3 +373,33 @@ def test_dry_run_shows_conditions_and_what_is_decided_at_run_time(workspace: Pat
     assert "loop: up to 4 passes, until steps.test.exit_code == 0" in text
     assert "the list is decided at run time" in text
     assert fake_claude.calls() == []
+
+
+def test_ctrl_c_stops_shell_steps_and_claude_calls_and_the_state_says_where(
+        workspace: Path, fake_claude: Any, group_alive: Any) -> None:
+    write(workspace, """
+        version: 1
+        max_parallel: 2
+        steps:
+          - {id: ask, create: x, prompt: "[fake delay=30] a"}
+          - id: build
+            run: echo $$ > shell.pid; sleep 30 & echo $! > child.pid; wait
+    """)
+    proc = subprocess.Popen([sys.executable, "-m", "claude_persist.cli", "run", "wf.yml"],
+                            cwd=workspace, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    deadline = time.monotonic() + 15
+    while (not fake_claude.records() or not (workspace / "child.pid").exists()
+           or not (workspace / "child.pid").read_text().strip()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    groups = [r["pgid"] for r in fake_claude.records()]
+    shell = int((workspace / "shell.pid").read_text())
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, err
+    assert not any(group_alive(g) for g in [*groups, shell])  # the shell's group is its pid
+    states = list((next(workspace.parent.glob("tmp/**/runs/*"))).glob("*.json"))
+    saved = json.loads(states[0].read_text())
+    found = {s["id"]: s for s in saved["steps"]}
+    assert saved["status"] == "interrupted"
+    assert found["build"]["status"] == "failed" and found["build"]["error"] == "interrupted"

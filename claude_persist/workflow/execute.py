@@ -253,7 +253,7 @@ class Scheduler:
     def _fresh(step: Step, key: str) -> StepState:
         kind = "for_each" if step.for_each is not None and "[" not in key[len(step.id):] \
             else step.kind
-        return StepState(id=key, action=step.action.value if step.kind == "claude" else kind,
+        return StepState(id=key, action=step.action.value if kind == "claude" else kind,
                          session=step.target if step.kind == "claude" else "",
                          model=step.settings.model if step.kind == "claude" else None,
                          effort=step.settings.effort if step.kind == "claude" else None,
@@ -361,11 +361,12 @@ class Scheduler:
         return resolver(self.workflow, self.state.steps, self.state.run_id, os.environ, scope)
 
     def _node(self, step: Step, scope: Scope, key: str, failed_before: bool,
-              expand: bool = True) -> StepState:
+              expand: bool = True, parent: str | None = None) -> StepState:
         """Run ``step`` as ``key`` in ``scope``: check its ``if:``, then fan it out, loop it
         or call it. Returns its final state (recorded)."""
         state = self._fresh(step, key) if expand or step.for_each is None else \
             StepState(**{**self._fresh(step, key).__dict__, "kind": step.kind})
+        state.parent = parent
         with self._lock:
             self.state.steps[key] = state
         if step.condition is not None:
@@ -425,7 +426,8 @@ class Scheduler:
                 if self.cancel.is_set():
                     broken = True
                     break
-                result = self._node(body, inner, scope.prefix + body.id, broken)
+                result = self._node(body, inner, scope.prefix + body.id, broken,
+                                    parent=state.id)
                 if result.status is StepStatus.FAILED and not body.continue_on_error:
                     broken = True
             if self.cancel.is_set():
@@ -480,7 +482,7 @@ class Scheduler:
         limit = max(1, min(step.fan_parallel or self._workers, self._workers, len(items) or 1))
         results: list[StepState] = []
         with ThreadPoolExecutor(max_workers=limit, thread_name_prefix="fan") as pool:
-            futures = [pool.submit(self._expansion, step, s, f"{state.id}[{i}]")
+            futures = [pool.submit(self._expansion, step, s, f"{state.id}[{i}]", state.id)
                        for i, s in enumerate(scopes)]
             try:
                 results = [future.result() for future in futures]
@@ -503,14 +505,15 @@ class Scheduler:
         self.progress.step_finished(step, state)
         return state
 
-    def _expansion(self, step: Step, scope: Scope, key: str) -> StepState:
+    def _expansion(self, step: Step, scope: Scope, key: str, parent: str) -> StepState:
         if self.cancel.is_set() or self._stop_reason() is not None:
-            state = StepState(**{**self._fresh(step, key).__dict__, "kind": step.kind})
+            state = StepState(**{**self._fresh(step, key).__dict__, "kind": step.kind,
+                                 "parent": parent})
             state.status = StepStatus.SKIPPED
             state.error = "interrupted" if self.cancel.is_set() else self._stop_reason()
             self._record(state)
             return state
-        return self._node(step, scope, key, False, expand=False)
+        return self._node(step, scope, key, False, expand=False, parent=parent)
 
     def _distinct_sessions(self, step: Step, scopes: list[Scope]) -> str | None:
         """Every expansion must name its own sessions, and the names must be valid."""

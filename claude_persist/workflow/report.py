@@ -79,7 +79,7 @@ class ProgressPrinter:
 def table(run: RunState) -> str:
     """The closing table of all steps, with totals."""
     rows = [("STEP", "ACTION", "SESSION", "MODEL/EFFORT", "STATUS", "TRIES", "SECONDS", "COST")]
-    for s in run.steps.values():
+    for s in run.ordered():
         rows.append((s.id, s.action, s.session, _setting(s.model, s.effort),
                      f"{s.status}{' (reused)' if s.reused else ''}", str(s.attempts),
                      f"{s.duration_s:.1f}", _cost(s.cost_usd)))
@@ -112,7 +112,8 @@ def as_json(run: RunState, state_file: str | None = None) -> dict[str, Any]:
         "cost_usd": None if s.cost_usd is None else round(s.cost_usd, 6),
         "num_turns": s.num_turns, "error": s.error, "result": s.result, "output": s.output,
         "kind": s.kind, "exit_code": s.exit_code, "stderr": s.stderr, "iteration": s.iteration,
-    } for s in run.steps.values()]
+        "parent": s.parent,
+    } for s in run.ordered()]
     return {
         "run_id": run.run_id, "workflow": run.workflow, "name": run.workflow_name,
         "status": run.status, "stop_reason": run.stop_reason, "started_at": run.started_at,
@@ -129,7 +130,7 @@ def final_result(run: RunState) -> str | None:
     JSON when it has a schema), if the run succeeded."""
     if run.status != "succeeded" or not run.steps:
         return None
-    last = list(run.steps.values())[-1]
+    last = [s for s in run.ordered() if s.parent is None][-1]
     if last.output is not None:
         return json.dumps(last.output, ensure_ascii=False, indent=2)
     return last.result if isinstance(last.result, str) else json.dumps(last.result)

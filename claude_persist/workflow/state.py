@@ -70,6 +70,8 @@ class StepState:
     stderr: str = ""
     #: A loop's pass (from 1); for a step inside a loop, the pass it ran in.
     iteration: int | None = None
+    #: The loop or fan-out this state is part of (its state's id), None at the top.
+    parent: str | None = None
 
     def __post_init__(self) -> None:
         self.status = StepStatus(self.status)  # a state file holds the plain text
@@ -110,6 +112,21 @@ class RunState:
     def run_cost_usd(self) -> float:
         """What the run spent over all its invocations: what ``budget_usd`` covers."""
         return self.spent_before_usd + self.total_cost_usd
+
+    def ordered(self) -> list[StepState]:
+        """The steps as people read them: each top-level step, then what ran inside it
+        (a loop's steps, a fan-out's expansions), in the order they started."""
+        children: dict[str | None, list[StepState]] = {}
+        for step in self.steps.values():
+            parent = step.parent if step.parent in self.steps else None
+            children.setdefault(parent, []).append(step)
+        out: list[StepState] = []
+        stack = list(reversed(children.get(None, [])))
+        while stack:
+            step = stack.pop()
+            out.append(step)
+            stack.extend(reversed(children.get(step.id, [])))
+        return out
 
     def to_json(self) -> dict[str, Any]:
         # Shallow on purpose: the result is only serialised (asdict's deep copy of every step
