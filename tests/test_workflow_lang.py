@@ -4,6 +4,7 @@ them, and the Python API -- through the fake claude CLI as a real subprocess."""
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -24,6 +25,8 @@ from claude_persist import (
 )
 from claude_persist.testing import InProcessClaude
 from claude_persist.workflow import expr
+
+from .conftest import REPO
 
 
 def write(folder: Path, text: str, name: str = "wf.yml") -> Path:
@@ -403,3 +406,27 @@ def test_ctrl_c_stops_shell_steps_and_claude_calls_and_the_state_says_where(
     found = {s["id"]: s for s in saved["steps"]}
     assert saved["status"] == "interrupted"
     assert found["build"]["status"] == "failed" and found["build"]["error"] == "interrupted"
+
+
+def test_the_new_examples_run_offline(workspace: Path, fake_claude: Any) -> None:
+    shutil.copytree(REPO / "workflows", workspace / "workflows")
+    fan = run_workflow(workspace / "workflows/fan-out.yml", workspace=workspace)
+    found = steps(fan)
+    assert [found[f"implement[{i}]"]["session"] for i in range(3)] == \
+        ["impl-parse-args", "impl-read-config", "impl-write-report"]
+    assert found["review"]["status"] == "succeeded" and fan["status"] == "succeeded"
+    # The fake edits nothing, so the real test command stays red for every pass.
+    with pytest.raises(WorkflowRunFailedError) as caught:
+        run_workflow(workspace / "workflows/fix-until-green.yml", workspace=workspace)
+    green = steps(caught.value.report)
+    assert green["green"]["error"] == ("loop green: until steps.test.exit_code == 0 was "
+                                       "still false after 3 iterations")
+    assert green["test"]["exit_code"] == 1 and "test_mean" in green["test"]["stderr"]
+    assert green["summary"]["result"] == "loop: failed; last exit code: 1\n"
+    fixes = [c for c in fake_claude.calls() if "the tests fail" in c["prompt_head"]]
+    assert len(fixes) == 3 and "Pass 3: the tests fail (exit 1)" in fixes[-1]["prompt_head"]
+    # With the bug fixed (as claude would), the loop ends after its first pass.
+    calc = workspace / "workflows/example-project/calc.py"
+    calc.write_text(calc.read_text().replace("(len(values) + 1)", "len(values)"))
+    fixed = run_workflow(workspace / "workflows/fix-until-green.yml", workspace=workspace)
+    assert steps(fixed)["green"]["iteration"] == 1 and fixed["status"] == "succeeded"
