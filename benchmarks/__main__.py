@@ -28,6 +28,8 @@ PLAN: dict[str, tuple[Callable[..., Figure | list[Figure]], dict[str, Any], dict
     "workflow-parallel": (figures.parallel_workflow, {"sessions": 8}, {"sessions": 8}),
     "workflow-sequential": (figures.sequential_workflow, {"steps": 50, "rounds": 5},
                             {"steps": 50, "rounds": 2}),
+    "fan-out": (figures.fan_out, {"elements": 1000, "parallel": 16},
+                {"elements": 200, "parallel": 16, "small": 50}),
     "mapping": (figures.big_mapping, {"sizes": (10, 5_000, 10_000)},
                 {"sizes": (10, 5_000, 10_000), "rounds": 3}),
     "concurrent-creates": (figures.concurrent_creates, {"processes": 32, "creates": 25},

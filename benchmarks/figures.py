@@ -253,6 +253,107 @@ def sequential_workflow(steps: int = 50, rounds: int = 3) -> Figure:
                  "rounds": rounds})
 
 
+def _direct_fan(lab: Lab, count: int, parallel: int) -> None:
+    """``count`` fake calls, each creating a session, ``parallel`` at a time: no
+    claude-persist at all."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one(index: int) -> None:
+        lab.run([*FAKE, "-p", "--output-format=stream-json", "--verbose",
+                 f"--session-id={uuid.uuid4()}"], input=f"element {index}")
+
+    with ThreadPoolExecutor(max_workers=parallel) as pool:
+        list(pool.map(one, range(count)))
+
+
+def _in_process_fan(count: int, parallel: int) -> float:
+    """Seconds of a ``count``-element fan-out run in process (no processes: only our own
+    cost), for the shape of that cost as the fan-out grows."""
+    import io
+
+    from claude_persist import Sessions
+    from claude_persist.testing import InProcessClaude
+    from claude_persist.workflow import RunSettings, load, run
+    from claude_persist.workflow.report import ProgressPrinter
+
+    lab = Lab.make("fan-in-process")
+    path = lab.workspace / "fan.yml"
+    path.write_text(_fan_text(count))
+    previous = os.environ.get("TMPDIR")
+    os.environ["TMPDIR"] = lab.env["TMPDIR"]
+    import tempfile
+
+    tempfile.tempdir = None
+    try:
+        sessions = Sessions(lab.workspace, turn_runner=InProcessClaude())
+        workflow, plan = load(path, sessions)
+        started = time.perf_counter()
+        state, _ = run(workflow, plan, sessions, RunSettings(max_parallel=parallel),
+                       ProgressPrinter(workflow, io.StringIO()))
+        took = time.perf_counter() - started
+    finally:
+        if previous is None:
+            os.environ.pop("TMPDIR", None)
+        else:
+            os.environ["TMPDIR"] = previous
+        tempfile.tempdir = None
+    assert state.status == "succeeded", state.stop_reason
+    return took
+
+
+def _fan_text(count: int) -> str:
+    items = ", ".join(str(i) for i in range(count))
+    return textwrap.dedent(f"""\
+        version: 1
+        name: fan
+        steps:
+          - id: fan
+            for_each: [{items}]
+            create: f-${{{{ item }}}}
+            prompt: element ${{{{ item }}}}
+        """)
+
+
+def fan_out(elements: int = 1000, parallel: int = 16, small: int = 250) -> list[Figure]:
+    """A ``for_each`` of ``elements`` at ``max_parallel`` ``parallel`` through the fake CLI
+    answering at once, against as many direct fake calls at the same parallelism: our cost
+    per expansion, the run's peak memory, and how our in-process cost per expansion grows
+    from ``small`` to ``elements`` (flat when the state written per step is O(1))."""
+    lab = Lab.make("fan-out")
+    (lab.workspace / "fan.yml").write_text(_fan_text(elements))
+    direct = wall(lambda: _direct_fan(lab, elements, parallel))
+    started = time.perf_counter()
+    proc = subprocess.Popen([*CLAUDE_PERSIST, "run", "fan.yml", "--json", "--max-parallel",
+                             str(parallel)], cwd=lab.workspace, env=lab.env,
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    with RssSampler(proc.pid) as rss:
+        out, _ = proc.communicate()
+    took = time.perf_counter() - started
+    report = json.loads(out)
+    assert report["status"] == "succeeded" and report["totals"]["succeeded"] == elements + 1
+    per_expansion = (took - direct) / elements
+    little, large = _in_process_fan(small, parallel), _in_process_fan(elements, parallel)
+    growth = (large / elements) / (little / small)
+    return [
+        Figure(key="fan-out-overhead",
+               what=f"for_each of {elements} at --max-parallel {parallel}",
+               value=_ms(per_expansion), unit="ms per expansion", target="< 5 ms",
+               ok=per_expansion < 0.005,
+               baseline=f"{elements} direct fake calls, {parallel} at a time, same run",
+               context={"workflow_s": round(took, 3), "direct_s": round(direct, 3),
+                        "run_s": report["duration_s"], "cpus": os.cpu_count()}),
+        Figure(key="fan-out-memory", what=f"peak memory of that run ({elements} expansions)",
+               value=round(rss.peak_mb, 1), unit="MB", target="< 100 MB",
+               ok=rss.peak_mb < 100, baseline="none"),
+        Figure(key="fan-out-growth",
+               what=f"our cost per expansion, in process, {elements} vs {small} elements",
+               value=round(growth, 2), unit="x", target="<= 1.5x (O(1) state per step)",
+               ok=growth <= 1.5, baseline=f"the same at {small} elements",
+               context={f"in_process_{small}_ms_each": _ms(little / small),
+                        f"in_process_{elements}_ms_each": _ms(large / elements)}),
+    ]
+
+
 # -- a big mapping file --------------------------------------------------------------------------
 
 

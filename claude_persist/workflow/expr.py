@@ -22,6 +22,7 @@ is never scanned again, and ``$${{`` writes a literal ``${{``.
 from __future__ import annotations
 
 import ast
+import functools
 import json
 import re
 from collections.abc import Callable, Iterator, Mapping
@@ -125,8 +126,10 @@ def _ref(text: str) -> Ref:
     return Ref(text, parts)
 
 
+@functools.lru_cache(maxsize=1024)
 def parse(text: str) -> Expression:
-    """Check ``text`` against the language; raise :class:`ExprError` (with an offset)."""
+    """Check ``text`` against the language; raise :class:`ExprError` (with an offset).
+    Cached: a fan-out renders the same few expressions once per element."""
     if len(text) > MAX_CHARS:
         raise ExprError(f"the expression is longer than {MAX_CHARS} characters", 0)
     names: dict[str, Ref] = {}
