@@ -266,15 +266,26 @@ def _direct_fan(lab: Lab, count: int, parallel: int) -> None:
         list(pool.map(one, range(count)))
 
 
-def _in_process_fan(count: int, parallel: int) -> float:
+def _in_process_fan(count: int, parallel: int) -> tuple[float, float]:
     """Seconds of a ``count``-element fan-out run in process (no processes: only our own
-    cost), for the shape of that cost as the fan-out grows."""
+    cost), for the shape of that cost as the fan-out grows; and the seconds spent inside the
+    session calls (``Sessions.create``: the mapping file's update), summed over the calls."""
     import io
 
     from claude_persist import Sessions
     from claude_persist.testing import InProcessClaude
-    from claude_persist.workflow import RunSettings, load, run
+    from claude_persist.workflow import RunSettings, execute, load, run
     from claude_persist.workflow.report import ProgressPrinter
+
+    in_calls: list[float] = []
+    real_call = execute.call_step
+
+    def timed_call(*args: Any, **kwargs: Any) -> Any:
+        began = time.perf_counter()
+        try:
+            return real_call(*args, **kwargs)
+        finally:
+            in_calls.append(time.perf_counter() - began)
 
     lab = Lab.make("fan-in-process")
     path = lab.workspace / "fan.yml"
@@ -284,6 +295,7 @@ def _in_process_fan(count: int, parallel: int) -> float:
     import tempfile
 
     tempfile.tempdir = None
+    execute.call_step = timed_call
     try:
         sessions = Sessions(lab.workspace, turn_runner=InProcessClaude())
         workflow, plan = load(path, sessions)
@@ -292,13 +304,14 @@ def _in_process_fan(count: int, parallel: int) -> float:
                        ProgressPrinter(workflow, io.StringIO()))
         took = time.perf_counter() - started
     finally:
+        execute.call_step = real_call
         if previous is None:
             os.environ.pop("TMPDIR", None)
         else:
             os.environ["TMPDIR"] = previous
         tempfile.tempdir = None
     assert state.status == "succeeded", state.stop_reason
-    return took
+    return took, sum(in_calls)
 
 
 def _fan_text(count: int) -> str:
@@ -332,8 +345,10 @@ def fan_out(elements: int = 1000, parallel: int = 16, small: int = 250) -> list[
     report = json.loads(out)
     assert report["status"] == "succeeded" and report["totals"]["succeeded"] == elements + 1
     per_expansion = (took - direct) / elements
-    little, large = _in_process_fan(small, parallel), _in_process_fan(elements, parallel)
+    little, large = _in_process_fan(small, parallel)[0], _in_process_fan(elements, parallel)[0]
     growth = (large / elements) / (little / small)
+    alone, in_sessions = _in_process_fan(elements, 1)
+    machinery = (alone - in_sessions) / elements
     return [
         Figure(key="fan-out-overhead",
                what=f"for_each of {elements} at --max-parallel {parallel}",
@@ -342,6 +357,15 @@ def fan_out(elements: int = 1000, parallel: int = 16, small: int = 250) -> list[
                baseline=f"{elements} direct fake calls, {parallel} at a time, same run",
                context={"workflow_s": round(took, 3), "direct_s": round(direct, 3),
                         "run_s": report["duration_s"], "cpus": os.cpu_count()}),
+        Figure(key="fan-out-machinery",
+               what=f"the workflow's own cost per expansion ({elements}, in process, one at "
+                    "a time)",
+               value=_ms(machinery), unit="ms per expansion", target="< 5 ms",
+               ok=machinery < 0.005,
+               baseline="the run minus the time inside Sessions.create (the session "
+                        "mapping's update), same run",
+               context={"run_s": round(alone, 3),
+                        "sessions_create_ms_each": _ms(in_sessions / elements)}),
         Figure(key="fan-out-memory", what=f"peak memory of that run ({elements} expansions)",
                value=round(rss.peak_mb, 1), unit="MB", target="< 100 MB",
                ok=rss.peak_mb < 100, baseline="none"),

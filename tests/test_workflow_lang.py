@@ -287,7 +287,7 @@ def test_expansions_must_name_distinct_sessions_before_any_runs(workspace: Path,
         version: 1
         steps:
           - id: fan
-            for_each: [a, b, A]
+            for_each: ${{ fromjson('["a", "b", "A"]') }}
             create: s-${{ lines(item) == ["a"] }}
             prompt: x
     """)
@@ -296,6 +296,14 @@ def test_expansions_must_name_distinct_sessions_before_any_runs(workspace: Path,
     error = steps(caught.value.report)["fan"]["error"]
     assert "fan[1] and fan[2] both name session 's-false'" in error
     assert fake_claude.calls() == []
+    literal = write(workspace, """
+        version: 1
+        steps:
+          - {id: fan, for_each: [a, b, A], create: 's-${{ item == "b" }}', prompt: x}
+    """, "literal.yml")
+    assert "wf.yml" not in (text := problems(literal, workspace))
+    assert "literal.yml:4:32: steps[0].for_each[2]: elements 0 and 2 both name session " \
+           "'s-false' in step fan" in text
     path = write(workspace, """
         version: 1
         steps:
@@ -334,6 +342,22 @@ def test_resume_reruns_only_the_expansions_that_failed_or_did_not_run(
     assert report["status"] == "succeeded"
     again = sorted(c["prompt_head"] for c in fake_claude.calls()[before:])
     assert again == ["Work on c.", "Work on d."]  # b's claude call had succeeded
+
+
+def test_the_budget_covers_expansions(workspace: Path) -> None:
+    claude = InProcessClaude(cost=0.01)
+    path = write(workspace, """
+        version: 1
+        budget_usd: 0.025
+        steps:
+          - {id: fan, for_each: [1, 2, 3, 4, 5, 6], create: "s${{ item }}", prompt: x}
+    """)
+    with pytest.raises(WorkflowRunFailedError) as caught:
+        run_workflow(path, workspace=Sessions(workspace, turn_runner=claude))
+    report = caught.value.report
+    assert len(claude.calls) == 3 and report["stop_reason"].startswith("budget_usd 0.025 spent")
+    assert [s["status"] for s in report["steps"] if s["parent"] == "fan"] == \
+        ["succeeded"] * 3 + ["skipped"] * 3
 
 
 def test_max_parallel_covers_expansions_and_one_session_runs_one_turn() -> None:

@@ -221,6 +221,7 @@ class Scheduler:
         self._slots = threading.BoundedSemaphore(self._workers)
         self._session_locks: dict[str, threading.Lock] = {}
         self._failed: str | None = None  # the first step that failed and stops the run
+        self._first_stop: str | None = None
         self.state, self._before = self._open()
 
     def _open(self) -> tuple[RunState, dict[str, StepState]]:
@@ -412,7 +413,9 @@ class Scheduler:
         A resumed run starts at the pass where the earlier one stopped."""
         assert step.until is not None  # the loader requires it
         began = time.monotonic()
-        before = self._before.get(state.id)
+        # Once: a loop inside another starts its later outer passes from 1.
+        with self._lock:
+            before = self._before.pop(state.id, None)
         first = before.iteration if before is not None and before.iteration else 1
         state.status = StepStatus.RUNNING
         self.progress.step_started(step, state)
@@ -697,6 +700,13 @@ class Scheduler:
             return
 
     def _stop_reason(self) -> str | None:
+        """Why the run starts nothing more: the first reason found sticks (a fan-out that
+        failed because the budget stopped its expansions names the budget)."""
+        if self._first_stop is None:
+            self._first_stop = self._find_stop_reason()
+        return self._first_stop
+
+    def _find_stop_reason(self) -> str | None:
         if self._failed is not None:
             return f"step {self._failed} failed"
         budget = self.workflow.budget_usd

@@ -13,6 +13,7 @@ import functools
 import hashlib
 import json
 import os
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -645,8 +646,50 @@ def _step(c: _Checker, raw: dict[str, Any], path: Path_, defaults: dict[str, Any
         templated=templated, path=path,
     )
     _check_scope(c, step, path, where, inner)
+    if isinstance(for_each, tuple):
+        _check_expansions(c, step, path, for_each, variables)
     return replace(step, fingerprint=_fingerprint(step, {**inherited_files, **own_files},
                                                   variables))
+
+
+def _check_expansions(c: _Checker, step: Step, path: Path_, items: tuple[Any, ...],
+                      variables: Mapping[str, str]) -> None:
+    """A literal list: the sessions each expansion names are known now, so check them now."""
+
+    def resolve(ref: expr.Ref, item: Any, index: int) -> Any:
+        if ref.parts[0] == "item_index":
+            return index
+        if ref.parts[0] == "item":
+            value = item
+            for key in ref.parts[1:]:
+                value = value.get(key) if isinstance(value, dict) else None
+            return value
+        if ref.parts[0] == "vars":
+            return variables.get(ref.parts[1], "")
+        raise expr.Unknown(ref.text)
+
+    for inner in step.walk():
+        if inner.kind != "claude" or not inner.templated:
+            continue
+        seen: dict[str, int] = {}
+        for index, item in enumerate(items):
+            try:
+                names = {expr.render(n, lambda r: resolve(r, item, index))  # noqa: B023
+                         for n in (inner.session, inner.target)}
+            except (expr.ExprError, expr.Unknown):
+                return  # decided at run time
+            for name in names:
+                if expr.OPEN in name:
+                    return
+                if not re.match(r"^[A-Za-z0-9._-]+$(?!\n)", name):
+                    c.add((*path, "for_each", index), f"element {index} names session "
+                          f"{name!r} in step {inner.id}, which is not a name of letters, "
+                          "digits, '.', '_' and '-'")
+                elif name in seen and seen[name] != index:
+                    c.add((*path, "for_each", index), f"elements {seen[name]} and {index} both "
+                          f"name session {name!r} in step {inner.id}: each expansion needs its "
+                          "own session")
+                seen.setdefault(name, index)
 
 
 def _check_scope(c: _Checker, step: Step, path: Path_, where: _Where, inner: _Where) -> None:
