@@ -3,7 +3,9 @@ them, and the Python API -- through the fake claude CLI as a real subprocess."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -454,3 +456,42 @@ def test_the_new_examples_run_offline(workspace: Path, fake_claude: Any) -> None
     calc.write_text(calc.read_text().replace("(len(values) + 1)", "len(values)"))
     fixed = run_workflow(workspace / "workflows/fix-until-green.yml", workspace=workspace)
     assert steps(fixed)["green"]["iteration"] == 1 and fixed["status"] == "succeeded"
+
+
+def test_after_a_kill_resume_goes_on_at_the_step_where_the_loop_stopped(
+        workspace: Path, fake_claude: Any, group_alive: Any) -> None:
+    write(workspace, """
+        version: 1
+        steps:
+          - {id: plan, create: planner, prompt: Plan.}
+          - id: passes
+            loop:
+              max_iterations: 3
+              until: loop.iteration == 3
+              steps:
+                - {id: fix, resume: planner, prompt: "Pass ${{ loop.iteration }}"}
+                - id: gate
+                  run: echo $$ > gate.pid; test -f go || test "$N" != 2 || exec sleep 60
+                  env: {N: "${{ loop.iteration }}"}
+    """)
+    proc = subprocess.Popen([sys.executable, "-m", "claude_persist.cli", "run", "wf.yml"],
+                            cwd=workspace, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 20
+    while len(fake_claude.calls()) < 3 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    while not (workspace / "gate.pid").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)  # the gate of pass 2 is sleeping
+    proc.kill()  # SIGKILL: no handler runs, the state is as the journal left it
+    proc.wait()
+    gate = int((workspace / "gate.pid").read_text())
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(gate, signal.SIGKILL)  # what a kill -9 of the driver leaves running
+    assert [c["prompt_head"] for c in fake_claude.calls()] == ["Plan.", "Pass 1", "Pass 2"]
+    (workspace / "go").touch()
+    report = run_workflow(workspace / "wf.yml", workspace=workspace, resume_run=True)
+    found = steps(report)
+    assert found["passes"]["iteration"] == 3 and report["status"] == "succeeded"
+    assert [c["prompt_head"] for c in fake_claude.calls()][3:] == ["Pass 3"]
+    assert found["plan"]["reused"] is True

@@ -25,6 +25,7 @@ import ast
 import functools
 import json
 import re
+import threading
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -246,6 +247,26 @@ PURE: dict[str, Callable[..., Any]] = {
     "lines": _checked(_lines, 1),
 }
 
+_SUCCEEDED = {**PURE, "always": _checked(lambda: True, 0),
+              "success": _checked(lambda: True, 0), "failure": _checked(lambda: False, 0)}
+_FAILED = {**PURE, "always": _checked(lambda: True, 0),
+           "success": _checked(lambda: False, 0), "failure": _checked(lambda: True, 0)}
+_local = threading.local()
+
+
+def _evaluator() -> Any:
+    """This thread's evaluator, its node table cut down to the language's node kinds (a
+    second lock after :func:`parse`'s check); built once, since building one costs more than
+    most evaluations."""
+    evaluator = getattr(_local, "evaluator", None)
+    if evaluator is None:
+        evaluator = simpleeval.EvalWithCompoundTypes(functions=dict(_SUCCEEDED))
+        evaluator.nodes = {kind: handler for kind, handler in evaluator.nodes.items()
+                           if kind in _NODES}
+        _local.evaluator = evaluator
+    return evaluator
+
+
 _NODES = (ast.Expression, ast.Constant, ast.Name, ast.Compare, ast.BoolOp, ast.UnaryOp,
           ast.Call, ast.List, ast.Tuple)
 
@@ -271,12 +292,9 @@ def evaluate(expression: Expression, resolve: Callable[[Ref], Any],
             return LITERALS[node.id]
         return resolve(expression.names[node.id])
 
-    functions = {**PURE, "always": _checked(lambda: True, 0),
-                 "success": _checked(lambda: not status.failed, 0),
-                 "failure": _checked(lambda: status.failed, 0)}
-    evaluator = simpleeval.EvalWithCompoundTypes(functions=functions, names=name)
-    evaluator.nodes = {kind: handler for kind, handler in evaluator.nodes.items()
-                       if kind in _NODES}
+    evaluator = _evaluator()
+    evaluator.names = name
+    evaluator.functions = _FAILED if status.failed else _SUCCEEDED
     try:
         return evaluator.eval(expression.text, previously_parsed=expression.tree.body)
     except (Unknown, ExprError):
