@@ -495,3 +495,26 @@ def test_after_a_kill_resume_goes_on_at_the_step_where_the_loop_stopped(
     assert found["passes"]["iteration"] == 3 and report["status"] == "succeeded"
     assert [c["prompt_head"] for c in fake_claude.calls()][3:] == ["Pass 3"]
     assert found["plan"]["reused"] is True
+
+
+def test_what_an_invocation_did_not_reach_is_kept_for_the_next(workspace: Path) -> None:
+    claude = InProcessClaude()
+    path = write(workspace, """
+        version: 1
+        steps:
+          - {id: gate, run: test ! -f stop}
+          - {id: fan, for_each: [a, b], create: "s-${{ item }}", prompt: "do ${{ item }}"}
+          - {id: last, run: test -f done}
+    """)
+    sessions = Sessions(workspace, turn_runner=claude)
+    with pytest.raises(WorkflowRunFailedError):
+        run_workflow(path, workspace=sessions)  # the fan-out ran; last failed
+    assert len(claude.calls) == 2
+    (workspace / "stop").touch()
+    with pytest.raises(WorkflowRunFailedError) as caught:
+        run_workflow(path, workspace=sessions, resume_run=True)  # stops before the fan-out
+    assert steps(caught.value.report)["fan[1]"]["reused"] is True
+    (workspace / "stop").unlink()
+    (workspace / "done").touch()
+    report = run_workflow(path, workspace=sessions, resume_run=True)
+    assert report["status"] == "succeeded" and len(claude.calls) == 2  # none repeated

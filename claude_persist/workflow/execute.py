@@ -226,7 +226,8 @@ class Scheduler:
 
     def _open(self) -> tuple[RunState, dict[str, StepState]]:
         """The run's state, with its lock held; and, when resuming, its steps as they were."""
-        fresh = {s.id: self._fresh(s, s.id) for s in self.workflow.steps}
+        fresh = {s.id: self._fresh(s, s.id, s.for_each is not None)
+                 for s in self.workflow.steps}
         wait = self.settings.lock_timeout
         if not self.settings.resume_run:
             run_id = self.settings.run_id or new_run_id()
@@ -251,9 +252,10 @@ class Scheduler:
                         spent_before_usd=old.run_cost_usd, pid=os.getpid()), old.steps
 
     @staticmethod
-    def _fresh(step: Step, key: str) -> StepState:
-        kind = "for_each" if step.for_each is not None and "[" not in key[len(step.id):] \
-            else step.kind
+    def _fresh(step: Step, key: str, fans_out: bool = False) -> StepState:
+        """A pending state for ``step`` run as ``key`` (a fan-out's own, or one of its
+        expansions, which is of the step's kind)."""
+        kind = "for_each" if fans_out else step.kind
         return StepState(id=key, action=step.action.value if kind == "claude" else kind,
                          session=step.target if step.kind == "claude" else "",
                          model=step.settings.model if step.kind == "claude" else None,
@@ -365,8 +367,7 @@ class Scheduler:
               expand: bool = True, parent: str | None = None) -> StepState:
         """Run ``step`` as ``key`` in ``scope``: check its ``if:``, then fan it out, loop it
         or call it. Returns its final state (recorded)."""
-        state = self._fresh(step, key) if expand or step.for_each is None else \
-            StepState(**{**self._fresh(step, key).__dict__, "kind": step.kind})
+        state = self._fresh(step, key, expand and step.for_each is not None)
         state.parent = parent
         with self._lock:
             self.state.steps[key] = state
@@ -510,8 +511,8 @@ class Scheduler:
 
     def _expansion(self, step: Step, scope: Scope, key: str, parent: str) -> StepState:
         if self.cancel.is_set() or self._stop_reason() is not None:
-            state = StepState(**{**self._fresh(step, key).__dict__, "kind": step.kind,
-                                 "parent": parent})
+            state = self._fresh(step, key)
+            state.parent = parent
             state.status = StepStatus.SKIPPED
             state.error = "interrupted" if self.cancel.is_set() else self._stop_reason()
             self._record(state)
@@ -553,8 +554,8 @@ class Scheduler:
     def _leaf(self, step: Step, scope: Scope, state: StepState,
               status: expr.Status = expr.NO_FAILURE) -> StepState:
         began = time.monotonic()
-        state.iteration = scope.chain()[0].iteration if scope.iteration else next(
-            (s.iteration for s in scope.chain() if s.iteration is not None), None)
+        state.iteration = next((s.iteration for s in scope.chain() if s.iteration is not None),
+                               None)
         try:
             if step.kind == "shell":
                 argv, env = self._command(step, scope, status)
@@ -743,8 +744,23 @@ class Scheduler:
                 state.status = StepStatus.FAILED
                 state.error = f"cannot write output {step.output}: {exc.strerror}"
 
+    def _carry_forward(self) -> None:
+        """What an earlier invocation finished and this one did not reach (it stopped first)
+        stays in the state, so the next ``--resume-run`` reuses it instead of calling claude
+        again; a loop keeps the pass it was at. Each is still checked against its inputs when
+        it is next reached."""
+        for key, old in self._before.items():
+            if old.status is not StepStatus.SUCCEEDED and old.kind != "loop":
+                continue
+            current = self.state.steps.get(key)
+            if current is None or current.status is StepStatus.PENDING or (
+                    current.status is StepStatus.SKIPPED
+                    and not (current.error or "").startswith(SKIPPED_BY_IF)):
+                self.state.steps[key] = StepState(**{**old.__dict__, "reused": True})
+
     def _close(self, status: RunStatus, began: float, reason: str | None) -> None:
         with self._lock:
+            self._carry_forward()
             for state in self.state.steps.values():
                 if state.status is StepStatus.PENDING:
                     state.status = StepStatus.SKIPPED
