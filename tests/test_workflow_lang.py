@@ -63,6 +63,7 @@ def test_shell_steps_expose_stdout_stderr_and_exit_code(workspace: Path,
           - id: argv
             run: [sh, -c, 'pwd; printf "%s|" "$@"', sh, "a b", "$HOME"]
             cwd: sub
+            output: out/argv.txt
           - id: ask
             create: s
             prompt: "exit ${{ steps.text.exit_code }} said ${{ steps.text.result }}"
@@ -74,6 +75,7 @@ def test_shell_steps_expose_stdout_stderr_and_exit_code(workspace: Path,
     assert found["text"]["result"] == "out world\n" and found["text"]["stderr"] == "oops\n"
     # An argv is passed as it is: no shell splits or expands its items.
     assert found["argv"]["result"] == f"{workspace / 'sub'}\na b|$HOME|\n"
+    assert (workspace / "out/argv.txt").read_text() == found["argv"]["result"]
     assert "exit 3 said out world" in found["ask"]["result"]
     assert report["status"] == "succeeded"
 
