@@ -238,7 +238,8 @@ class Scheduler:
                                  "--resume-run to continue it, or choose another id")
             return RunState(run_id=run_id, workflow=str(self.workflow.path),
                             workflow_name=self.workflow.name, started_at=now(),
-                            vars=dict(self.workflow.vars), steps=fresh, pid=os.getpid()), {}
+                            vars=dict(self.workflow.vars), steps=fresh, pid=os.getpid(),
+                            spent_usd=0.0), {}
         run_id = self.settings.run_id or self.store.latest_unfinished().run_id
         self._run_lock = self.store.lock(run_id, wait)
         try:
@@ -249,7 +250,8 @@ class Scheduler:
         return RunState(run_id=run_id, workflow=str(self.workflow.path),
                         workflow_name=self.workflow.name, started_at=old.started_at,
                         vars=dict(self.workflow.vars), steps=fresh,
-                        spent_before_usd=old.run_cost_usd, pid=os.getpid()), old.steps
+                        spent_before_usd=old.run_cost_usd, pid=os.getpid(),
+                        spent_usd=0.0), old.steps
 
     @staticmethod
     def _fresh(step: Step, key: str, fans_out: bool = False) -> StepState:
@@ -604,7 +606,7 @@ class Scheduler:
                 state.status, state.error = StepStatus.FAILED, "interrupted"
             if state.cost_usd:
                 with self._lock:
-                    self.state.spent_usd += state.cost_usd
+                    self.state.spent_usd = (self.state.spent_usd or 0.0) + state.cost_usd
             self._note_failure(step, state)
             self._record(state)
             self.progress.step_finished(step, state)

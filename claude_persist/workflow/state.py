@@ -101,12 +101,15 @@ class RunState:
 
     #: What this invocation's calls spent, each counted as it ends: a loop's steps keep only
     #: their latest pass, so summing the steps would miss the earlier passes.
-    spent_usd: float = 0.0
+    #: None in a state written before it was kept: then the steps' costs are summed.
+    spent_usd: float | None = None
 
     @property
     def total_cost_usd(self) -> float:
         """What this invocation spent (steps reused from earlier ones cost nothing now)."""
-        return self.spent_usd
+        if self.spent_usd is not None:
+            return self.spent_usd
+        return sum(s.cost_usd or 0.0 for s in self.steps.values() if not s.reused)
 
     @property
     def run_cost_usd(self) -> float:
