@@ -315,6 +315,13 @@ def test_expansions_must_name_distinct_sessions_before_any_runs(workspace: Path,
         vars: {x: "1"}
     """)
     assert "use ${{ item... }} or ${{ item_index }} in the name" in problems(path, workspace)
+    fixed = write(workspace, """
+        version: 1
+        steps:
+          - {id: fan, for_each: [a, b], resume: planner, prompt: x}
+    """, "fixed.yml")
+    assert "fixed.yml:4:33: steps[0].resume: each expansion of a for_each needs its own " \
+           "session" in problems(fixed, workspace)
 
 
 def test_resume_reruns_only_the_expansions_that_failed_or_did_not_run(

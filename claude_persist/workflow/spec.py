@@ -565,6 +565,9 @@ def _step(c: _Checker, raw: dict[str, Any], path: Path_, defaults: dict[str, Any
                 c.add((*path, key), "each expansion of a for_each needs its own session: "
                                     "use ${{ item... }} or ${{ item_index }} in the name")
             places += [(r, (*path, key)) for r in found_refs]
+    if kind == "claude" and in_fan and not templated and session is not None:
+        c.add((*path, action.value), "each expansion of a for_each needs its own session: "
+                                     "use ${{ item... }} or ${{ item_index }} in the name")
     if kind == "claude":
         prompt, source = _prompt(c, raw, path)
     else:
