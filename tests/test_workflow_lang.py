@@ -211,6 +211,7 @@ def test_a_loop_repeats_until_its_condition_holds(workspace: Path, fake_claude: 
     found = steps(report)
     assert found["green"]["status"] == "succeeded" and found["green"]["iteration"] == 3
     assert found["test"]["result"] == "pass 3\n" and found["fix"]["status"] == "skipped"
+    assert found["green"]["cost_usd"] == pytest.approx(2 * 0.0125)  # both passes' fixes
     prompts = [c["prompt_head"] for c in fake_claude.calls() if "Pass" in c["prompt_head"]]
     assert [p.split(":")[0] for p in prompts] == ["Pass 1", "Pass 2"]
     assert "pass 2" in prompts[1]

@@ -607,6 +607,12 @@ class Scheduler:
             if state.cost_usd:
                 with self._lock:
                     self.state.spent_usd = (self.state.spent_usd or 0.0) + state.cost_usd
+                    # A loop or fan-out shows what was spent inside it (a loop's earlier
+                    # passes too, which its steps' rows no longer show).
+                    outer = self.state.steps.get(state.parent or "")
+                    while outer is not None:
+                        outer.cost_usd = (outer.cost_usd or 0.0) + state.cost_usd
+                        outer = self.state.steps.get(outer.parent or "")
             self._note_failure(step, state)
             self._record(state)
             self.progress.step_finished(step, state)
