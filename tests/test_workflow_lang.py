@@ -4,6 +4,7 @@ them, and the Python API -- through the fake claude CLI as a real subprocess."""
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import shutil
@@ -11,6 +12,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -372,28 +374,48 @@ def test_the_budget_covers_expansions(workspace: Path) -> None:
         ["succeeded"] * 3 + ["skipped"] * 3
 
 
-def test_max_parallel_covers_expansions_and_one_session_runs_one_turn() -> None:
-    claude = InProcessClaude()
-    import io
-    import tempfile
+def test_the_runs_max_parallel_covers_the_expansions_of_every_fan_out(workspace: Path) -> None:
+    """Two fan-outs side by side, each allowed 3 at once, under a run limit of 4: the calls
+    block until released, so the peak of calls in flight is the limit that held."""
+    inner = InProcessClaude()
+    gate = threading.Event()
+    lock = threading.Lock()
+    active, peak = [0], [0]
 
-    from claude_persist.workflow import RunSettings, load, run
-    from claude_persist.workflow.report import ProgressPrinter
+    def turn_runner(turn: Any) -> Any:
+        with lock:
+            active[0] += 1
+            peak[0] = max(peak[0], active[0])
+        try:
+            gate.wait(30)
+            return inner(turn)
+        finally:
+            with lock:
+                active[0] -= 1
 
-    with tempfile.TemporaryDirectory() as folder:
-        path = write(Path(folder), """
-            version: 1
-            max_parallel: 3
-            steps:
-              - {id: fan, for_each: [1, 2, 3, 4, 5, 6, 7, 8], create: "s${{ item }}",
-                 prompt: "n ${{ item }}"}
-        """)
-        sessions = Sessions(folder, turn_runner=claude)
-        workflow, the_plan = load(path, sessions)
-        state, _ = run(workflow, the_plan, sessions, RunSettings(max_parallel=3),
-                       ProgressPrinter(workflow, io.StringIO()))
-    assert state.status == "succeeded" and len(claude.calls) == 8
-    assert state.steps["fan"].result == [state.steps[f"fan[{i}]"].result for i in range(8)]
+    path = write(workspace, """
+        version: 1
+        max_parallel: 4
+        steps:
+          - {id: left, for_each: [1, 2, 3, 4, 5], max_parallel: 3, create: "l${{ item }}",
+             prompt: "l ${{ item }}"}
+          - {id: right, for_each: [1, 2, 3, 4, 5], max_parallel: 3, create: "r${{ item }}",
+             prompt: "r ${{ item }}"}
+    """)
+    reports: list[dict[str, Any]] = []
+    runner = threading.Thread(target=lambda: reports.append(run_workflow(
+        path, workspace=Sessions(workspace, turn_runner=turn_runner), progress=io.StringIO())))
+    runner.start()
+    deadline = time.monotonic() + 20
+    while active[0] < 4 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.2)  # room for a fifth call, were the limit not held
+    assert active[0] == 4 and peak[0] == 4
+    gate.set()
+    runner.join(30)
+    assert reports[0]["status"] == "succeeded" and len(inner.calls) == 10
+    found = steps(reports[0])
+    assert found["left"]["result"] == [found[f"left[{i}]"]["result"] for i in range(5)]
 
 
 # -- validate and dry run ---------------------------------------------------------------------
