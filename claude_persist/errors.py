@@ -101,6 +101,43 @@ class SessionNotFoundError(ClaudePersistError):
         self.name = name
 
 
+class TranscriptMissingError(SessionNotFoundError):
+    """The name is mapped, but claude has no transcript for its session (``session_id``): the
+    CLI's cleanup deleted it, or it was made on another machine or under another config folder
+    (``expected`` is where this machine's CLI would keep it)."""
+
+    def __init__(self, message: str, *, name: str | None = None, session_id: str = "",
+                 expected: object = None) -> None:
+        super().__init__(message, name=name)
+        self.session_id = session_id
+        self.expected = expected
+
+
+class BundleError(UsageError):
+    """A bundle cannot be imported as it is: not a gzip tar, no valid manifest, or a member that
+    is unsafe (an absolute path, ``..``, a link or device), unlisted, missing, of the wrong size
+    or checksum, or past a limit. ``member`` names the archive member at fault, if one is."""
+
+    def __init__(self, message: str, *, member: str | None = None) -> None:
+        super().__init__(message)
+        self.member = member
+
+
+class ImportConflictError(UsageError):
+    """An import would lose something here: a local transcript has turns the bundle lacks, or
+    a name maps to another session. ``conflicts`` holds one line per session; ``imported`` the
+    names that were imported all the same (only when a turn changed a session while its import
+    ran; otherwise nothing is)."""
+
+    def __init__(self, conflicts: list[str], imported: list[str] | None = None) -> None:
+        done = (f"imported only {', '.join(imported)}" if imported
+                else "nothing was imported")
+        super().__init__(f"the import would lose work on this machine, so {done}:\n  "
+                         + "\n  ".join(conflicts))
+        self.conflicts = conflicts
+        self.imported = imported or []
+
+
 class SessionBusyError(ClaudePersistError):
     """Another process holds the session's lock and ``--lock-timeout`` ran out."""
 
@@ -225,6 +262,8 @@ EXIT_CODES: dict[type[BaseException], int] = {
     ClaudeCallError: 1,
     WorkflowFailedError: 1,
     UsageError: 2,
+    BundleError: 2,
+    ImportConflictError: 2,
     UnsafeFileError: 2,
     FileSystemError: 2,
     SessionNotFoundError: 3,

@@ -24,7 +24,7 @@ import stat
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO
 
 from .errors import (
     DiskFullError,
@@ -412,3 +412,141 @@ def locked(path: Path, timeout: float | None = None, what: str = "the lock file"
         yield lock
     finally:
         lock.release()
+
+
+# -- big files: written through a handle, or staged and moved into place -----------------------
+
+
+@contextlib.contextmanager
+def atomic_file(path: Path, what: str = "the file") -> Iterator[BinaryIO]:
+    """Write ``path`` through a handle, for data too big to hold in memory (a bundle): a temp
+    file in the same folder (0600), fsynced and renamed into place when the block ends; removed,
+    and ``path`` untouched, when it raises. The folder is made if it is missing."""
+    ensure_folder(path.parent, f"the folder of {what}")
+    current = lstat(path)
+    if current is not None:
+        check_file(path, current, what)
+    temp = _temp_path(path)
+    try:
+        handle = _create_exclusive(temp)
+    except OSError as exc:
+        raise UnsafeFileError(f"cannot write {what} {path}: {exc.strerror}", path=path) from exc
+    try:
+        with handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temp, path)
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
+            temp.unlink()
+        if isinstance(exc, OSError) and not isinstance(exc, BrokenPipeError):
+            raise UnsafeFileError(f"cannot write {what} {path}: {exc.strerror}",
+                                  path=path) from exc
+        raise
+    fsync_folder(path.parent)
+
+
+def _create_exclusive(path: Path) -> BinaryIO:
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        fd = os.open(path, flags, FILE_MODE)
+    except FileExistsError:
+        check_file(path, path.lstat(), "the temp file")
+        path.unlink()  # our own leftover from a writer that died with this pid
+        fd = os.open(path, flags, FILE_MODE)
+    return os.fdopen(fd, "wb")
+
+
+class Staging:
+    """A private folder (0700) of files that are complete but not yet in place. Each moves into
+    place by a rename, so a reader of the destination sees no file or the whole file, and
+    nothing at all when the work is abandoned: :meth:`remove` (or leaving the ``with`` block)
+    deletes what was not placed. Put it on the destinations' file system (a rename across file
+    systems falls back to a copy)."""
+
+    def __init__(self, parent: Path, label: str) -> None:
+        ensure_folder(parent, "the folder of the staging area")
+        self._remove_stale(parent, label)
+        import secrets
+
+        self.root = parent / f"{label}.{os.getpid()}.{secrets.token_hex(4)}"
+        self.root.mkdir(mode=FOLDER_MODE)
+        self._count = 0
+        self._touched: set[Path] = set()
+
+    @staticmethod
+    def _remove_stale(parent: Path, label: str) -> None:
+        """Staging folders of runs that were killed (their process is gone)."""
+        import shutil
+
+        for folder in parent.glob(f"{label}.*.*"):
+            pid = folder.name[len(label) + 1:].split(".", 1)[0]
+            if not pid.isdigit() or int(pid) == os.getpid():
+                continue
+            try:
+                os.kill(int(pid), 0)
+            except ProcessLookupError:
+                st = lstat(folder)
+                if st and stat.S_ISDIR(st.st_mode) and st.st_uid == os.getuid():
+                    shutil.rmtree(folder, ignore_errors=True)
+            except PermissionError:
+                pass
+
+    def new_file(self) -> tuple[Path, BinaryIO]:
+        """A new empty file in the staging folder, open for writing."""
+        self._count += 1
+        path = self.root / f"f{self._count:07d}"
+        return path, _create_exclusive(path)
+
+    @staticmethod
+    def seal(handle: BinaryIO) -> None:
+        """Flush, fsync and close a staged file: its bytes are on disk before it is placed."""
+        handle.flush()
+        os.fsync(handle.fileno())
+        handle.close()
+
+    def place(self, staged: Path, dest: Path, what: str = "the file",
+              keep_old_as: Path | None = None) -> None:
+        """Move a sealed staged file to ``dest`` (its folder made 0700 if missing), replacing
+        what is there; ``keep_old_as`` first keeps the old file under that name. The folders
+        written to are fsynced by :meth:`finish`."""
+        ensure_folder(dest.parent, f"the folder of {what}")
+        current = lstat(dest)
+        if current is not None:
+            check_file(dest, current, what)
+            if keep_old_as is not None:
+                try:
+                    os.link(dest, keep_old_as)
+                except OSError:
+                    import shutil
+
+                    shutil.copy2(dest, keep_old_as)
+        try:
+            os.replace(staged, dest)
+        except OSError as exc:
+            if exc.errno != errno.EXDEV:
+                raise UnsafeFileError(f"cannot write {what} {dest}: {exc.strerror}",
+                                      path=dest) from exc
+            with staged.open("rb") as source, atomic_file(dest, what) as target:
+                import shutil
+
+                shutil.copyfileobj(source, target, 1 << 20)
+        self._touched.add(dest.parent)
+
+    def finish(self) -> None:
+        """Make every rename into place durable."""
+        for folder in sorted(self._touched):
+            fsync_folder(folder)
+        self._touched.clear()
+
+    def remove(self) -> None:
+        import shutil
+
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    def __enter__(self) -> Staging:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.remove()

@@ -14,16 +14,26 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import IO, TYPE_CHECKING, Any
 
 from . import validate
 from .claude.call import Turn, TurnRunner, run_turn
 from .claude.command import Action, CallSpec, build_argv, resolve_claude_cmd
 from .claude.result import TurnResult
-from .errors import NameExistsError, SessionNotFoundError, UsageError
+from .errors import (
+    ImportConflictError,
+    NameExistsError,
+    SessionNotFoundError,
+    TranscriptMissingError,
+    UsageError,
+)
 from .mapping import MappingDoc, SessionEntry, replaced_history
 from .settings import CallSettings, from_stored, merge, to_stored
 from .store import MappingStore, notice
+
+if TYPE_CHECKING:
+    from .bundle import ExportReport, Limits, Outcome
+    from .transcripts import TranscriptStatus
 
 
 def init_prompt(name: str) -> str:
@@ -205,7 +215,7 @@ class Sessions:
         with self.store.session_lock(sid, mapped_name or sid, lock_timeout):
             target = self._target(mapped_name, sid, options)
             spec = self._spec(Action.RESUME, target)
-            result = self._run(spec, text, target, on_line, cancel)
+            result = self._run_existing(spec, text, target, on_line, cancel)
             if target.name is not None:  # under the lock: the next turn sees these defaults
                 self._record(target.name, target, result)
         return result
@@ -236,7 +246,7 @@ class Sessions:
             target = self._target(source.name, source.session_id, options)
             spec = self._spec(Action.FORK, target, title=new_name,
                               new_session_id=_new_session_id())
-            result = self._run(spec, text, target, on_line, cancel)
+            result = self._run_existing(spec, text, target, on_line, cancel)
             self._record(new_name, replace(target, name=new_name), result, fresh=True,
                          force=force, reason="fork --force", forked_from=source.session_id)
         return result
@@ -285,6 +295,107 @@ class Sessions:
         names = [entry.name for entry in self.list()]
         self.store.remove_file()
         return names
+
+    # -- portable sessions --------------------------------------------------------------------
+
+    def transcript_states(self, entries: Sequence[SessionEntry] | None = None
+                          ) -> builtins.list[TranscriptStatus]:
+        """Each session's transcript: present, missing, or due for Claude's cleanup within a
+        week (``cleanupPeriodDays`` from the CLI's settings; 30 days otherwise)."""
+        from . import transcripts
+
+        entries = self.list() if entries is None else entries
+        return transcripts.statuses(
+            ((e.session_id, e.cwd or str(self.workspace)) for e in entries), self.workspace,
+            self.env)
+
+    def export(self, out: str | Path | IO[bytes], names: Sequence[str] | None = None
+               ) -> ExportReport:
+        """Write a bundle (a gzip-compressed tar with a manifest) of the named sessions, or of
+        every session when ``names`` is None, to the file ``out`` (replaced atomically) or to
+        a binary stream. A named session without a transcript is an error; with ``names``
+        None it is left out with a warning."""
+        from . import __version__, bundle, fsio, transcripts
+
+        doc = self.store.read()
+        wanted = [validate.name(n) for n in names] if names is not None else sorted(doc.aliases)
+        sources = []
+        lock_timeout = self.defaults.lock_timeout
+        for name in dict.fromkeys(wanted):
+            entry = self._entry(doc, name)
+            cwd = entry.cwd or str(self.workspace)
+            files = transcripts.session_files(entry.session_id, cwd, self.env)
+            if files is None:
+                missing = self._missing_transcript(entry.name, entry.session_id, cwd)
+                if names is not None:
+                    raise missing
+                self.notify(f"warning: {name} left out: {missing}")
+                continue
+            sources.append(bundle.ExportSource(name, dict(doc.aliases[name]), cwd, files))
+
+        def guard(session_id: str) -> Any:
+            return self.store.session_lock(session_id, session_id, lock_timeout)
+
+        if isinstance(out, (str, Path)):
+            with fsio.atomic_file(Path(out), "the bundle") as handle:
+                return bundle.write(handle, sources, self.workspace, __version__, guard=guard)
+        return bundle.write(out, sources, self.workspace, __version__, guard=guard)
+
+    def import_bundle(self, source: str | Path | IO[bytes], *, force: bool = False,
+                      renames: Mapping[str, str] | None = None, limits: Limits | None = None
+                      ) -> builtins.list[Outcome]:
+        """Import a bundle from a file or a binary stream: verify all of it, then place each
+        transcript where this machine's CLI looks for it (for the session's cwd moved into this
+        workspace) and map the names (``renames``: bundle name -> name here).
+
+        A transcript the bundle extends is fast-forwarded; one with turns the bundle lacks,
+        or a name that maps to another session, is refused (:class:`ImportConflictError`,
+        nothing written) unless ``force``. A bad bundle is a :class:`BundleError`."""
+        from . import bundle
+
+        stream, label, opened = bundle.open_source(source)
+        lock_timeout = self.defaults.lock_timeout
+        late: builtins.list[str] = []
+        try:
+            with bundle.staging_for(self.env) as staging:
+                staged = bundle.read(stream, staging, label, limits or bundle.DEFAULT_LIMITS)
+                plan = bundle.plan(staged, self.store.read(), self.workspace, self.env,
+                                   force=force, renames=renames)
+                for note in plan.notes:
+                    self.notify(f"warning: {note}")
+                placed = set()
+                for session in plan.sessions:
+                    with self.store.session_lock(session.session_id, session.session_id,
+                                                 lock_timeout):
+                        problem = bundle.place(session, staging, force)
+                    if problem:
+                        late.append(problem)
+                        continue
+                    placed.add(session.session_id)
+                    if session.keep_old_as is not None:
+                        self.notify(f"the replaced transcript of session {session.session_id}"
+                                    f" is kept as {session.keep_old_as}")
+                staging.finish()
+                names = [n for n in plan.names if n.session.session_id in placed]
+                with self.store.update() as doc:
+                    late += bundle.map_names(doc, names, force)
+        finally:
+            if opened:
+                stream.close()
+        done = bundle.outcomes(names)
+        if late:
+            raise ImportConflictError(late, imported=[o.name for o in done])
+        return done
+
+    def _missing_transcript(self, name: str | None, session_id: str, cwd: str | Path
+                            ) -> TranscriptMissingError:
+        from . import transcripts
+
+        expected = transcripts.transcript_path(session_id, cwd, self.env)
+        return TranscriptMissingError(
+            f"claude has no transcript of session {name or session_id} ({session_id}) on this "
+            f"machine; it would be {expected}", name=name, session_id=session_id,
+            expected=expected)
 
     def preview_argv(
         self, action: Action, name: str, options: CallSettings | None = None,
@@ -371,6 +482,22 @@ class Sessions:
         return CallSpec(action=action, session_id=target.session_id,
                         new_session_id=new_session_id, title=title, settings=target.settings,
                         fresh_system_prompt=action is not Action.CREATE and target.role_changed)
+
+    def _run_existing(self, spec: CallSpec, prompt: str, target: _Target,
+                      on_line: Callable[[str], None] | None, cancel: threading.Event | None
+                      ) -> TurnResult:
+        """A turn on an existing session: a missing transcript says where it would be."""
+        try:
+            return self._run(spec, prompt, target, on_line, cancel)
+        except TranscriptMissingError:
+            raise
+        except SessionNotFoundError as exc:
+            from . import transcripts
+
+            expected = transcripts.transcript_path(spec.session_id, target.cwd, self.env)
+            raise TranscriptMissingError(
+                f"{exc} Where this machine's claude would keep it: {expected}",
+                name=target.name, session_id=spec.session_id, expected=expected) from exc
 
     def _run(self, spec: CallSpec, prompt: str, target: _Target,
              on_line: Callable[[str], None] | None, cancel: threading.Event | None

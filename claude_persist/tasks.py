@@ -33,12 +33,15 @@ from . import validate
 from .claude.command import resolve_claude_cmd
 from .claude.result import TurnResult
 from .errors import (
+    BundleError,
     ClaudePersistError,
+    ImportConflictError,
     InternalError,
     MappingFileError,
     NameExistsError,
     SessionBusyError,
     SessionNotFoundError,
+    TranscriptMissingError,
     UsageError,
     WorkflowFailedError,
     exit_code_for,
@@ -80,7 +83,7 @@ HELP = {
     "more": "another workflow file to check (repeatable; claude-persist also takes them as "
             "words: validate a.yml b.yml)",
 }
-SHORT_FLAGS = {"prompt": "p", "name": "n"}
+SHORT_FLAGS = {"prompt": "p", "name": "n", "output": "o"}
 
 
 class PersistTask(Task):  # type: ignore[type-arg]
@@ -97,6 +100,7 @@ def persist_task(
     body: Callable[..., Any], *, name: str | None = None, aliases: tuple[str, ...] = (),
     preset: dict[str, Any] | None = None, doc: str | None = None,
     positional: tuple[str, ...] = (), iterable: tuple[str, ...] = (),
+    helps: dict[str, str] | None = None,
 ) -> PersistTask:
     """Make a task of ``body``: errors become exit codes; ``preset`` fixes some flags."""
     preset = preset or {}
@@ -114,7 +118,8 @@ def persist_task(
             return body(c, *args, **kwargs, **preset)
         except ClaudePersistError as exc:
             hint = face_hint(exc, task_name)
-            raise Exit(f"claude-persist: error: {exc}{' ' + hint if hint else ''}",
+            gap = "\n" if "\n" in str(exc) else " "  # a list of problems: the hint below it
+            raise Exit(f"claude-persist: error: {exc}{gap + hint if hint else ''}",
                        code=exit_code_for(exc)) from exc
         except KeyboardInterrupt as exc:
             raise Exit("claude-persist: interrupted", code=130) from exc
@@ -139,9 +144,10 @@ def persist_task(
     shown = signature.replace(parameters=params)
     edge.__signature__ = shown  # type: ignore[attr-defined]
     edge.__doc__ = doc or body.__doc__
-    helps = {key: text for key, text in HELP.items() if key in shown.parameters}
+    flag_help = {key: text for key, text in {**HELP, **(helps or {})}.items()
+                 if key in shown.parameters}
     return PersistTask(edge, name=name or body.__name__.rstrip("_"), aliases=aliases,
-                       help=helps, auto_shortflags=False, positional=list(positional),
+                       help=flag_help, auto_shortflags=False, positional=list(positional),
                        iterable=list(iterable))
 
 
@@ -171,6 +177,19 @@ def face_hint(error: ClaudePersistError, task: str) -> str:
                 f"choose another name.{adopt}")
     if adopt:
         return adopt.strip()
+    if isinstance(error, TranscriptMissingError):
+        from .transcripts import config_dir
+
+        return (f"If it was exported elsewhere, bring it here with: {cmd}import BUNDLE (made "
+                f"there by {cmd}export -n {error.name or 'NAME'} -o BUNDLE). Claude deletes "
+                "transcripts unused for cleanupPeriodDays (30 days unless set in "
+                f"{config_dir() / 'settings.json'}); raise it there to keep them longer.")
+    if isinstance(error, ImportConflictError):
+        return ("Pass --force to take the bundle's copies (a replaced transcript is kept "
+                "beside it as <id>.jsonl.replaced-TIME), or --as NAME=OTHER to import a name "
+                "that maps to another session here under another name.")
+    if isinstance(error, BundleError):
+        return "Make the bundle again with export; nothing was imported."
     if isinstance(error, SessionNotFoundError) and error.name and task not in (
             "delete", "delete-session"):
         return f"Create it with: {cmd}create -n {error.name}"
@@ -409,24 +428,103 @@ def list_(
     c: Context, json: bool = False, workspace: str | None = None,
     mapping_file: str | None = None,
 ) -> None:
-    """List the workspace's sessions: name, id, last model and effort, created, last used."""
+    """List the workspace's sessions: name, id, last model and effort, created, last used, and
+    the state of claude's transcript: present, missing, or due for claude's cleanup within a
+    week (with the day it is due)."""
     sessions = open_sessions(c, workspace, mapping_file, None)
     entries = sessions.list()
+    states = sessions.transcript_states(entries)
     if json:
         print_json({"workspace_dir": str(sessions.workspace),
                     "mapping_file": str(sessions.mapping_file),
-                    "sessions": [e.to_json() for e in entries]})
+                    "sessions": [{**e.to_json(), "transcript": state.to_json()}
+                                 for e, state in zip(entries, states, strict=True)]})
         return
     if not entries:
         print(f"claude-persist: no sessions yet in {sessions.mapping_file}", file=sys.stderr)
         return
-    rows = [("NAME", "SESSION ID", "MODEL", "EFFORT", "CREATED", "LAST USED")]
+    rows = [("NAME", "SESSION ID", "MODEL", "EFFORT", "CREATED", "LAST USED", "TRANSCRIPT")]
     rows += [(e.name, e.session_id, e.last_model or "-", e.last_reasoning_effort or "-",
-              (e.created_at or "-")[:19], (e.last_used_at or "-")[:19]) for e in entries]
+              (e.created_at or "-")[:19], (e.last_used_at or "-")[:19], _state_text(state))
+             for e, state in zip(entries, states, strict=True)]
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         cells = (cell.ljust(width) for cell, width in zip(row, widths, strict=True))
         print("  ".join(cells).rstrip())
+
+
+def _state_text(state: Any) -> str:
+    from .transcripts import TranscriptState
+
+    if state.state is TranscriptState.DUE and state.cleanup_at is not None:
+        return f"due {state.cleanup_at.date().isoformat()}"
+    return str(state.state.value)
+
+
+def export(
+    c: Context, name: list[str] | None = None, all_: bool = False, output: str | None = None,
+    workspace: str | None = None, mapping_file: str | None = None,
+) -> None:
+    """Write named sessions (-n NAME, repeatable, or --all) to one bundle: a gzip-compressed
+    tar of a manifest, each transcript and the folder of the same id beside it.
+
+    -o FILE writes it there (atomically); without -o, or with -o -, to stdout. Take it to
+    another machine (or CI job) and run import there.
+    """
+    names = name or []
+    if all_ == bool(names):
+        raise UsageError("export needs the sessions to export: -n NAME (repeatable) or --all"
+                         if not all_ else "--all exports every session; drop -n, or --all")
+    sessions = open_sessions(c, workspace, mapping_file, None)
+    if output is None or output == "-":
+        buffer = getattr(sys.stdout, "buffer", None)
+        if buffer is None or sys.stdout.isatty():
+            raise UsageError("a bundle is binary: write it to a file with -o FILE, or redirect "
+                             "standard output (export ... > FILE)")
+        sys.stdout.flush()
+        report = sessions.export(buffer, None if all_ else names)
+        buffer.flush()
+        where = "standard output"
+    else:
+        report = sessions.export(output, None if all_ else names)
+        where = output
+    count = len(report.manifest.sessions)
+    print(f"claude-persist: exported {count} session{'s' * (count != 1)} ({report.files} "
+          f"files, {report.bytes / 1e6:.1f} MB) to {where}", file=sys.stderr, flush=True)
+
+
+def import_(
+    c: Context, file: str | None = None, force: bool = False, as_: list[str] | None = None,
+    workspace: str | None = None, mapping_file: str | None = None,
+) -> None:
+    """Import a bundle made by export (FILE, or - for stdin): verify all of it, put each
+    transcript where this machine's claude looks for it, and map the names.
+
+    A transcript the bundle extends is fast-forwarded; one with turns the bundle lacks, or a
+    name that maps to another session here, is refused unless --force. --as OLD=NEW imports
+    the bundle's OLD under the name NEW (repeatable). Prints each name, what was done, and its
+    session id.
+    """
+    from .bundle import parse_renames
+
+    if file is None:
+        raise UsageError("import needs the bundle: import FILE (or - for standard input)")
+    renames = parse_renames(as_ or [])
+    sessions = open_sessions(c, workspace, mapping_file, None)
+    source: Any = file
+    if file == "-":
+        source = getattr(sys.stdin, "buffer", None)
+        if source is None:
+            raise UsageError("standard input takes no binary data here; give the bundle's file")
+    done = sessions.import_bundle(source, force=force, renames=renames)
+    rows = [(o.name, o.action.value + (f" +{o.turns_added} turn{'s' * (o.turns_added != 1)}"
+                                       if o.turns_added else ""), o.session_id) for o in done]
+    widths = [max((len(row[i]) for row in rows), default=0) for i in range(3)]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True))
+              .rstrip(), flush=True)
+    if not done:
+        print("claude-persist: the bundle holds no sessions", file=sys.stderr, flush=True)
 
 
 def delete(
@@ -574,6 +672,16 @@ for _task in (
                  preset={"all_": True, "name": None, "session_id": None},
                  doc="Forget every name of the workspace with --yes (seed stage; transcripts "
                      "stay)."),
+    persist_task(export, iterable=("name",), helps={
+        "name": "a session to export (repeatable)",
+        "all_": "export every session of the workspace",
+        "output": "write the bundle to FILE (default, or '-': standard output)"}),
+    persist_task(import_, name="import", positional=("file",), iterable=("as_",), helps={
+        "file": "the bundle (made by export), or '-' for standard input",
+        "force": "take the bundle's copies even where this machine has turns it lacks (the "
+                 "local transcript is kept beside it), and names that map elsewhere here",
+        "as_": "import the bundle's session OLD under the name NEW: --as OLD=NEW "
+               "(repeatable)"}),
     persist_task(run, positional=("file",), iterable=("var",)),
     persist_task(validate_, name="validate", positional=("file",), iterable=("var", "more")),
 ):

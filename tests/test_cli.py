@@ -269,11 +269,12 @@ def test_exit_3_for_unknown_names_and_vanished_transcripts(face: Runner, fake_cl
     missing = face("resume", "-n", "ghost", "-p", "x")
     assert missing.code == 3 and "no session named 'ghost'" in missing.err
     sid = face("create", "-n", "gone").out.strip()
-    (fake_claude.home / "sessions" / f"{sid}.json").unlink()  # claude's cleanup deleted it
+    transcript = fake_claude.transcript_path(sid)
+    transcript.unlink()  # claude's cleanup deleted it
     vanished = face("resume", "-n", "gone", "-p", "x")
     assert vanished.code == 3 and "no conversation" in vanished.err
     assert "create --force" in vanished.err
-    assert not (fake_claude.home / "sessions" / f"{sid}.json").exists()  # no silent new one
+    assert not transcript.exists()  # no silent new one
     assert face("resolve", "-n", "ghost").code == 3
 
 

@@ -1,10 +1,14 @@
 """A fake ``claude`` CLI for offline tests: ``python -m claude_persist.testing.fake_claude``.
 
 It follows the observed facts of the real CLI in headless mode (flags, output shapes, errors,
-signals) closely enough to drive claude-persist end to end, and keeps its sessions on disk under
-a folder of its own (``$FAKE_CLAUDE_HOME``, default ``<temp>/claude-persist-fake-<uid>``). Each
-reply says how many user turns the session has, so a test can see that a resume carried the
-history. Point ``CLAUDE_CMD`` at it to try a workflow without an account or a network.
+signals) closely enough to drive claude-persist end to end, and keeps its transcripts where the
+real CLI does: ``<config>/projects/<the cwd, encoded>/<session id>.jsonl`` (the config folder is
+``$CLAUDE_CONFIG_DIR``, else ``~/.claude``), one JSON object per line, appended to, found by id
+from any folder. So export and import can be tried offline: set ``CLAUDE_CONFIG_DIR`` to keep its
+sessions out of your own ``~/.claude``. Each reply says how many user turns the session has, so
+a test can see that a resume (or an import) carried the history. Point ``CLAUDE_CMD`` at it to
+try a workflow without an account or a network. ``$FAKE_CLAUDE_HOME`` (default
+``<temp>/claude-persist-fake-<uid>``) holds only the counts ``error_times`` needs.
 
 Switches, from the environment (``FAKE_CLAUDE_<KEY>``) or per call from a ``[fake key=value ...]``
 marker in the prompt (the marker wins):
@@ -29,6 +33,8 @@ marker in the prompt (the marker wins):
 ``ignore_signals=1`` ignore SIGINT and SIGTERM (only SIGKILL stops it)
 ``exit_empty=1``     exit 0 with no output at all (what SIGINT leaves behind)
 ``child=1``          start a grandchild that sleeps in the same process group
+``subagent=1``       leave a subagent's transcript in ``<id>/subagents/`` beside the transcript
+``tool_output=N``    leave an N-byte tool output in ``<id>/tool-results/``, as a big one does
 
 The system prompt snapshot of 2.1.330 and later is followed: the role of a session's first
 call (``--append-system-prompt[-file]``) is recorded and is the one that reaches the "model" on
@@ -136,43 +142,142 @@ def _new_id() -> str:
 
 
 def home() -> Path:
+    """The fake's own folder, for what the real CLI has no file for (``error_times`` counts)."""
     root = os.environ.get("FAKE_CLAUDE_HOME")
     if not root:
         import tempfile
 
         root = os.path.join(tempfile.gettempdir(), f"claude-persist-fake-{os.getuid()}")
-    path = Path(root) / "sessions"
+    path = Path(root)
     path.mkdir(parents=True, exist_ok=True)
     return path
 
 
+# Sessions are kept where the real CLI keeps them: ``<config>/projects/<cwd encoded>/<id>.jsonl``,
+# one JSON object per line, only ever appended to. The line types are the real CLI's where it
+# has one (user, assistant, custom-title, cost-state); ``system-prompt-snapshot`` is the fake's
+# own record of the role it replays.
+
+
+def _now_iso() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime())
+
+
+def find_transcript(session_id: str) -> Path | None:
+    """The transcript of ``session_id``: under the cwd's project folder, else in any project
+    folder (the real CLI finds a session by id wherever it is)."""
+    from claude_persist import transcripts
+
+    return transcripts.locate(session_id, os.getcwd())
+
+
+def read_session(path: Path) -> dict[str, Any]:
+    """A transcript's lines folded into the session the fake works on."""
+    session: dict[str, Any] = {"session_id": path.stem, "turns": [], "name": None,
+                               "model": None, "total_cost_usd": 0.0, "path": path,
+                               "last_uuid": None}
+    with path.open(encoding="utf-8") as handle:
+        lines = [json.loads(line) for line in handle if line.strip()]
+    session["lines"] = lines
+    for record in lines:
+        kind = record.get("type")
+        if kind in ("user", "assistant"):
+            message = record.get("message") or {}
+            content = message.get("content")
+            text = content if isinstance(content, str) else " ".join(
+                block.get("text", "") for block in content or [] if isinstance(block, dict))
+            session["turns"].append({"role": kind, "text": text})
+            session["last_uuid"] = record.get("uuid")
+            session.setdefault("cwd", record.get("cwd"))
+            session["model"] = record.get("model") or message.get("model") or session["model"]
+        elif kind == "custom-title":
+            session["name"] = record.get("customTitle")
+        elif kind == "system-prompt-snapshot":
+            session["system_snapshot"] = record.get("text")
+        elif kind == "cost-state":
+            session["total_cost_usd"] = float(record.get("totalCostUSD") or 0.0)
+            session["model_costs"] = {model: float(usage.get("costUSD") or 0.0) for model, usage
+                                      in (record.get("modelUsage") or {}).items()}
+    return session
+
+
 def load(session_id: str) -> dict[str, Any] | None:
-    path = home() / f"{session_id}.json"
-    return json.loads(path.read_text()) if path.exists() else None
+    path = find_transcript(session_id)
+    return read_session(path) if path is not None else None
 
 
-def save(session: dict[str, Any]) -> None:
-    path = home() / f"{session['session_id']}.json"
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(session))
-    os.chmod(tmp, 0o600)
-    os.replace(tmp, path)
+def append(session: dict[str, Any], *records: dict[str, Any]) -> None:
+    """Append lines to the session's transcript (made 0600 in its project folder if new)."""
+    path: Path | None = session.get("path")
+    if path is None:
+        from claude_persist import transcripts
+
+        path = transcripts.transcript_path(session["session_id"], os.getcwd())
+        path.parent.mkdir(parents=True, exist_ok=True)
+        session["path"] = path
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    with os.fdopen(fd, "a", encoding="utf-8") as handle:
+        handle.write("".join(json.dumps(record) + "\n" for record in records))
+
+
+def message_line(session: dict[str, Any], role: str, text: str) -> dict[str, Any]:
+    """A user or assistant line, shaped as the real CLI's (the keys the fake reads back)."""
+    record_id = _new_id()
+    content: Any = text if role == "user" else [{"type": "text", "text": text}]
+    record = {"parentUuid": session.get("last_uuid"), "isSidechain": False, "type": role,
+              "message": {"role": role, "content": content}, "uuid": record_id,
+              "timestamp": _now_iso(), "cwd": os.getcwd(),
+              "sessionId": session["session_id"], "version": VERSION,
+              "model": session["model"]}
+    if role == "assistant":
+        record["message"]["model"] = session["model"]
+    session["last_uuid"] = record_id
+    session["turns"].append({"role": role, "text": text})
+    return record
+
+
+def cost_line(session: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "cost-state", "sessionId": session["session_id"],
+            "totalCostUSD": session.get("total_cost_usd", 0.0),
+            "modelUsage": {model: {"costUSD": spent}
+                           for model, spent in (session.get("model_costs") or {}).items()}}
 
 
 def find_by_title(title: str) -> dict[str, Any] | None:
+    from claude_persist import transcripts
+
     matches = []
-    for path in home().glob("*.json"):
-        data = json.loads(path.read_text())
-        if data.get("name") == title:
-            matches.append((path.stat().st_mtime, data))
+    for path in (transcripts.config_dir() / transcripts.PROJECTS).glob("*/*.jsonl"):
+        session = read_session(path)
+        if session.get("name") == title:
+            matches.append((path.stat().st_mtime, session))
     return max(matches, key=lambda m: m[0])[1] if matches else None
+
+
+def session_folder(session: dict[str, Any], sw: dict[str, str]) -> None:
+    """What a turn with a subagent (``subagent=1``) or a big tool output (``tool_output=N``)
+    leaves in the folder of the session's id beside its transcript, as the real CLI does."""
+    path: Path = session["path"]
+    folder = path.parent / session["session_id"]
+    tag = _new_id().split("-")[0]
+    if sw.get("subagent"):
+        agents = folder / "subagents"
+        agents.mkdir(parents=True, exist_ok=True)
+        (agents / f"agent-{tag}.jsonl").write_text(json.dumps(
+            {"type": "user", "isSidechain": True, "sessionId": session["session_id"],
+             "message": {"role": "user", "content": "a subagent's task"}}) + "\n")
+        (agents / f"agent-{tag}.meta.json").write_text(json.dumps({"agentType": "fake"}))
+    if int(sw.get("tool_output", "0") or 0):
+        results = folder / "tool-results"
+        results.mkdir(parents=True, exist_ok=True)
+        (results / f"{tag}.txt").write_text("o" * int(sw["tool_output"]))
 
 
 def count_call(prompt: str) -> int:
     """How many calls (this one included) have carried this exact prompt."""
     import hashlib
 
-    counter = home().parent / "counts" / hashlib.sha256(prompt.encode()).hexdigest()
+    counter = home() / "counts" / hashlib.sha256(prompt.encode()).hexdigest()
     counter.parent.mkdir(parents=True, exist_ok=True)
     with open(counter, "a", encoding="utf-8") as handle:
         handle.write(".")
@@ -266,16 +371,21 @@ def install_signals(sw: dict[str, str]) -> None:
 
 
 def open_session(opts: dict[str, Any], fmt: str) -> tuple[dict[str, Any], bool]:
-    """The session this call works on, and whether it is new."""
+    """The session this call works on, and whether it is new. ``pending`` holds the lines a
+    new session's transcript starts with."""
     wanted = opts.get("--session-id")
     if wanted is not None and not UUID_RE.match(wanted):
         fail("Error: Invalid session ID. Must be a valid UUID.")
     resume = opts.get("--resume")
+    title = opts.get("--name")
     if resume is None:
-        if wanted and load(wanted):
+        if wanted and find_transcript(wanted):
             fail(f"Error: Session ID {wanted} is already in use.")
-        return {"session_id": wanted or _new_id(), "turns": [], "cwd": os.getcwd(),
-                "name": opts.get("--name"), "model": None, "total_cost_usd": 0.0}, True
+        sid = wanted or _new_id()
+        pending = [{"type": "custom-title", "customTitle": title, "sessionId": sid}] \
+            if title else []
+        return {"session_id": sid, "turns": [], "cwd": os.getcwd(), "name": title,
+                "model": None, "total_cost_usd": 0.0, "pending": pending}, True
     if wanted and not opts.get("--fork-session"):
         fail("Error: --session-id can only be used with --resume if --fork-session is given.")
     found = load(resume) if UUID_RE.match(resume) else find_by_title(resume)
@@ -286,10 +396,17 @@ def open_session(opts: dict[str, Any], fmt: str) -> tuple[dict[str, Any], bool]:
                   "session_id": _new_id(), "errors": [message]})
         fail(message)
     if opts.get("--fork-session"):
-        # The copy keeps the source's running total of cost, as 2.1.330 does.
-        forked = dict(found, session_id=wanted or _new_id(), turns=list(found["turns"]),
+        # A copy of the history under the new id, in this cwd's project folder; it keeps the
+        # source's running total of cost, as 2.1.330 does.
+        sid = wanted or _new_id()
+        pending = [{**record, "sessionId": sid} for record in found["lines"]
+                   if record.get("type") != "custom-title"]
+        if title or found.get("name"):
+            pending.insert(0, {"type": "custom-title", "customTitle": title or found["name"],
+                               "sessionId": sid})
+        forked = dict(found, session_id=sid, turns=list(found["turns"]), path=None,
+                      name=title or found.get("name"), pending=pending,
                       model_costs=dict(found.get("model_costs") or {}))
-        forked["name"] = opts.get("--name", found.get("name"))
         return forked, True
     return found, False
 
@@ -345,14 +462,18 @@ def main(argv: list[str] | None = None) -> None:
     role_file = opts.get("--append-system-prompt-file")
     role = Path(role_file).read_text() if role_file else opts.get("--append-system-prompt")
     sent_role = role  # what reaches the model: the recorded snapshot, unless it is off
+    pending: list[dict[str, Any]] = session.pop("pending", [])
     if version > (2, 1, 197) and snapshot != "off":
         if "system_snapshot" in session:
             sent_role = session["system_snapshot"]
         else:
             session["system_snapshot"] = role
-    session["turns"].append({"role": "user", "text": prompt})
-    if not opts.get("--no-session-persistence"):
-        save(session)  # an interrupted turn stays in the transcript, as with the real CLI
+            pending.append({"type": "system-prompt-snapshot",
+                            "sessionId": session["session_id"], "text": role})
+    pending.append(message_line(session, "user", prompt))
+    persist = not opts.get("--no-session-persistence")
+    if persist:
+        append(session, *pending)  # an interrupted turn stays in the transcript, as with the CLI
 
     reported_id = sw.get("report_id", session["session_id"])
     if fmt == "stream-json":
@@ -410,14 +531,15 @@ def main(argv: list[str] | None = None) -> None:
         extra = {"subtype": "error_max_budget_usd", "is_error": True}
         exit_code = 1
     else:
-        session["turns"].append({"role": "assistant", "text": text})
+        answer = message_line(session, "assistant", text)
         session["total_cost_usd"] = session.get("total_cost_usd", 0.0) + cost
         costs = session.setdefault("model_costs", {})
         costs[session["model"]] = costs.get(session["model"], 0.0) + cost
+        if persist:
+            session_folder(session, sw)
+            append(session, answer, cost_line(session))
     if opts.get("--json-schema") and not status:
         extra["structured_output"] = schema_example(json.loads(opts["--json-schema"]))
-    if not opts.get("--no-session-persistence"):
-        save(session)
     reported = session["total_cost_usd"] if cumulative and not status else cost
     final = result_line(session, text, reported, **extra)
     final["session_id"] = reported_id

@@ -79,6 +79,9 @@ class Switches:
     """Seconds to stall after ``message_start``, before the text (a slow answer)."""
     stop_half_way: bool = False
     """Close the connection in the middle of the text, without ``message_stop``."""
+    tool_calls: list[dict[str, Any]] = field(default_factory=list)
+    """Tool calls to answer with, ``{"name": ..., "input": {...}}``, one per request, first
+    first, each once (a request after the list is used up gets the usual text)."""
 
 
 @dataclass
@@ -169,6 +172,10 @@ def _handler(api: FakeMessagesAPI) -> type[BaseHTTPRequestHandler]:
                 "api_key": self.headers.get("x-api-key"),
                 "stream": body.get("stream"),
                 "turns": user_turns(messages),
+                "tools": [t.get("name") for t in body.get("tools") or [] if isinstance(t, dict)],
+                "tool_results": [b.get("content") for m in messages[-1:]
+                                 for b in (m.get("content") or [])
+                                 if isinstance(b, dict) and b.get("type") == "tool_result"],
                 "messages": [{"role": m.get("role"), "text": text_of(m.get("content"))}
                              for m in messages],
                 "started": time.monotonic(),
@@ -198,6 +205,12 @@ def _handler(api: FakeMessagesAPI) -> type[BaseHTTPRequestHandler]:
                 self._error(switches.status, switches.should_retry)
                 return
             model = body.get("model") or "claude-fake"
+            with api.lock:
+                tool = switches.tool_calls.pop(0) if switches.tool_calls else None
+            if tool is not None and body.get("stream"):
+                record["answered_with_tool"] = tool["name"]
+                self._tool_use(model, tool, record)
+                return
             text = f"turns={record['turns']}"
             if not body.get("stream"):
                 self._whole_message(model, text, record)
@@ -229,6 +242,32 @@ def _handler(api: FakeMessagesAPI) -> type[BaseHTTPRequestHandler]:
             self._send(_sse("content_block_stop", {"type": "content_block_stop", "index": 0}))
             self._send(_sse("message_delta", {"type": "message_delta",
                                               "delta": {"stop_reason": "end_turn",
+                                                        "stop_sequence": None},
+                                              "usage": {"output_tokens": 5}}))
+            self._send(_sse("message_stop", {"type": "message_stop"}))
+
+        def _tool_use(self, model: str, tool: dict[str, Any], record: dict[str, Any]) -> None:
+            """A streamed answer that asks the CLI to run one tool."""
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream")
+            self.send_header("Connection", "close")
+            self.end_headers()
+            self.close_connection = True
+            self._send(_sse("message_start", {"type": "message_start", "message": {
+                "id": f"msg_{uuid.uuid4().hex[:24]}", "type": "message", "role": "assistant",
+                "model": model, "content": [], "stop_reason": None, "stop_sequence": None,
+                "usage": _usage(record["turns"], output_tokens=1)}}))
+            block = {"type": "tool_use", "id": f"toolu_{uuid.uuid4().hex[:24]}",
+                     "name": tool["name"], "input": {}}
+            self._send(_sse("content_block_start", {"type": "content_block_start", "index": 0,
+                                                    "content_block": block}))
+            self._send(_sse("content_block_delta", {
+                "type": "content_block_delta", "index": 0,
+                "delta": {"type": "input_json_delta",
+                          "partial_json": json.dumps(tool.get("input") or {})}}))
+            self._send(_sse("content_block_stop", {"type": "content_block_stop", "index": 0}))
+            self._send(_sse("message_delta", {"type": "message_delta",
+                                              "delta": {"stop_reason": "tool_use",
                                                         "stop_sequence": None},
                                               "usage": {"output_tokens": 5}}))
             self._send(_sse("message_stop", {"type": "message_stop"}))
