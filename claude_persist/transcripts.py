@@ -35,6 +35,8 @@ DEFAULT_CLEANUP_DAYS = 30
 WARN_WITHIN = timedelta(days=7)
 """A transcript the CLI will delete within this long is shown as due for cleanup."""
 SETTINGS_LIMIT = 1 << 20
+MANAGED_SETTINGS = (Path("/etc/claude-code/managed-settings.json"),
+                    Path("/Library/Application Support/ClaudeCode/managed-settings.json"))
 
 _DIGITS36 = "0123456789abcdefghijklmnopqrstuvwxyz"
 
@@ -210,10 +212,12 @@ def _settings_days(path: Path) -> int | None:
 
 def cleanup_period_days(cwd: str | Path | None = None,
                         env: Mapping[str, str] | None = None) -> int:
-    """``cleanupPeriodDays`` from the CLI's settings: the user's (``<config>/settings.json``)
-    and, for ``cwd``, the project's (``.claude/settings.json``, ``.claude/settings.local.json``).
-    The smallest wins, since any CLI started with it deletes; 30 when none sets it."""
-    files = [config_dir(env) / "settings.json"]
+    """``cleanupPeriodDays`` from the CLI's settings: the user's (``<config>/settings.json``),
+    the machine's managed settings, and for ``cwd`` the project's (``.claude/settings.json``,
+    ``.claude/settings.local.json``). The smallest wins, since any CLI started with it
+    deletes; 30 when none sets it. (The CLI deletes a transcript whose last change is older
+    than that many days.)"""
+    files = [config_dir(env) / "settings.json", *MANAGED_SETTINGS]
     if cwd is not None:
         files += [Path(cwd) / ".claude" / "settings.json",
                   Path(cwd) / ".claude" / "settings.local.json"]
