@@ -197,3 +197,37 @@ def test_the_first_calls_role_is_replayed_unless_the_snapshot_is_off(
     assert _role_sent(f"--resume={old}", two, version="2.1.197") == "Role two."
     unknown = claude("-p", f"--resume={old}", off, prompt="[fake version=2.1.197] hi")
     assert unknown.returncode == 1 and "unknown option" in unknown.stderr
+
+
+def test_transcripts_live_where_the_real_clis_do(fake_claude: Any, tmp_path: Path,
+                                                 monkeypatch: Any) -> None:
+    """``$HOME/.claude/projects/<cwd encoded>/<id>.jsonl`` (or under ``CLAUDE_CONFIG_DIR``),
+    one JSON object a line, appended to; a resume from another folder finds it by id and
+    appends there; a fork starts its own in the cwd's folder."""
+    home = tmp_path / "home"
+    monkeypatch.delenv("CLAUDE_CONFIG_DIR")
+    monkeypatch.setenv("HOME", str(home))
+    made_in = tmp_path / "made in é"
+    elsewhere = tmp_path / "elsewhere"
+    made_in.mkdir()
+    elsewhere.mkdir()
+    sid = str(uuid.uuid4())
+    claude("-p", f"--session-id={sid}", "--name=titled", cwd=made_in)
+    encoded = "".join(c if c.isascii() and c.isalnum() else "-" for c in str(made_in))
+    path = home / ".claude" / "projects" / encoded / f"{sid}.jsonl"
+    first = path.read_bytes()
+    assert [json.loads(line)["type"] for line in first.splitlines()] == \
+        ["custom-title", "system-prompt-snapshot", "user", "assistant", "cost-state"]
+    again = json.loads(claude("-p", f"--resume={sid}", "--output-format=json",
+                              cwd=elsewhere).stdout)
+    assert "turn 2" in again["result"]
+    assert path.read_bytes().startswith(first) and len(path.read_bytes()) > len(first)
+    assert not (home / ".claude" / "projects" / elsewhere.name).exists()
+    fork = json.loads(claude("-p", f"--resume={sid}", "--fork-session", "--output-format=json",
+                             cwd=elsewhere).stdout)
+    forked = list((home / ".claude" / "projects").glob(f"*/{fork['session_id']}.jsonl"))
+    assert [p.parent.name for p in forked] == [
+        "".join(c if c.isascii() and c.isalnum() else "-" for c in str(elsewhere))]
+    assert "turn 3" in fork["result"]
+    by_title = json.loads(claude("-p", "--resume=titled", "--output-format=json").stdout)
+    assert by_title["session_id"] in (sid, fork["session_id"])
