@@ -35,6 +35,10 @@ PLAN: dict[str, tuple[Callable[..., Figure | list[Figure]], dict[str, Any], dict
     "concurrent-creates": (figures.concurrent_creates, {"processes": 32, "creates": 25},
                            {"processes": 8, "creates": 5}),
     "kill-writers": (figures.kill_writers, {"rounds": 200}, {"rounds": 20}),
+    "bundle": (figures.bundle_throughput, {"sessions": 1000, "kilobytes": 1024, "rounds": 3},
+               {"sessions": 100, "kilobytes": 256, "rounds": 1}),
+    "bundle-mapping": (figures.import_into_big_mapping, {"size": 10_000, "rounds": 7},
+                       {"size": 10_000, "rounds": 3}),
 }
 
 

@@ -218,7 +218,7 @@ def sequential_workflow(steps: int = 50, rounds: int = 3) -> Figure:
     the two alternate for ``rounds`` rounds and the medians are compared (one pair alone moves
     by several ms a step on a busy machine)."""
     lab = Lab.make("sequential")
-    fake_home = lab.root / "fake-home"
+    transcripts_home = lab.root / "claude-config"  # where the fake keeps its transcripts
     workflows = []
     for number in range(rounds + 1):  # one more for the warm-up
         lines = [f'  - {{id: s0, create: one-{number}, prompt: "step 0"}}']
@@ -240,7 +240,7 @@ def sequential_workflow(steps: int = 50, rounds: int = 3) -> Figure:
         in_run.append(float(report["duration_s"]))
 
     times = interleaved({"direct": direct_calls, "workflow": workflow_run}, rounds)
-    assert fake_home.is_dir()
+    assert transcripts_home.is_dir()
     direct, took = median(times["direct"]), median(times["workflow"])
     per_step = (took - direct) / steps
     return Figure(
@@ -451,6 +451,170 @@ def big_mapping(sizes: tuple[int, ...] = (10, 5_000, 10_000), rounds: int = 15) 
                  "vs_10_sessions": round(medians[f"list {big}"] / medians[f"list {small}"],
                                          2)}))
     return figures
+
+
+# -- portable sessions ---------------------------------------------------------------------------
+
+
+def _transcript_pool(megabytes: float, seed: int = 11) -> str:
+    """Text to cut transcript lines from: random words, so that it compresses about as well as
+    a real transcript (3-4x) and no slice repeats another within gzip's window."""
+    chance = random.Random(seed)
+    words = ["".join(chance.choices("abcdefghijklmnopqrstuvwxyz", k=chance.randint(2, 10)))
+             for _ in range(5000)]
+    return " ".join(chance.choices(words, k=int(megabytes * 2**20 / 6)))
+
+
+def _portable_lab(name: str, sessions: int, kilobytes: int, pool: str) -> tuple[Lab, int]:
+    """A lab whose mapping names ``sessions`` sessions, each with a transcript of about
+    ``kilobytes`` KB where claude keeps it (JSON lines shaped as claude's). Returns the lab and
+    the bytes of all transcripts."""
+    from claude_persist import transcripts
+
+    lab = Lab.make(name)
+    chance = random.Random(sessions)
+    aliases = {}
+    total = 0
+    for index in range(sessions):
+        sid = str(uuid.uuid4())
+        path = transcripts.transcript_path(sid, lab.workspace, lab.env)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lines, size, turn = [], 0, 0
+        while size < kilobytes * 1024:
+            start = chance.randrange(len(pool) - 4096)
+            role = "user" if turn % 2 == 0 else "assistant"
+            line = json.dumps({"type": role, "uuid": str(uuid.uuid4()), "sessionId": sid,
+                               "cwd": str(lab.workspace), "message": {
+                                   "role": role,
+                                   "content": pool[start:start + chance.randint(500, 4000)]}})
+            lines.append(line + "\n")
+            size += len(line) + 1
+            turn += 1
+        path.write_text("".join(lines))
+        total += size
+        aliases[f"s-{index:05d}"] = {"session_id": sid, "created_at": "2026-01-01T00:00:00",
+                                     "cwd": str(lab.workspace), "last_model": "opus"}
+    _write_mapping(lab, aliases)
+    return lab, total
+
+
+def _write_mapping(lab: Lab, aliases: dict[str, Any]) -> None:
+    """The mapping file as our own writes leave it (one entry a line)."""
+    from claude_persist import mapping
+
+    lab.mapping_file.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    lab.mapping_file.write_text(mapping.dump(mapping.MappingDoc(str(lab.workspace), aliases)))
+    lab.mapping_file.chmod(0o600)
+
+
+def _reset_destination(lab: Lab, mapping: str | None) -> None:
+    """Back to before the import: no transcripts, the mapping as it was (or none)."""
+    import shutil
+
+    shutil.rmtree(lab.root / "claude-config", ignore_errors=True)
+    if mapping is None:
+        lab.mapping_file.unlink(missing_ok=True)
+    else:
+        lab.mapping_file.write_text(mapping)
+
+
+def bundle_throughput(sessions: int = 1000, kilobytes: int = 1024, rounds: int = 3
+                      ) -> list[Figure]:
+    """``export --all`` and ``import`` of ``sessions`` sessions of ``kilobytes`` KB
+    transcripts, each against ``tar czf`` / ``tar xzf`` of the same files in the same run
+    (rounds alternate, medians compared)."""
+    from claude_persist import transcripts
+
+    pool = _transcript_pool(8)
+    source, total = _portable_lab("export", sessions, kilobytes, pool)
+    project = transcripts.project_folder(source.workspace, source.env)
+    destination = Lab.make("import")
+    ours, theirs = source.root / "ours.tgz", source.root / "theirs.tgz"
+    unpacked = destination.root / "tar-x"
+
+    def tar_x() -> None:
+        import shutil
+
+        shutil.rmtree(unpacked, ignore_errors=True)
+        unpacked.mkdir()
+        started = time.perf_counter()
+        destination.run(["tar", "xzf", str(theirs), "-C", str(unpacked)])
+        times["tar xzf"].append(time.perf_counter() - started)
+
+    def our_import() -> None:
+        _reset_destination(destination, None)
+        started = time.perf_counter()
+        destination.cp("import", str(ours))
+        times["import"].append(time.perf_counter() - started)
+
+    times: dict[str, list[float]] = {"tar xzf": [], "import": []}
+    exports = interleaved({
+        "tar czf": lambda: source.run(["tar", "czf", str(theirs), "-C", str(project.parent),
+                                       f"./{project.name}"]),  # it starts with -
+        "export": lambda: source.cp("export", "--all", "-o", str(ours)),
+    }, rounds, warmup=0)
+    for _ in range(rounds):
+        tar_x()
+        our_import()
+    imported = list((destination.root / "claude-config" / "projects").glob("*/*.jsonl"))
+    assert len(imported) == sessions, f"{len(imported)} of {sessions} transcripts imported"
+    mb = total / 1e6
+    figures = []
+    for key, mine, baseline, measured in (("export", "export", "tar czf", exports),
+                                          ("import", "import", "tar xzf", times)):
+        ours_s, base_s = median(measured[mine]), median(measured[baseline])
+        ratio = base_s / ours_s  # our throughput as a share of tar's
+        figures.append(Figure(
+            key=f"bundle-{key}",
+            what=f"{mine} of {sessions:,} sessions of {kilobytes / 1024:g} MB transcripts",
+            value=round(ratio, 2), unit="x tar's throughput", target=">= 0.5x",
+            ok=ratio >= 0.5, baseline=f"{baseline} of the same files (median of {rounds})",
+            context={f"{mine}_s": round(ours_s, 2), f"{baseline}_s": round(base_s, 2),
+                     f"{mine}_MB_per_s": round(mb / ours_s, 1),
+                     f"{baseline}_MB_per_s": round(mb / base_s, 1),
+                     "bundle_MB": round(ours.stat().st_size / 1e6, 1),
+                     "tar_MB": round(theirs.stat().st_size / 1e6, 1)}))
+    return figures
+
+
+def import_into_big_mapping(size: int = 10_000, sessions: int = 100, kilobytes: int = 100,
+                            rounds: int = 7) -> Figure:
+    """``import`` of one bundle into a mapping of ``size`` sessions, against the same import
+    into an empty mapping; each round starts both from scratch, alternating."""
+    pool = _transcript_pool(4)
+    source, _ = _portable_lab("bundle-source", sessions, kilobytes, pool)
+    bundle = source.root / "bundle.tgz"
+    source.cp("export", "--all", "-o", str(bundle))
+    empty, full = Lab.make("import-empty"), Lab.make("import-full")
+    _write_mapping(full, {f"other-{index:05d}": {
+        "session_id": str(uuid.uuid4()), "created_at": "2026-01-01T00:00:00",
+        "cwd": str(full.workspace), "last_model": "opus", "last_reasoning_effort": "high"}
+        for index in range(size)})
+    full_mapping = full.mapping_file.read_text()
+
+    def run(lab: Lab, mapping: str | None) -> None:
+        _reset_destination(lab, mapping)
+        started = time.perf_counter()
+        lab.cp("import", str(bundle))
+        times[id(lab)].append(time.perf_counter() - started)
+
+    times: dict[int, list[float]] = {id(empty): [], id(full): []}
+    run(empty, None)  # warm-up
+    run(full, full_mapping)
+    times = {id(empty): [], id(full): []}
+    for _ in range(rounds):
+        run(empty, None)
+        run(full, full_mapping)
+    assert len(json.loads(full.mapping_file.read_text())["aliases"]) == size + sessions
+    small, big = median(times[id(empty)]), median(times[id(full)])
+    ratio = big / small
+    return Figure(
+        key="bundle-import-mapping",
+        what=f"import of {sessions} sessions into a mapping of {size:,}",
+        value=round(ratio, 2), unit="x", target="<= 1.5x", ok=ratio <= 1.5,
+        baseline=f"the same import into an empty mapping (median of {rounds})",
+        context={"empty_ms": _ms(small), f"{size}_ms": _ms(big),
+                 "bundle_MB": round(bundle.stat().st_size / 1e6, 2)})
 
 
 # -- concurrency and crashes ---------------------------------------------------------------------

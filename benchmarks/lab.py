@@ -45,6 +45,8 @@ class Lab:
             "TMPDIR": str(temp),
             "CLAUDE_CMD": " ".join(FAKE),
             "FAKE_CLAUDE_HOME": str(self.root / "fake-home"),
+            # The fake keeps transcripts where claude does: here, not in ~/.claude.
+            "CLAUDE_CONFIG_DIR": str(self.root / "claude-config"),
         }
 
     @classmethod

@@ -18,6 +18,7 @@ turns the local copy has is refused unless forced (the local copy is then kept b
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import json
@@ -31,7 +32,7 @@ from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path, PurePosixPath
-from typing import IO, Any
+from typing import IO, Any, cast
 
 from . import fsio, transcripts
 from .errors import BundleError, ImportConflictError, UnsafeFileError, UsageError
@@ -404,14 +405,99 @@ def _check_member(member: tarfile.TarInfo, expected: dict[str, FileRecord],
     return record
 
 
+class _Gunzip:
+    """A gzip stream's decompressed bytes, inflated by a thread of its own: zlib lets go of
+    the interpreter while it inflates, so inflating the next megabytes and checking and writing
+    these take two cores, as ``tar xzf`` does with a gzip process beside it. Each step of
+    inflating is bounded, so a small stream that inflates to a huge one fills no memory."""
+
+    def __init__(self, stream: IO[bytes], depth: int = 8) -> None:
+        import queue
+        import threading
+
+        self._stream = stream
+        self._chunks: queue.Queue[bytes | BaseException | None] = queue.Queue(depth)
+        self._pending = b""
+        self._offset = 0
+        self._done = False
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._inflate, name="bundle-gunzip",
+                                        daemon=True)
+        self._thread.start()
+
+    def _inflate(self) -> None:
+        try:
+            inflater = zlib.decompressobj(wbits=31)
+            while not self._stop.is_set():
+                data = self._stream.read(_CHUNK)
+                if not data:
+                    if not inflater.eof:
+                        raise EOFError("the gzip stream ends before its end marker")
+                    break
+                while not self._stop.is_set():
+                    out = inflater.decompress(data, 4 * _CHUNK)
+                    if out:
+                        self._put(out)
+                    if inflater.eof:  # a member ends; another may follow, as gzip allows
+                        data = inflater.unused_data
+                        if not data:
+                            break
+                        if data[:2] != b"\x1f\x8b":
+                            raise zlib.error("data after the gzip stream")
+                        inflater = zlib.decompressobj(wbits=31)
+                        continue
+                    data = inflater.unconsumed_tail
+                    if not data and len(out) < 4 * _CHUNK:
+                        break  # all input used and all output given: read more
+            self._put(None)
+        except BaseException as exc:  # handed to the reader, which raises it
+            self._put(exc)
+
+    def _put(self, item: bytes | BaseException | None) -> None:
+        import queue
+
+        while not self._stop.is_set():
+            try:
+                self._chunks.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def read(self, size: int = -1) -> bytes:
+        parts: list[bytes] = []
+        have = 0
+        while size < 0 or have < size:
+            if self._offset >= len(self._pending):
+                if self._done:
+                    break
+                item = self._chunks.get()
+                if item is None or isinstance(item, BaseException):
+                    self._done = True
+                    if item is None:
+                        break
+                    raise item
+                self._pending, self._offset = item, 0
+            left = len(self._pending) - self._offset
+            take = left if size < 0 else min(size - have, left)
+            parts.append(self._pending[self._offset:self._offset + take])
+            self._offset += take
+            have += take
+        return b"".join(parts)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)  # (it may wait on a stream that never ends)
+
+
 def read(stream: IO[bytes], staging: fsio.Staging, label: str,
          limits: Limits = DEFAULT_LIMITS) -> Staged:
     """Read a bundle from ``stream`` into ``staging``, checking everything; raise
     :class:`BundleError` at the first problem (``label`` names the bundle in messages)."""
     files: dict[str, Path] = {}
     try:
-        with gzip.GzipFile(fileobj=stream, mode="rb") as gz, \
-                tarfile.open(fileobj=gz, mode="r|") as tar:
+        gunzip = _Gunzip(stream)
+        with contextlib.closing(gunzip), \
+                tarfile.open(fileobj=cast(IO[bytes], gunzip), mode="r|", bufsize=_CHUNK) as tar:
             first = tar.next()
             if first is None or first.name != MANIFEST_NAME or not first.isreg():
                 raise BundleError(f"{label} does not start with {MANIFEST_NAME}: it is not a "
@@ -455,9 +541,10 @@ def _stage(tar: tarfile.TarFile, member: tarfile.TarInfo, record: FileRecord,
             digest.update(chunk)
             handle.write(chunk)
             left -= len(chunk)
-        staging.seal(handle)
-    finally:
+    except BaseException:
         handle.close()
+        raise
+    staging.seal(handle)
     if digest.hexdigest() != record.sha256:
         raise BundleError(f"{member.name}'s sha256 does not match the manifest's: the bundle "
                           "is damaged or was changed", member=member.name)
@@ -489,6 +576,8 @@ class SessionPlan:
     local_stamp: tuple[int, int] | None
     action: Action
     turns_added: int = 0
+    """Turns the bundle adds to the local copy (not counted for a new one: a count would
+    read every transcript)."""
     keep_old_as: Path | None = None
 
 
@@ -617,11 +706,12 @@ def plan(staged: Staged, doc: MappingDoc, workspace: Path, env: Mapping[str, str
     conflicts: list[str] = []
     sessions: dict[str, SessionPlan] = {}
     names: list[NamePlan] = []
+    index = transcripts.ProjectIndex(transcripts.config_dir(env) / transcripts.PROJECTS)
     for record in manifest.sessions:
         cwd = moved_path(record.cwd, manifest.workspace_dir, workspace) or workspace
         session = sessions.get(record.session_id)
         if session is None:
-            session = _session_plan(record, staged, cwd, env, force, when, conflicts)
+            session = _session_plan(record, staged, cwd, env, force, when, conflicts, index)
             sessions[record.session_id] = session
         name = renames.get(record.name, record.name)
         entry = _entry_for_here(record, manifest, workspace, session.cwd, when, notes)
@@ -647,7 +737,7 @@ def plan(staged: Staged, doc: MappingDoc, workspace: Path, env: Mapping[str, str
 
 def _session_plan(record: SessionRecord, staged: Staged, cwd: Path,
                   env: Mapping[str, str] | None, force: bool, when: str,
-                  conflicts: list[str]) -> SessionPlan:
+                  conflicts: list[str], index: transcripts.ProjectIndex) -> SessionPlan:
     project = transcripts.project_folder(cwd, env)
     files = [(staged.files[f.path], project / f.relative) for f in record.files[1:]]
     incoming = staged.files[record.transcript.path]
@@ -656,11 +746,10 @@ def _session_plan(record: SessionRecord, staged: Staged, cwd: Path,
         current = fsio.lstat(dest)
         if current is not None:
             fsio.check_file(dest, current, "the transcript file")  # no symlink, not another's
-    local = transcripts.locate(record.session_id, cwd, env)
+    local = transcripts.locate(record.session_id, cwd, env, index)
     session = SessionPlan(record.session_id, cwd, project, files, local,
                           _stamp(local) if local else None, Action.NEW)
     if local is None:
-        session.turns_added = transcripts.user_turns(transcripts.read_bytes(incoming))
         return session
     _judge(session, record.name, incoming, force, when, conflicts)
     return session

@@ -35,6 +35,8 @@ from .errors import (
 )
 
 if TYPE_CHECKING:
+    from concurrent.futures import Future, ThreadPoolExecutor
+
     from filelock import BaseFileLock
 
 FOLDER_MODE = 0o700
@@ -447,6 +449,13 @@ def atomic_file(path: Path, what: str = "the file") -> Iterator[BinaryIO]:
     fsync_folder(path.parent)
 
 
+def _sync_and_close(handle: BinaryIO) -> None:
+    try:
+        os.fsync(handle.fileno())
+    finally:
+        handle.close()
+
+
 def _create_exclusive(path: Path) -> BinaryIO:
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
     try:
@@ -474,6 +483,8 @@ class Staging:
         self.root.mkdir(mode=FOLDER_MODE)
         self._count = 0
         self._touched: set[Path] = set()
+        self._pool: ThreadPoolExecutor | None = None
+        self._syncing: list[Future[None]] = []
 
     @staticmethod
     def _remove_stale(parent: Path, label: str) -> None:
@@ -499,18 +510,27 @@ class Staging:
         path = self.root / f"f{self._count:07d}"
         return path, _create_exclusive(path)
 
-    @staticmethod
-    def seal(handle: BinaryIO) -> None:
-        """Flush, fsync and close a staged file: its bytes are on disk before it is placed."""
+    def seal(self, handle: BinaryIO) -> None:
+        """Flush a staged file, then fsync and close it on a worker thread (the disk writes
+        while the next file is read); :meth:`place` waits until every file is on disk."""
+        from concurrent.futures import ThreadPoolExecutor
+
         handle.flush()
-        os.fsync(handle.fileno())
-        handle.close()
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="fsync")
+        self._syncing.append(self._pool.submit(_sync_and_close, handle))
+
+    def _wait_for_disk(self) -> None:
+        syncing, self._syncing = self._syncing, []
+        for future in syncing:
+            future.result()
 
     def place(self, staged: Path, dest: Path, what: str = "the file",
               keep_old_as: Path | None = None) -> None:
         """Move a sealed staged file to ``dest`` (its folder made 0700 if missing), replacing
         what is there; ``keep_old_as`` first keeps the old file under that name. The folders
         written to are fsynced by :meth:`finish`."""
+        self._wait_for_disk()
         ensure_folder(dest.parent, f"the folder of {what}")
         current = lstat(dest)
         if current is not None:
@@ -543,6 +563,9 @@ class Staging:
     def remove(self) -> None:
         import shutil
 
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
         shutil.rmtree(self.root, ignore_errors=True)
 
     def __enter__(self) -> Staging:

@@ -8,6 +8,7 @@ record what it reported. The runner knows nothing of names, the store nothing of
 from __future__ import annotations
 
 import builtins
+import contextlib
 import os
 import threading
 from collections.abc import Callable, Mapping, Sequence
@@ -365,8 +366,11 @@ class Sessions:
                     self.notify(f"warning: {note}")
                 placed = set()
                 for session in plan.sessions:
-                    with self.store.session_lock(session.session_id, session.session_id,
-                                                 lock_timeout):
+                    # A session new here has no turn of ours to wait for; the others are
+                    # compared again and written under their lock.
+                    with self.store.session_lock(
+                            session.session_id, session.session_id, lock_timeout
+                    ) if session.local is not None else contextlib.nullcontext():
                         problem = bundle.place(session, staging, force)
                     if problem:
                         late.append(problem)

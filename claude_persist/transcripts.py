@@ -97,7 +97,7 @@ def _regular(path: Path) -> os.stat_result | None:
     return st if stat.S_ISREG(st.st_mode) else None
 
 
-class _ProjectIndex:
+class ProjectIndex:
     """Which project folder holds which transcript, read once (for the sessions that are not
     where their cwd says: made before a move, or imported by hand)."""
 
@@ -128,13 +128,13 @@ class _ProjectIndex:
 
 
 def locate(session_id: str, cwd: str | Path, env: Mapping[str, str] | None = None,
-           index: _ProjectIndex | None = None) -> Path | None:
+           index: ProjectIndex | None = None) -> Path | None:
     """The session's transcript: where ``cwd`` puts it, else wherever the CLI would find it by
     id (any project folder); None when there is none."""
     expected = transcript_path(session_id, cwd, env)
     if _regular(expected):
         return expected
-    index = index or _ProjectIndex(config_dir(env) / PROJECTS)
+    index = index or ProjectIndex(config_dir(env) / PROJECTS)
     return index.find(session_id)
 
 
@@ -155,7 +155,7 @@ class SessionFiles:
 
 
 def session_files(session_id: str, cwd: str | Path, env: Mapping[str, str] | None = None,
-                  index: _ProjectIndex | None = None) -> SessionFiles | None:
+                  index: ProjectIndex | None = None) -> SessionFiles | None:
     """Everything the CLI keeps for the session, or None when its transcript is gone.
 
     Only regular files are carried; a symlink in the session's folder is not followed."""
@@ -232,7 +232,7 @@ def statuses(sessions: Iterable[tuple[str, str | Path]], workspace: Path,
     look through the project folders only if some transcript is not where its cwd puts it."""
     now = now or datetime.now(timezone.utc)
     period = timedelta(days=cleanup_period_days(workspace, env))
-    index = _ProjectIndex(config_dir(env) / PROJECTS)
+    index = ProjectIndex(config_dir(env) / PROJECTS)
     found = []
     for session_id, cwd in sessions:
         path = locate(session_id, cwd, env, index)

@@ -114,7 +114,7 @@ def test_the_cache_recipe_keeps_a_session_across_runs(tmp_path: Path) -> None:
         shutil.copytree(runner.checkout / path, saved)
     sid = answers[0].strip()  # create prints the new id
     imported, reply = answers[1].splitlines()
-    assert imported.split() == ["branch-notes", "new", "+1", "turn", sid]
+    assert imported.split() == ["branch-notes", "new", sid]
     assert reply.startswith(f"fake reply to turn 2 of session {sid}")
     assert answers[2].splitlines()[-1].startswith(f"fake reply to turn 3 of session {sid}")
 

@@ -130,7 +130,7 @@ def test_a_session_travels_and_converges(real: RealClaude,
     bundle = tmp_path / "plan.tgz"
     a.ok("export", "-n", "plan", "-o", str(bundle))
     imported = b.ok("import", str(bundle))
-    assert imported.out.split()[:3] == ["plan", "new", "+2"]
+    assert imported.out.split() == ["plan", "new", sid]
     assert b.copies(sid) == [b.transcript(sid)]
     answer = b.ok("resume", "-n", "plan", "-p", "Third, on B.", "--json").json()
     assert answer["session_id"] == sid and answer["result"] == "turns=3"
