@@ -833,7 +833,7 @@ def map_names(doc: MappingDoc, names: Sequence[NamePlan], force: bool) -> list[s
             conflicts.append(f"{item.name}: it was re-pointed to session {local_id} while the "
                              "import ran")
             continue
-        doc.aliases[item.name] = dict(item.entry)  # a new dict: see MappingDoc
+        doc.put(item.name, item.entry)
     return conflicts
 
 

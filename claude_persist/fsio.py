@@ -424,29 +424,28 @@ def atomic_file(path: Path, what: str = "the file") -> Iterator[BinaryIO]:
     """Write ``path`` through a handle, for data too big to hold in memory (a bundle): a temp
     file in the same folder (0600), fsynced and renamed into place when the block ends; removed,
     and ``path`` untouched, when it raises. The folder is made if it is missing."""
-    ensure_folder(path.parent, f"the folder of {what}")
-    current = lstat(path)
+    ensure_folder(path.parent, f"the folder of {what}", allow_root=True)
+    current = lstat(path, what)
     if current is not None:
         check_file(path, current, what)
     temp = _temp_path(path)
-    try:
-        handle = _create_exclusive(temp)
-    except OSError as exc:
-        raise UnsafeFileError(f"cannot write {what} {path}: {exc.strerror}", path=path) from exc
+    with translated("write", what, path):
+        handle = os.fdopen(_create_exclusive(temp, f"the temp file of {what}"), "wb")
     try:
         with handle:
             yield handle
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp, path)
+            with translated("write", what, path):
+                handle.flush()
+                os.fsync(handle.fileno())
+        with translated("rename into place", what, path):
+            os.replace(temp, path)
     except BaseException as exc:
         with contextlib.suppress(OSError):
             temp.unlink()
-        if isinstance(exc, OSError) and not isinstance(exc, BrokenPipeError):
-            raise UnsafeFileError(f"cannot write {what} {path}: {exc.strerror}",
-                                  path=path) from exc
+        if isinstance(exc, OSError) and not isinstance(exc, (BrokenPipeError, FileSystemError)):
+            raise os_error(exc, "write", what, path) from exc
         raise
-    fsync_folder(path.parent)
+    fsync_folder(path.parent, f"the folder of {what}")
 
 
 def _sync_and_close(handle: BinaryIO) -> None:
@@ -454,17 +453,6 @@ def _sync_and_close(handle: BinaryIO) -> None:
         os.fsync(handle.fileno())
     finally:
         handle.close()
-
-
-def _create_exclusive(path: Path) -> BinaryIO:
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-    try:
-        fd = os.open(path, flags, FILE_MODE)
-    except FileExistsError:
-        check_file(path, path.lstat(), "the temp file")
-        path.unlink()  # our own leftover from a writer that died with this pid
-        fd = os.open(path, flags, FILE_MODE)
-    return os.fdopen(fd, "wb")
 
 
 class Staging:
@@ -475,12 +463,12 @@ class Staging:
     systems falls back to a copy)."""
 
     def __init__(self, parent: Path, label: str) -> None:
-        ensure_folder(parent, "the folder of the staging area")
-        self._remove_stale(parent, label)
         import secrets
 
+        ensure_folder(parent, "the folder of the staging area")
+        self._remove_stale(parent, label)
         self.root = parent / f"{label}.{os.getpid()}.{secrets.token_hex(4)}"
-        self.root.mkdir(mode=FOLDER_MODE)
+        make_folder(self.root, "the staging folder")
         self._count = 0
         self._touched: set[Path] = set()
         self._pool: ThreadPoolExecutor | None = None
@@ -488,19 +476,24 @@ class Staging:
 
     @staticmethod
     def _remove_stale(parent: Path, label: str) -> None:
-        """Staging folders of runs that were killed (their process is gone)."""
+        """Staging folders of runs that were killed (their process is gone); best effort."""
         import shutil
 
-        for folder in parent.glob(f"{label}.*.*"):
+        try:
+            folders = list(parent.glob(f"{label}.*.*"))
+        except OSError:
+            return
+        for folder in folders:
             pid = folder.name[len(label) + 1:].split(".", 1)[0]
             if not pid.isdigit() or int(pid) == os.getpid():
                 continue
             try:
                 os.kill(int(pid), 0)
             except ProcessLookupError:
-                st = lstat(folder)
-                if st and stat.S_ISDIR(st.st_mode) and st.st_uid == os.getuid():
-                    shutil.rmtree(folder, ignore_errors=True)
+                with contextlib.suppress(OSError):
+                    st = folder.lstat()
+                    if stat.S_ISDIR(st.st_mode) and st.st_uid == os.getuid():
+                        shutil.rmtree(folder, ignore_errors=True)
             except PermissionError:
                 pass
 
@@ -508,56 +501,57 @@ class Staging:
         """A new empty file in the staging folder, open for writing."""
         self._count += 1
         path = self.root / f"f{self._count:07d}"
-        return path, _create_exclusive(path)
+        with translated("write", "a staged file", path):
+            return path, os.fdopen(_create_exclusive(path, "a staged file"), "wb")
 
     def seal(self, handle: BinaryIO) -> None:
         """Flush a staged file, then fsync and close it on a worker thread (the disk writes
         while the next file is read); :meth:`place` waits until every file is on disk."""
         from concurrent.futures import ThreadPoolExecutor
 
-        handle.flush()
+        with translated("write", "a staged file", self.root):
+            handle.flush()
         if self._pool is None:
             self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="fsync")
         self._syncing.append(self._pool.submit(_sync_and_close, handle))
 
     def _wait_for_disk(self) -> None:
         syncing, self._syncing = self._syncing, []
-        for future in syncing:
-            future.result()
+        with translated("write", "a staged file", self.root):
+            for future in syncing:
+                future.result()
 
     def place(self, staged: Path, dest: Path, what: str = "the file",
               keep_old_as: Path | None = None) -> None:
         """Move a sealed staged file to ``dest`` (its folder made 0700 if missing), replacing
         what is there; ``keep_old_as`` first keeps the old file under that name. The folders
         written to are fsynced by :meth:`finish`."""
+        import shutil
+
         self._wait_for_disk()
         ensure_folder(dest.parent, f"the folder of {what}")
-        current = lstat(dest)
+        current = lstat(dest, what)
         if current is not None:
             check_file(dest, current, what)
             if keep_old_as is not None:
-                try:
-                    os.link(dest, keep_old_as)
-                except OSError:
-                    import shutil
-
-                    shutil.copy2(dest, keep_old_as)
+                with translated("keep a copy of", what, dest):
+                    try:
+                        os.link(dest, keep_old_as)
+                    except OSError:
+                        shutil.copy2(dest, keep_old_as)
         try:
             os.replace(staged, dest)
         except OSError as exc:
             if exc.errno != errno.EXDEV:
-                raise UnsafeFileError(f"cannot write {what} {dest}: {exc.strerror}",
-                                      path=dest) from exc
+                raise os_error(exc, "move into place", what, dest) from exc
             with staged.open("rb") as source, atomic_file(dest, what) as target:
-                import shutil
-
                 shutil.copyfileobj(source, target, 1 << 20)
         self._touched.add(dest.parent)
 
     def finish(self) -> None:
         """Make every rename into place durable."""
         for folder in sorted(self._touched):
-            fsync_folder(folder)
+            fsync_folder(folder, "a folder of placed files")
         self._touched.clear()
 
     def remove(self) -> None:

@@ -218,7 +218,7 @@ def test_a_fork_and_a_subfolder_cwd_travel(two: tuple[Machine, Machine],
     sub = a.workspace / "pkg" / "sub"
     sub.mkdir(parents=True)
     with a.sessions.store.update() as doc:
-        doc.aliases["deep"] = {**doc.aliases["deep"], "cwd": str(sub)}
+        doc.put("deep", {**doc.aliases["deep"], "cwd": str(sub)})
     target = tr.transcript_path(deep, sub, a.env)
     target.parent.mkdir(parents=True)
     a.transcript(deep).rename(target)
