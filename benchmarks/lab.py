@@ -47,6 +47,7 @@ class Lab:
             "FAKE_CLAUDE_HOME": str(self.root / "fake-home"),
             # The fake keeps transcripts where claude does: here, not in ~/.claude.
             "CLAUDE_CONFIG_DIR": str(self.root / "claude-config"),
+            "XDG_STATE_HOME": str(self.root / "state"),  # the mapping's durable copy
         }
 
     @classmethod

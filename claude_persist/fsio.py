@@ -341,6 +341,13 @@ def remove(path: Path, what: str = "the file") -> None:
         path.unlink()
 
 
+def set_mtime(path: Path, mtime_ns: int, what: str = "the file") -> None:
+    """Give a file of ours this modification time (its access time is left as it is)."""
+    with translated("set the time of", what, path):
+        st = os.stat(path, follow_symlinks=False)
+        os.utime(path, ns=(st.st_atime_ns, mtime_ns), follow_symlinks=False)
+
+
 def write_in_folder(path: Path, data: str | bytes, what: str = "the file") -> None:
     """:func:`atomic_write` after :func:`ensure_folder` on its folder."""
     ensure_folder(path.parent, f"the folder of {what}", allow_root=True)

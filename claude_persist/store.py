@@ -7,6 +7,15 @@ in the same folder, are fsynced and ``os.replace``d under a ``flock`` lock, so a
 old file or the new one, never half of one, and a writer killed at any moment loses nothing
 committed. Every file operation goes through :mod:`fsio`, which turns the system's failures
 into typed errors; nothing here touches a file itself.
+
+Reboots and temp cleaners empty the temp folder (systemd-tmpfiles on Linux, the system's own
+cleaning of the per-user temp folder on macOS), and the names with it, while claude still has
+the transcripts. So the default mapping file, the working copy, has a durable copy under the
+user's state folder (``$XDG_STATE_HOME/claude-persist/<workspace key>/``, else
+``~/.local/state/claude-persist/...``), written in the same locked step (before the working
+copy, so that the working copy is never the newer of the two by our doing). When the working
+copy is missing, older than the durable one, or corrupt, it is restored from it, and stderr says
+so. A mapping file named with ``--mapping-file`` is the user's own choice of place: no copy.
 """
 
 from __future__ import annotations
@@ -60,6 +69,22 @@ def default_mapping_file(workspace: Path, environ: Mapping[str, str] | None = No
             / MAPPING_FILE_NAME)
 
 
+def state_root(environ: Mapping[str, str] | None = None) -> Path:
+    """``$XDG_STATE_HOME/claude-persist`` (an absolute one, as the XDG spec says), else
+    ``~/.local/state/claude-persist``: where state that outlives a reboot belongs."""
+    env = os.environ if environ is None else environ
+    value = env.get("XDG_STATE_HOME", "")
+    if value and os.path.isabs(value):
+        return Path(value) / "claude-persist"
+    home = env.get("HOME") or os.path.expanduser("~")
+    return Path(home) / ".local" / "state" / "claude-persist"
+
+
+def durable_mapping_file(workspace: Path, environ: Mapping[str, str] | None = None) -> Path:
+    """The durable copy of the default mapping file: ``<state>/<workspace key>/<file>``."""
+    return state_root(environ) / workspace_key(workspace) / MAPPING_FILE_NAME
+
+
 class MappingStore:
     """One mapping file: read without a lock, change under one, never lose a committed entry."""
 
@@ -69,13 +94,17 @@ class MappingStore:
         workspace_dir: Path,
         *,
         shared_root: Path | None = None,
+        durable: Path | None = None,
         notify: Callable[[str], None] = notice,
     ) -> None:
         self.path = path
         self.workspace_dir = workspace_dir
         self.folder = path.parent
+        self.durable = durable
+        """The durable copy (None: the mapping file has none)."""
         self._shared_root = shared_root
         self._notify = notify
+        self._durable_failed = False
 
     @classmethod
     def for_workspace(
@@ -89,7 +118,8 @@ class MappingStore:
         if mapping_file is not None:
             return cls(Path(os.path.abspath(mapping_file)), resolved, notify=notify)
         path = default_mapping_file(resolved)
-        return cls(path, resolved, shared_root=path.parent.parent, notify=notify)
+        return cls(path, resolved, shared_root=path.parent.parent,
+                   durable=durable_mapping_file(resolved), notify=notify)
 
     # -- folders ------------------------------------------------------------------------------
 
@@ -172,6 +202,9 @@ class MappingStore:
         A corrupt file is only moved aside under the lock, after a second look, so a reader
         can never quarantine a file that a writer is replacing.
         """
+        if self._behind_durable():
+            with self.update() as doc:  # restores it, under the lock
+                return doc
         if not self._folder_ready(create=False):
             return self._parse(None)
         text = self._read_text()
@@ -184,6 +217,8 @@ class MappingStore:
     def may_hold(self, name: str) -> bool:
         """False only when the file surely has no entry ``name``: a text search, 1 ms where a
         parse of 10,000 sessions takes 20. (The entry is checked again under the lock.)"""
+        if self._behind_durable():
+            return True  # the durable copy may hold it: the reader restores and looks
         if not self._folder_ready(create=False):
             return False
         text = self._read_text()
@@ -247,18 +282,68 @@ class MappingStore:
         lock = self._mapping_lock(timeout)
         try:
             text = self._read_text()
+            if self._behind_durable():
+                text = self._restore(text, "missing" if text is None else "older")
             try:
                 doc = self._parse(text, for_writing=True)
             except mapping.CorruptMappingError as exc:
                 self._quarantine(str(exc))
-                doc = self._parse(None)
-                text = None
+                text = self._restore(None, "corrupt")
+                doc = self._parse(text, for_writing=True) if text is not None \
+                    else self._parse(None)
             yield doc
             after = mapping.dump(doc)
             if after != text:  # unchanged documents are not rewritten (ours dump the same)
                 self._write(after)
+            elif after.strip() and self.durable is not None \
+                    and self._durable_stat() is None:
+                self._write_durable(after)  # a copy made the first time one is missing
         finally:
             lock.release()
+
+    # -- the durable copy ---------------------------------------------------------------------
+
+    def _durable_stat(self) -> os.stat_result | None:
+        if self.durable is None:
+            return None
+        try:
+            return fsio.lstat(self.durable, "the durable copy of the mapping file")
+        except UnsafeFileError:
+            return None  # unusable: the working copy stands alone (said when writing)
+
+    def _behind_durable(self) -> bool:
+        """True when the working copy is missing, or older than the durable copy (which is
+        given the working copy's time when written, so it is never the newer by our doing)."""
+        durable = self._durable_stat()
+        if durable is None:
+            return False
+        try:
+            current = fsio.lstat(self.path, "the mapping file")
+        except UnsafeFileError:
+            return False  # the read reports it
+        return current is None or current.st_mtime_ns < durable.st_mtime_ns
+
+    def _restore(self, text: str | None, why: str) -> str | None:
+        """Under the lock: put the durable copy back as the working copy; its text, or
+        ``text`` when there is no usable durable copy."""
+        assert self.durable is not None or why == "corrupt"
+        if self.durable is None:
+            return text
+        try:
+            saved = fsio.read_text(self.durable, "the durable copy of the mapping file")
+            if saved is None:
+                return text
+            mapping.parse(saved)
+        except (UnsafeFileError, mapping.CorruptMappingError) as exc:
+            self._notify(f"warning: the durable copy {self.durable} of the mapping file is "
+                         f"unusable ({exc}); keeping {self.path} as it is")
+            return text
+        self._write_working(saved)
+        was = {"missing": "was missing (the temp folder was emptied?)",
+               "older": "was older than its durable copy",
+               "corrupt": "was corrupt"}[why]
+        self._notify(f"the mapping file {self.path} {was}; restored it from {self.durable}")
+        return saved
 
     def _quarantine(self, why: str) -> None:
         bad = self.path.with_name(f"{self.path.name}.bad.{os.getpid()}")
@@ -267,18 +352,48 @@ class MappingStore:
                      f"moved it aside to {bad} and started a new one.")
 
     def _write(self, text: str) -> None:
+        self._write_working(text)
+        self._write_durable(text)
+
+    def _write_working(self, text: str) -> None:
         fsio.remove_stale_temps(self.path)
         fsio.atomic_write(self.path, text, "the mapping file")
 
+    def _write_durable(self, text: str) -> None:
+        """The durable copy; a failure (a read-only home, say) is a warning, once: the names
+        then live in the temp folder only, as they always did."""
+        if self.durable is None:
+            return
+        what = "the durable copy of the mapping file"
+        try:
+            fsio.write_in_folder(self.durable, text, what)
+            working = fsio.lstat(self.path, "the mapping file")
+            if working is not None:  # the same time: neither is older than the other
+                fsio.set_mtime(self.durable, working.st_mtime_ns, what)
+        except UnsafeFileError as exc:
+            if not self._durable_failed:
+                self._durable_failed = True
+                self._notify(f"warning: {exc}; the names are kept in {self.path} only, which "
+                             "a reboot or a temp cleaner may empty")
+
     def remove_file(self) -> bool:
-        """Delete the mapping file (``delete --all``), under the lock. True if it existed."""
+        """Delete the mapping file (``delete --all``) and its durable copy, under the lock.
+        True if either existed."""
+        durable = self._durable_stat()
+        if durable is not None and self.durable is not None:
+            self._folder_ready(create=True)
         if not self._folder_ready(create=False):
             return False
         lock = self._mapping_lock(MAPPING_LOCK_TIMEOUT)
         try:
+            found = False
+            if durable is not None and self.durable is not None:
+                fsio.check_file(self.durable, durable, "the durable copy of the mapping file")
+                fsio.remove(self.durable, "the durable copy of the mapping file")
+                found = True
             current = fsio.lstat(self.path, "the mapping file")
             if current is None:
-                return False
+                return found
             fsio.check_file(self.path, current, "the mapping file")
             fsio.remove(self.path, "the mapping file")
             return True

@@ -68,6 +68,8 @@ def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     temp = tmp_path / "tmp"
     temp.mkdir()
     monkeypatch.setenv("TMPDIR", str(temp))
+    # The mapping file's durable copy: the test's own state folder, never the user's.
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
     import tempfile
 
     monkeypatch.setattr(tempfile, "tempdir", str(temp))

@@ -42,7 +42,8 @@ class Runner:
         bin_dir = str(Path(sys.executable).parent)  # where pip put claude-persist
         self.env = {
             **{k: v for k, v in os.environ.items()
-               if not k.startswith(("CLAUDE_", "FAKE_CLAUDE_", "INVOKE_CLAUDE_PERSIST_"))},
+               if not k.startswith(("CLAUDE_", "FAKE_CLAUDE_", "INVOKE_CLAUDE_PERSIST_"))
+               and k != "XDG_STATE_HOME"},  # the runner's own, under its HOME
             "HOME": str(self.home), "TMPDIR": str(self.temp),
             "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
             "CLAUDE_CMD": FAKE_CLAUDE_CMD, "FAKE_CLAUDE_HOME": str(root / "fake"),

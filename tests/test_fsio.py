@@ -71,6 +71,9 @@ def open_tmp(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     (root / "tmp").chmod(0o1777)
     (root / "workspace").mkdir()
     monkeypatch.setenv("TMPDIR", str(root / "tmp"))
+    (root / "state").mkdir()  # where each user keeps the durable copy of a mapping file
+    (root / "state").chmod(0o1777)
+    monkeypatch.setenv("XDG_STATE_HOME", str(root / "state"))
     yield root
     shutil.rmtree(root, ignore_errors=True)
 

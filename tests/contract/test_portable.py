@@ -67,7 +67,7 @@ def _machine(root: Path, workspace: Path, real: RealClaude) -> Machine:
     for folder in (home, temp, workspace):
         folder.mkdir(parents=True, exist_ok=True)
     env = {**real.env, "HOME": str(home), "CLAUDE_CONFIG_DIR": str(home / ".claude"),
-           "TMPDIR": str(temp)}
+           "TMPDIR": str(temp), "XDG_STATE_HOME": str(home / ".local" / "state")}
     return Machine(home, workspace, env)
 
 
