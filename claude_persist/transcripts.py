@@ -23,17 +23,21 @@ import json
 import os
 import stat
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
 from enum import Enum
 from pathlib import Path
+from typing import TYPE_CHECKING, NamedTuple
+
+if TYPE_CHECKING:
+    from datetime import datetime
+
+# The fake CLI imports this module on every call: no dataclasses or datetime at import time.
 
 PROJECTS = "projects"
 TRANSCRIPT_SUFFIX = ".jsonl"
 MAX_FOLDER_NAME = 200
 DEFAULT_CLEANUP_DAYS = 30
-WARN_WITHIN = timedelta(days=7)
-"""A transcript the CLI will delete within this long is shown as due for cleanup."""
+WARN_WITHIN_DAYS = 7
+"""A transcript the CLI will delete within this many days is shown as due for cleanup."""
 SETTINGS_LIMIT = 1 << 20
 MANAGED_SETTINGS = (Path("/etc/claude-code/managed-settings.json"),
                     Path("/Library/Application Support/ClaudeCode/managed-settings.json"))
@@ -138,8 +142,7 @@ def locate(session_id: str, cwd: str | Path, env: Mapping[str, str] | None = Non
     return index.find(session_id)
 
 
-@dataclass(frozen=True)
-class SessionFiles:
+class SessionFiles(NamedTuple):
     """A session's files on disk: its transcript, and the files in the folder of the same id
     beside it (as paths relative to the project folder, ``<id>/subagents/...``)."""
 
@@ -186,8 +189,7 @@ class TranscriptState(str, Enum):
     DUE = "due for cleanup"
 
 
-@dataclass(frozen=True)
-class TranscriptStatus:
+class TranscriptStatus(NamedTuple):
     """A transcript's state, where it is, and when the CLI's cleanup will delete it."""
 
     state: TranscriptState
@@ -230,8 +232,11 @@ def statuses(sessions: Iterable[tuple[str, str | Path]], workspace: Path,
              ) -> list[TranscriptStatus]:
     """The state of each ``(session id, cwd)``'s transcript, in order: one stat each, and one
     look through the project folders only if some transcript is not where its cwd puts it."""
+    from datetime import datetime, timedelta, timezone
+
     now = now or datetime.now(timezone.utc)
     period = timedelta(days=cleanup_period_days(workspace, env))
+    warn = timedelta(days=WARN_WITHIN_DAYS)
     index = ProjectIndex(config_dir(env) / PROJECTS)
     found = []
     for session_id, cwd in sessions:
@@ -241,7 +246,7 @@ def statuses(sessions: Iterable[tuple[str, str | Path]], workspace: Path,
             found.append(TranscriptStatus(TranscriptState.MISSING))
             continue
         cleanup_at = datetime.fromtimestamp(st.st_mtime, timezone.utc) + period
-        state = TranscriptState.DUE if cleanup_at - now <= WARN_WITHIN \
+        state = TranscriptState.DUE if cleanup_at - now <= warn \
             else TranscriptState.PRESENT
         found.append(TranscriptStatus(state, path, cleanup_at))
     return found

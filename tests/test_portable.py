@@ -508,3 +508,14 @@ def test_export_to_stdout_and_import_from_stdin(cp_process: Runner, workspace: P
     assert imported.stdout.decode().split()[:2] == ["piped", "new"]
     assert (other / "projects" / tr.project_folder_name(workspace) / f"{sid}.jsonl").is_file()
     assert read_mapping(workspace)["aliases"]["piped"]["session_id"] == sid
+
+
+def test_a_cwd_moves_with_the_workspace_or_lands_at_its_root() -> None:
+    from claude_persist.bundle import moved_path
+
+    here = Path("/dest/ws")
+    assert moved_path("/src/ws", "/src/ws", here) == here
+    assert moved_path("/src/ws/pkg/sub", "/src/ws", here) == here / "pkg" / "sub"
+    assert moved_path("/src/other", "/src/ws", here) is None  # then: the workspace itself
+    assert moved_path("/src/wsx/a", "/src/ws", here) is None  # a prefix is not a parent
+    assert moved_path("/src/ws/../etc", "/src/ws", here) is None
