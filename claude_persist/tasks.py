@@ -675,7 +675,7 @@ for _task in (
     persist_task(export, iterable=("name",), helps={
         "name": "a session to export (repeatable)",
         "all_": "export every session of the workspace",
-        "output": "write the bundle to FILE (default, or '-': standard output)"}),
+        "output": "write the bundle to FILE ('-', or no -o: standard output)"}),
     persist_task(import_, name="import", positional=("file",), iterable=("as_",), helps={
         "file": "the bundle (made by export), or '-' for standard input",
         "force": "take the bundle's copies even where this machine has turns it lacks (the "
