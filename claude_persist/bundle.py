@@ -647,8 +647,10 @@ def parse_renames(pairs: Sequence[str], manifest: Manifest | None = None) -> dic
         if unknown:
             raise UsageError(f"--as names {', '.join(unknown)}, which the bundle does not hold "
                              f"(it holds: {', '.join(sorted(names)) or 'nothing'})")
-        targets = [renames.get(n, n) for n in names]
-        clash = sorted({t for t in targets if targets.count(t) > 1})
+        from collections import Counter
+
+        counts = Counter(renames.get(n, n) for n in names)
+        clash = sorted(t for t, count in counts.items() if count > 1)
         if clash:
             raise UsageError(f"two sessions of the bundle would be named {clash[0]!r}; give "
                              "each its own name with --as")

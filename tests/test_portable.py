@@ -519,3 +519,25 @@ def test_a_cwd_moves_with_the_workspace_or_lands_at_its_root() -> None:
     assert moved_path("/src/other", "/src/ws", here) is None  # then: the workspace itself
     assert moved_path("/src/wsx/a", "/src/ws", here) is None  # a prefix is not a parent
     assert moved_path("/src/ws/../etc", "/src/ws", here) is None
+
+
+def test_renames_are_checked_against_the_bundle() -> None:
+    import uuid
+
+    from claude_persist.bundle import FileRecord, Manifest, SessionRecord, parse_renames
+
+    def record(name: str) -> SessionRecord:
+        sid = str(uuid.uuid4())
+        return SessionRecord(name, sid, "/w", {"session_id": sid},
+                             (FileRecord(f"sessions/{sid}.jsonl", 0, "0" * 64),))
+
+    manifest = Manifest("0", "now", "/w", (record("a"), record("b")))
+    assert parse_renames(["a=b", "b=a"], manifest) == {"a": "b", "b": "a"}  # a swap is fine
+    with pytest.raises(UsageError, match="would be named 'b'"):
+        parse_renames(["a=b"], manifest)
+    with pytest.raises(UsageError, match="not OLD=NEW"):
+        parse_renames(["a"])
+    with pytest.raises(UsageError, match="twice"):
+        parse_renames(["a=x", "a=y"])
+    with pytest.raises(UsageError, match="does not hold"):
+        parse_renames(["c=d"], manifest)
