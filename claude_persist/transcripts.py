@@ -237,11 +237,28 @@ def statuses(sessions: Iterable[tuple[str, str | Path]], workspace: Path,
     now = now or datetime.now(timezone.utc)
     period = timedelta(days=cleanup_period_days(workspace, env))
     warn = timedelta(days=WARN_WITHIN_DAYS)
-    index = ProjectIndex(config_dir(env) / PROJECTS)
+    root = config_dir(env) / PROJECTS
+    index = ProjectIndex(root)
+    # Strings, not Paths, and each cwd encoded once (most sessions share one): list stays a
+    # few microseconds an entry at 10,000 sessions.
+    folders: dict[str, str] = {}
     found = []
     for session_id, cwd in sessions:
-        path = locate(session_id, cwd, env, index)
-        st = _regular(path) if path is not None else None
+        key = str(cwd)
+        folder = folders.get(key)
+        if folder is None:
+            folder = folders[key] = os.path.join(root, project_folder_name(key), "")
+        name = folder + session_id + TRANSCRIPT_SUFFIX
+        try:
+            st: os.stat_result | None = os.lstat(name)
+        except OSError:
+            st = None
+        path: Path | None = None
+        if st is not None and stat.S_ISREG(st.st_mode):
+            path = Path(name)
+        else:
+            path = index.find(session_id)
+            st = _regular(path) if path is not None else None
         if path is None or st is None:
             found.append(TranscriptStatus(TranscriptState.MISSING))
             continue
