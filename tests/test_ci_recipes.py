@@ -22,8 +22,11 @@ from .conftest import REPO
 
 
 def _readme_blocks(language: str) -> list[str]:
+    """The README's ``language`` blocks in the CI part of its Portable sessions section."""
     text = (REPO / "README.md").read_text(encoding="utf-8")
-    section = text[text.index("### In CI"):]
+    section = text[text.index("## Portable sessions"):]
+    section = section[section.index("### In CI\n"):]
+    section = section[:section.index("\n## ")]
     return re.findall(rf"```{language}\n(.*?)```", section, flags=re.S)
 
 
