@@ -245,18 +245,25 @@ def remove_stale_temps(path: Path) -> None:
     except OSError:
         return
     for temp in temps:
-        pid = temp.name.rsplit(".", 1)[-1]
-        if not pid.isdigit() or int(pid) == os.getpid():
-            continue
-        try:
-            os.kill(int(pid), 0)
-        except ProcessLookupError:
+        if writer_is_gone(temp.name.rsplit(".", 1)[-1]):
             with contextlib.suppress(OSError):
                 st = temp.lstat()
                 if stat.S_ISREG(st.st_mode) and st.st_uid == os.getuid():
                     temp.unlink()
-        except PermissionError:
-            pass  # alive, another user's
+
+
+def writer_is_gone(pid: str) -> bool:
+    """True when ``pid`` (the process id a temp file or folder is named after) names another
+    process of ours that has exited, so what it left half-written can go."""
+    if not pid.isdigit() or int(pid) == os.getpid():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False  # alive, another user's
+    return False
 
 
 def fsync_folder(folder: Path, what: str = "the folder") -> None:
@@ -491,18 +498,11 @@ class Staging:
         except OSError:
             return
         for folder in folders:
-            pid = folder.name[len(label) + 1:].split(".", 1)[0]
-            if not pid.isdigit() or int(pid) == os.getpid():
-                continue
-            try:
-                os.kill(int(pid), 0)
-            except ProcessLookupError:
+            if writer_is_gone(folder.name[len(label) + 1:].split(".", 1)[0]):
                 with contextlib.suppress(OSError):
                     st = folder.lstat()
                     if stat.S_ISDIR(st.st_mode) and st.st_uid == os.getuid():
                         shutil.rmtree(folder, ignore_errors=True)
-            except PermissionError:
-                pass
 
     def new_file(self) -> tuple[Path, BinaryIO]:
         """A new empty file in the staging folder, open for writing."""
