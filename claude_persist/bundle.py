@@ -144,7 +144,7 @@ def parse_manifest(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Manifest:
     """Read and check ``manifest.json``; :class:`BundleError` says what is wrong."""
     try:
         raw = json.loads(data)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:  # nesting past Python's limit is not JSON we read
         raise BundleError(f"the bundle's manifest.json is not valid JSON ({exc})",
                           member=MANIFEST_NAME) from exc
     if not isinstance(raw, dict) or raw.get("format") != FORMAT:
@@ -182,6 +182,11 @@ def parse_manifest(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Manifest:
                 raise _problem(f"sessions[{index}]", f"{file.path} is listed twice with "
                                                      "different sizes or checksums")
         sessions.append(record)
+    # A path that is a file and also holds files: placing one would meet the other.
+    folders = {parent for path in seen for parent in _parents(path)}
+    for path in sorted(seen):
+        if path in folders:
+            raise _problem("sessions", f"{path} is listed as a file and as a folder of files")
     if len(seen) > limits.max_files:
         raise BundleError(f"the bundle lists {len(seen)} files, more than the "
                           f"{limits.max_files} an import accepts")
@@ -193,18 +198,52 @@ def parse_manifest(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Manifest:
                     sessions=tuple(sessions))
 
 
+def _parents(path: str) -> list[str]:
+    parts = path.split("/")
+    return ["/".join(parts[:i]) for i in range(1, len(parts))]
+
+
+#: The keys of a mapping entry that claude-persist itself reads, and the JSON type each must
+#: have; an imported entry whose values are of other types is refused (others are kept as they
+#: are: the seed's files may carry keys of their own).
+ENTRY_TYPES: dict[str, type | tuple[type, ...]] = {
+    "created_at": str, "last_used_at": str, "last_model": str, "last_reasoning_effort": str,
+    "cwd": str, "role": str, "history": list, "forked_from": str, "system_prompt_role": str,
+    "last_total_cost_usd": (int, float), "adopted": bool,
+}
+
+
+def _check_entry(entry: dict[str, Any], where: str) -> None:
+    for key, kind in ENTRY_TYPES.items():
+        value = entry.get(key)
+        if value is not None and (not isinstance(value, kind) or (
+                isinstance(value, bool) and kind is not bool)):
+            raise _problem(where, f"the mapping entry's {key} is {value!r}, not what "
+                                  "claude-persist writes there")
+    for item in entry.get("history") or []:
+        if not isinstance(item, dict) or not (isinstance(item.get("session_id"), str)
+                                              and UUID_PATTERN.match(item["session_id"])):
+            raise _problem(where, f"the mapping entry's history holds {item!r}, not a replaced "
+                                  "session")
+    snapshot = entry.get("system_prompt_role")
+    if snapshot not in (None, "") and not _HEX64.match(str(snapshot)):
+        raise _problem(where, "the mapping entry's system_prompt_role is not a digest")
+
+
 def _session_record(item: Any, where: str, limits: Limits) -> SessionRecord:
     if not isinstance(item, dict):
         raise _problem(where, "not an object")
     name, sid, cwd, entry = (item.get(k) for k in ("name", "session_id", "cwd", "entry"))
     if not isinstance(name, str) or not NAME_PATTERN.match(name):
         raise _problem(where, f"the name {name!r} is not a valid session name")
-    if not isinstance(sid, str) or not UUID_PATTERN.match(sid):
-        raise _problem(where, f"the session id {sid!r} is not a UUID")
+    if not isinstance(sid, str) or not UUID_PATTERN.match(sid) or sid != sid.lower():
+        raise _problem(where, f"the session id {sid!r} is not a UUID as claude writes them "
+                              "(lower case)")
     if not isinstance(cwd, str) or not cwd.startswith("/"):
         raise _problem(where, f"the cwd {cwd!r} is not an absolute path")
     if not isinstance(entry, dict) or entry.get("session_id") != sid:
         raise _problem(where, "the mapping entry is missing or names another session id")
+    _check_entry(entry, where)
     files_raw = item.get("files")
     if not isinstance(files_raw, list) or not files_raw:
         raise _problem(where, "no files listed")

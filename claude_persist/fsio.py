@@ -564,10 +564,12 @@ class Staging:
     def remove(self) -> None:
         import shutil
 
-        if self._pool is not None:
-            self._pool.shutdown(wait=True)
-            self._pool = None
-        shutil.rmtree(self.root, ignore_errors=True)
+        try:
+            if self._pool is not None:
+                self._pool.shutdown(wait=True)  # a Ctrl-C may land here: still remove the rest
+                self._pool = None
+        finally:
+            shutil.rmtree(self.root, ignore_errors=True)
 
     def __enter__(self) -> Staging:
         return self

@@ -364,6 +364,7 @@ class Sessions:
                                    force=force, renames=renames)
                 for note in plan.notes:
                     self.notify(f"warning: {note}")
+                self.store.check_writable()  # names that cannot be saved: place no file
                 placed = set()
                 for session in plan.sessions:
                     # A session new here has no turn of ours to wait for; the others are

@@ -22,6 +22,7 @@ from claude_persist import transcripts as tr
 from claude_persist.bundle import Limits
 from claude_persist.errors import (
     BundleError,
+    ClaudePersistError,
     ImportConflictError,
     TranscriptMissingError,
     UsageError,
@@ -289,6 +290,13 @@ def _list_extra(path: str, data: bytes) -> Callable[[dict[str, Any]], None]:
     return change
 
 
+def _both(*changes: Callable[[dict[str, Any]], None]) -> Callable[[dict[str, Any]], None]:
+    def change(manifest: dict[str, Any]) -> None:
+        for one in changes:
+            one(manifest)
+    return change
+
+
 HOSTILE: dict[str, tuple[Callable[[list[tuple[tarfile.TarInfo, bytes]], str]
                                   , list[tuple[tarfile.TarInfo, bytes]]], str]] = {
     "absolute path": (lambda m, sid: _extra(m, _info("/etc/evil"), b"x"), "absolute path"),
@@ -318,6 +326,22 @@ HOSTILE: dict[str, tuple[Callable[[list[tuple[tarfile.TarInfo, bytes]], str]
                       "not a safe relative path"),
     "listed outside the session": (lambda m, sid: _with_manifest(
         m, _list_extra("sessions/other/x", b"x")), "not in the session's folder"),
+    "a file and a folder": (lambda m, sid: _with_manifest(
+        _extra(_extra(m, _info(f"sessions/{sid}/a"), b"pwned"), _info(f"sessions/{sid}/a/b"),
+               b"x"),
+        _both(_list_extra(f"sessions/{sid}/a", b"pwned"),
+              _list_extra(f"sessions/{sid}/a/b", b"x"))),
+        "listed as a file and as a folder"),
+    "deep manifest": (lambda m, sid: [(m[0][0], b"[" * 100000 + b"]" * 100000), *m[1:]],
+                      "not valid JSON"),
+    "upper-case id": (lambda m, sid: _with_manifest(
+        m, lambda d: d["sessions"][0].update(session_id=sid.upper())), "lower case"),
+    "entry of wrong types": (lambda m, sid: _with_manifest(
+        m, lambda d: d["sessions"][0]["entry"].update(history="notalist")),
+        "history is 'notalist'"),
+    "junk history": (lambda m, sid: _with_manifest(
+        m, lambda d: d["sessions"][0]["entry"].update(history=[{"session_id": "zz"}, 5])),
+        "not a replaced session"),
 }
 
 
@@ -541,3 +565,19 @@ def test_renames_are_checked_against_the_bundle() -> None:
         parse_renames(["a=x", "a=y"])
     with pytest.raises(UsageError, match="does not hold"):
         parse_renames(["c=d"], manifest)
+
+
+def test_an_import_whose_names_cannot_be_saved_places_no_file(
+        two: tuple[Machine, Machine], good_bundle: tuple[Path, str]) -> None:
+    from .test_fsio import immutable
+
+    _, b = two
+    bundle, sid = good_bundle
+    b.sessions.list()  # the mapping's folder exists, and can be read
+    folder = b.sessions.store.folder
+    folder.mkdir(parents=True, exist_ok=True)
+    with immutable(folder), pytest.raises(ClaudePersistError) as refused:
+        b.sessions.import_bundle(bundle)
+    assert exit_code_for(refused.value) == 2
+    projects = b.config / "projects"
+    assert not (projects.exists() and list(projects.glob(f"*/{sid}*")))
