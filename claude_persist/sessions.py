@@ -26,6 +26,7 @@ from .errors import (
     NameExistsError,
     SessionNotFoundError,
     TranscriptMissingError,
+    UnsafeFileError,
     UsageError,
 )
 from .mapping import MappingDoc, SessionEntry, replaced_history
@@ -218,7 +219,13 @@ class Sessions:
             spec = self._spec(Action.RESUME, target)
             result = self._run_existing(spec, text, target, on_line, cancel)
             if target.name is not None:  # under the lock: the next turn sees these defaults
-                self._record(target.name, target, result)
+                try:
+                    self._record(target.name, target, result)
+                except UnsafeFileError as exc:
+                    # The turn is done and paid for: hand its answer back. The name still maps
+                    # to this session; only the last-used details could not be saved.
+                    self.notify(f"warning: the turn succeeded, but {exc}")
+                    result = replace(result, notes=(*result.notes, str(exc)))
         return result
 
     def fork(

@@ -83,7 +83,8 @@ class CallSettings:
             lock_timeout=validate.seconds(self.lock_timeout, "lock timeout", allow_zero=True),
             max_turns=_positive_int(self.max_turns, "max turns"),
             max_budget_usd=_positive_number(self.max_budget_usd, "max budget (USD)"),
-            extra_args=tuple(str(arg) for arg in self.extra_args),
+            extra_args=_extra_args(self.extra_args),
+            json_schema=_json_schema(self.json_schema),
         )
 
     def argv(self) -> list[str]:
@@ -186,6 +187,31 @@ def digest(settings: CallSettings) -> str:
     """A short, stable hash of the settings that change a call's answer."""
     text = json.dumps(settings.fingerprint_data(), sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+#: Flags claude-persist itself sets on every call: extra arguments may not change them (the
+#: output must stay stream-json, the session the one named).
+MANAGED_FLAGS = ("-p", "--print", "--output-format", "--input-format", "--verbose", "-r",
+                 "--resume", "-c", "--continue", "--session-id", "--fork-session")
+
+
+def _extra_args(args: tuple[str, ...]) -> tuple[str, ...]:
+    out = tuple(str(arg) for arg in args)
+    for arg in out:
+        if arg.split("=", 1)[0] in MANAGED_FLAGS:
+            raise UsageError(f"extra claude argument {arg}: claude-persist sets that flag "
+                             "itself on every call; leave it out")
+    return out
+
+
+def _json_schema(schema: str | None) -> str | None:
+    if schema is None:
+        return None
+    try:
+        json.loads(schema)
+    except ValueError as exc:
+        raise UsageError(f"the JSON schema is not valid JSON: {exc}") from exc
+    return schema
 
 
 def _positive_int(value: object, what: str) -> int | None:

@@ -257,6 +257,8 @@ def open_sessions(
 def _configured_workspace(c: Context, value: str | None) -> str | None:
     """``workspace:`` from configuration; a relative one is relative to the project's
     ``invoke.yaml`` that sets it (else to the current folder)."""
+    if value is not None and not isinstance(value, str):
+        raise UsageError(f"the configured workspace {value!r} is not a folder path")
     if not value or Path(value).expanduser().is_absolute():
         return str(Path(value).expanduser()) if value else None
     project_file = getattr(c.config, "_project_path", None)
@@ -286,16 +288,43 @@ def read_prompt(prompt: str | None, prompt_file: str | None, required: bool) -> 
     """The prompt from ``-p``, or from ``--prompt-file`` (``-`` is stdin)."""
     if prompt is not None and prompt_file is not None:
         raise UsageError("give the prompt once: -p TEXT or --prompt-file FILE, not both")
-    if prompt_file == "-":
-        prompt = sys.stdin.read()
-    elif prompt_file is not None:
-        try:
-            prompt = Path(prompt_file).read_text(encoding="utf-8")
-        except OSError as exc:
-            raise UsageError(f"--prompt-file {prompt_file}: {exc.strerror}") from exc
+    if prompt_file is not None:
+        prompt = _read_prompt_file(prompt_file)
     if prompt is None and not required:
         return None
     return validate.prompt(prompt)
+
+
+#: The most a prompt file (or stdin) may hold: far beyond any model's context.
+MAX_PROMPT_BYTES = 16 * 1024 * 1024
+
+
+def _read_prompt_file(prompt_file: str) -> str:
+    """A file, a pipe or stdin (``-``), bounded and UTF-8; never a device such as /dev/zero."""
+    import stat
+
+    try:
+        handle = sys.stdin.buffer if prompt_file == "-" else open(prompt_file, "rb")  # noqa: SIM115
+    except OSError as exc:
+        raise UsageError(f"--prompt-file {prompt_file}: {exc.strerror}") from exc
+    try:
+        mode = os.fstat(handle.fileno()).st_mode
+        if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) or stat.S_ISDIR(mode):
+            raise UsageError(f"--prompt-file {prompt_file}: not a file or a pipe")
+        data = handle.read(MAX_PROMPT_BYTES + 1)
+    except OSError as exc:
+        raise UsageError(f"--prompt-file {prompt_file}: {exc.strerror}") from exc
+    finally:
+        if prompt_file != "-":
+            handle.close()
+    if len(data) > MAX_PROMPT_BYTES:
+        raise UsageError(f"--prompt-file {prompt_file}: more than {MAX_PROMPT_BYTES} bytes; "
+                         "a prompt that long cannot fit a model's context")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"--prompt-file {prompt_file}: not UTF-8 text (byte {exc.start})"
+                         ) from exc
 
 
 def check_output_flags(stream: bool, json: bool, partial: bool = False) -> None:

@@ -157,3 +157,42 @@ def test_repeated_ctrl_c_still_saves_the_state(workspace: Path, fake_claude: Any
     states = list((workspace.parent / "tmp").rglob("r2.json"))
     assert len(states) == 1
     assert json.loads(states[0].read_text())["status"] == "interrupted"
+
+
+@pytest.mark.parametrize(("content", "says"), [
+    (b"\xff\xfe\x00garbage", "not UTF-8 text"),
+    (None, "not a file or a pipe"),
+])
+def test_a_prompt_file_is_bounded_text(cp: Runner, workspace: Path, content: bytes | None,
+                                       says: str) -> None:
+    path = "/dev/zero"
+    if content is not None:
+        (workspace / "p.txt").write_bytes(content)
+        path = "p.txt"
+    ran = cp("create", "-n", "p", "--prompt-file", path)
+    assert ran.code == 2 and says in ran.err, ran.err
+
+
+def test_settings_claude_persist_manages_are_refused_before_a_call(
+        cp: Runner, fake_claude: Any) -> None:
+    managed = cp("create", "-n", "m", "--", "--output-format", "text")
+    assert managed.code == 2 and "sets that flag itself" in managed.err
+    schema = cp("create", "-n", "m", "--json-schema", "{bad")
+    assert schema.code == 2 and "not valid JSON" in schema.err
+    assert fake_claude.calls() == []
+
+
+def test_a_turn_whose_record_cannot_be_saved_still_returns_its_answer(
+        workspace: Path, fake_claude: Any) -> None:
+    from claude_persist import Sessions
+
+    from .test_fsio import immutable
+
+    notes: list[str] = []
+    sessions = Sessions(workspace, notify=notes.append)
+    sessions.create("q")
+    sessions.resume("q", "first")  # the session's lock file exists from here on
+    with immutable(sessions.store.folder):
+        result = sessions.resume("q", "precious")
+    assert "turn 3" in result.text
+    assert any("the turn succeeded" in note for note in notes)
