@@ -404,6 +404,15 @@ class Lock:
     def is_locked(self) -> bool:
         return self._lock is not None
 
+    def fileno(self) -> int | None:
+        """The descriptor the lock is held on, while held (None where filelock hides it).
+
+        A child given a copy of it holds the lock too, until it exits: a claude process left
+        running by a killed parent then still keeps other turns off its session."""
+        context = getattr(self._lock, "_context", None)
+        fd = getattr(context, "lock_file_fd", None)
+        return fd if isinstance(fd, int) else None
+
     def release(self) -> None:
         if self._lock is not None:
             lock, self._lock = self._lock, None

@@ -17,7 +17,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
-from . import validate
+from . import fsio, validate
 from .claude.call import Turn, TurnRunner, run_turn
 from .claude.command import Action, CallSpec, build_argv, resolve_claude_cmd
 from .claude.result import TurnResult
@@ -214,10 +214,10 @@ class Sessions:
         text = validate.prompt(prompt)
         sid, mapped_name = self._locate(name, session_id)
         lock_timeout = merge(options, self.defaults).lock_timeout
-        with self.store.session_lock(sid, mapped_name or sid, lock_timeout):
+        with self.store.session_lock(sid, mapped_name or sid, lock_timeout) as lock:
             target = self._target(mapped_name, sid, options)
             spec = self._spec(Action.RESUME, target)
-            result = self._run_existing(spec, text, target, on_line, cancel)
+            result = self._run_existing(spec, text, target, on_line, cancel, lock)
             if target.name is not None:  # under the lock: the next turn sees these defaults
                 try:
                     self._record(target.name, target, result)
@@ -248,13 +248,13 @@ class Sessions:
             self._refuse_early(new_name)
         self.store.check_writable()  # before a call is spent on a name we could not save
         lock_timeout = merge(options, self.defaults).lock_timeout
-        with self.store.session_lock(source.session_id, source.name, lock_timeout):
+        with self.store.session_lock(source.session_id, source.name, lock_timeout) as lock:
             # The CLI's running total of a fork carries on from the source's (2.1.330), so the
             # source's last total is the base the fork's own cost is taken from.
             target = self._target(source.name, source.session_id, options)
             spec = self._spec(Action.FORK, target, title=new_name,
                               new_session_id=_new_session_id())
-            result = self._run_existing(spec, text, target, on_line, cancel)
+            result = self._run_existing(spec, text, target, on_line, cancel, lock)
             self._record(new_name, replace(target, name=new_name), result, fresh=True,
                          force=force, reason="fork --force", forked_from=source.session_id)
         return result
@@ -496,11 +496,12 @@ class Sessions:
                         fresh_system_prompt=action is not Action.CREATE and target.role_changed)
 
     def _run_existing(self, spec: CallSpec, prompt: str, target: _Target,
-                      on_line: Callable[[str], None] | None, cancel: threading.Event | None
-                      ) -> TurnResult:
-        """A turn on an existing session: a missing transcript says where it would be."""
+                      on_line: Callable[[str], None] | None, cancel: threading.Event | None,
+                      lock: fsio.Lock) -> TurnResult:
+        """A turn on an existing session, under its ``lock`` (which the claude process holds
+        too); a missing transcript says where it would be."""
         try:
-            return self._run(spec, prompt, target, on_line, cancel)
+            return self._run(spec, prompt, target, on_line, cancel, lock.fileno())
         except TranscriptMissingError:
             raise
         except SessionNotFoundError as exc:
@@ -512,12 +513,12 @@ class Sessions:
                 name=target.name, session_id=spec.session_id, expected=expected) from exc
 
     def _run(self, spec: CallSpec, prompt: str, target: _Target,
-             on_line: Callable[[str], None] | None, cancel: threading.Event | None
-             ) -> TurnResult:
+             on_line: Callable[[str], None] | None, cancel: threading.Event | None,
+             lock_fd: int | None = None) -> TurnResult:
         turn = Turn(claude_cmd=self.claude_cmd, spec=spec, prompt=prompt, cwd=target.cwd,
                     label=f"session {target.name or target.session_id}",
                     previous_total=target.previous_total, env=self.env, on_line=on_line,
-                    cancel=cancel)
+                    cancel=cancel, hold_open=() if lock_fd is None else (lock_fd,))
         answer = self.turn_runner(turn)
         for note in answer.notes:
             self.notify(f"warning: {note}")

@@ -403,7 +403,7 @@ class MappingStore:
     @contextlib.contextmanager
     def session_lock(
         self, session_id: str, label: str, timeout: float | None = None
-    ) -> Iterator[None]:
+    ) -> Iterator[fsio.Lock]:
         """Hold the session's own lock while claude runs, so two turns never interleave.
 
         Waits (saying so on stderr) up to ``timeout`` seconds, forever when None, then raises
@@ -430,6 +430,6 @@ class MappingStore:
                     f"(waited {timeout:g}s for {lock.path})"  # the faces add what to do
                 ) from exc
         try:
-            yield
+            yield lock
         finally:
             lock.release()

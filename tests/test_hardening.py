@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -196,3 +197,26 @@ def test_a_turn_whose_record_cannot_be_saved_still_returns_its_answer(
         result = sessions.resume("q", "precious")
     assert "turn 3" in result.text
     assert any("the turn succeeded" in note for note in notes)
+
+
+def test_a_claude_left_running_by_a_killed_parent_keeps_its_session_locked(
+        cp: Runner, workspace: Path, fake_claude: Any, group_alive: Any) -> None:
+    assert cp("create", "-n", "o").code == 0
+    parent = subprocess.Popen([sys.executable, "-m", "claude_persist.cli", "resume", "-n", "o",
+                               "-p", "[fake delay=60] slow"], cwd=workspace,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 30
+    while len(fake_claude.records()) < 2 + 1 and time.monotonic() < deadline:
+        time.sleep(0.05)  # create's start and end, then the slow resume's start
+    orphan_group = fake_claude.records()[-1]["pgid"]
+    parent.kill()  # kill -9: no chance to stop its claude
+    parent.wait()
+    assert group_alive(orphan_group)
+    busy = cp("resume", "-n", "o", "-p", "meanwhile", "--lock-timeout", "1")
+    assert busy.code == 4, busy.err  # the orphan still holds the session
+    os.killpg(orphan_group, signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while group_alive(orphan_group) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    after = cp("resume", "-n", "o", "-p", "now", "--lock-timeout", "10")
+    assert after.code == 0, after.err

@@ -32,6 +32,9 @@ class Turn:
     env: Mapping[str, str] | None = None
     on_line: Callable[[str], None] | None = None
     cancel: threading.Event | None = None
+    hold_open: tuple[int, ...] = ()
+    """Descriptors the claude process inherits: the session lock's, so that a claude left
+    running by a parent killed with ``kill -9`` keeps the session locked until it ends."""
 
     @property
     def argv(self) -> list[str]:
@@ -65,7 +68,8 @@ def run_turn(turn: Turn) -> Answer:
         return done
 
     outcome = runner.run(turn.argv, prompt=turn.prompt, cwd=turn.cwd, limits=limits,
-                         on_line=on_line, env=turn.env, cancel=turn.cancel)
+                         on_line=on_line, env=turn.env, cancel=turn.cancel,
+                         pass_fds=turn.hold_open)
     raw = verdict(collector, outcome, limits, turn.label)
     notes: tuple[str, ...] = ()
     if outcome.stopped_by == runner.NO_EXIT:

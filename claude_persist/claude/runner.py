@@ -291,7 +291,7 @@ def stop_group(proc: subprocess.Popen[bytes], grace: float) -> None:
 
 
 def _spawn(
-    argv: Sequence[str], cwd: Path, env: Mapping[str, str] | None
+    argv: Sequence[str], cwd: Path, env: Mapping[str, str] | None, pass_fds: Sequence[int] = ()
 ) -> subprocess.Popen[bytes]:
     if not cwd.is_dir():
         raise UsageError(
@@ -307,6 +307,7 @@ def _spawn(
             cwd=cwd,
             env=None if env is None else dict(env),
             start_new_session=True,
+            pass_fds=tuple(pass_fds),
         )
     except (FileNotFoundError, PermissionError, NotADirectoryError) as exc:
         raise ClaudeNotFoundError(
@@ -325,15 +326,18 @@ def run(
     on_line: Callable[[str], bool | None],
     env: Mapping[str, str] | None = None,
     cancel: threading.Event | None = None,
+    pass_fds: Sequence[int] = (),
 ) -> ProcessOutcome:
     """Run one claude call to its end (or its limit) and say how it ended.
+
+    ``pass_fds`` are descriptors the process inherits (the session's lock: see ``Turn``).
 
     ``on_line`` gets each stdout line as it arrives; it returns True once it has seen the
     final line, after which the process only gets a short grace period to exit. Setting
     ``cancel`` (from another thread) stops the call as Ctrl-C would.
     """
     started = time.monotonic()
-    proc = _spawn(argv, cwd, env)
+    proc = _spawn(argv, cwd, env, pass_fds)
     lines = _Lines()
     tail = bytearray()
     rest = _write_what_fits(proc.stdin, prompt.encode("utf-8"))
