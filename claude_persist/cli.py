@@ -19,6 +19,7 @@ import sys
 from collections.abc import Iterator
 from typing import Any
 
+from invoke.config import AmbiguousMergeError
 from invoke.exceptions import Exit, ParseError
 from invoke.parser import Parser
 from invoke.program import Program
@@ -194,6 +195,11 @@ def main(argv: list[str] | None = None, *, run_with: Program | None = None) -> N
         sys.exit(closed_stdout().code)
     except KeyboardInterrupt:  # before a task took over its signals: start-up, parsing
         sys.exit(130)
+    except AmbiguousMergeError as exc:  # say claude_persist: 5 in invoke.yaml
+        sys.stderr.write(f"claude-persist: error: the configuration cannot be merged: "
+                         f"{' '.join(str(exc).split())}. Under claude_persist, give a mapping "
+                         "of settings (see the README's Configuration).\n")
+        sys.exit(2)
 
 
 if __name__ == "__main__":

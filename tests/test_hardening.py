@@ -36,6 +36,9 @@ def test_a_broken_invoke_yaml_is_a_usage_error(cp: Runner, workspace: Path) -> N
     assert ran.code == 2, ran.err
     assert "configuration file" in ran.err and "line" in ran.err
     assert "Traceback" not in ran.err
+    (workspace / "invoke.yaml").write_text("claude_persist: 5\n")
+    ran = cp("list")
+    assert ran.code == 2 and "give a mapping" in ran.err and "Traceback" not in ran.err
 
 
 @pytest.mark.parametrize("flag", ["--dry", "--pty", "--echo", "--warn-only"])
