@@ -303,6 +303,11 @@ def _read_prompt_file(prompt_file: str) -> str:
     """A file, a pipe or stdin (``-``), bounded and UTF-8; never a device such as /dev/zero."""
     import stat
 
+    if prompt_file == "-" and not hasattr(sys.stdin, "buffer"):  # a text stream put in place
+        text = sys.stdin.read(MAX_PROMPT_BYTES + 1)
+        if len(text) > MAX_PROMPT_BYTES:
+            raise UsageError(f"--prompt-file -: more than {MAX_PROMPT_BYTES} characters")
+        return text
     try:
         handle = sys.stdin.buffer if prompt_file == "-" else open(prompt_file, "rb")  # noqa: SIM115
     except OSError as exc:

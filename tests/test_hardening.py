@@ -206,11 +206,11 @@ def test_a_claude_left_running_by_a_killed_parent_keeps_its_session_locked(
         cp: Runner, workspace: Path, fake_claude: Any, group_alive: Any) -> None:
     assert cp("create", "-n", "o").code == 0
     parent = subprocess.Popen([sys.executable, "-m", "claude_persist.cli", "resume", "-n", "o",
-                               "-p", "[fake delay=60] slow"], cwd=workspace,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 30
-    while len(fake_claude.records()) < 2 + 1 and time.monotonic() < deadline:
-        time.sleep(0.05)  # create's start and end, then the slow resume's start
+                               "-p", "[fake delay=60] slow", "--stream"], cwd=workspace,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # Its first stream line passed through: the fake has written all it writes before its
+    # delay (a claude that writes into the pipe of a dead parent dies of SIGPIPE instead).
+    assert parent.stdout is not None and '"init"' in parent.stdout.readline()
     orphan_group = fake_claude.records()[-1]["pgid"]
     parent.kill()  # kill -9: no chance to stop its claude
     parent.wait()
