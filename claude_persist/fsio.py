@@ -336,6 +336,15 @@ def probe_write(folder: Path, name: str, size: int, what: str) -> None:
                 temp.unlink()
 
 
+def probe_replace(path: Path, what: str) -> None:
+    """Check that the file at ``path`` may be changed (not immutable, not on a read-only
+    disk): open it for appending, write nothing, close it."""
+    with translated("write", what, path):
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW | os.O_NONBLOCK
+                     | os.O_CLOEXEC)
+        os.close(fd)
+
+
 def rename(source: Path, target: Path, what: str = "the file") -> None:
     """``os.replace``, with the system's failure typed."""
     with translated("move", what, source):

@@ -256,6 +256,7 @@ class MappingStore:
         current = fsio.lstat(self.path, "the mapping file")
         if current is not None:
             fsio.check_file(self.path, current, "the mapping file")
+            fsio.probe_replace(self.path, "the mapping file")
         size = (current.st_size if current is not None else 0) + PROBE_MARGIN
         fsio.probe_write(self.folder, self.path.name, size, "the mapping file")
         Lock(self._lock_path, "the mapping file's lock").probe()

@@ -13,6 +13,8 @@ from typing import Any
 
 import pytest
 
+from claude_persist.errors import ClaudePersistError, exit_code_for
+
 from .conftest import Runner
 
 
@@ -223,3 +225,18 @@ def test_a_claude_left_running_by_a_killed_parent_keeps_its_session_locked(
         time.sleep(0.05)
     after = cp("resume", "-n", "o", "-p", "now", "--lock-timeout", "10")
     assert after.code == 0, after.err
+
+
+def test_create_spends_no_call_when_the_mapping_file_cannot_be_changed(
+        workspace: Path, fake_claude: Any) -> None:
+    from claude_persist import Sessions
+
+    from .test_fsio import immutable
+
+    sessions = Sessions(workspace)
+    sessions.create("first")
+    calls = len(fake_claude.calls())
+    with immutable(sessions.store.path), pytest.raises(ClaudePersistError) as refused:
+        sessions.create("second")
+    assert exit_code_for(refused.value) == 2
+    assert len(fake_claude.calls()) == calls  # nothing spent
