@@ -83,7 +83,11 @@ def as_user(uid: int, temp: Path | None, action: Callable[[], object]) -> dict[s
     returns, or the error it raised, with its message and exit code.
 
     A fork, not a new interpreter: the other user may not be able to reach ours."""
-    import filelock  # noqa: F401  (imported here: the child may not read the library)
+    # Imported here: the child may not be able to read the library, nor Python's own modules
+    # (filelock reads a /proc file as "ascii", whose codec may not be loaded yet).
+    import encodings.ascii  # noqa: F401
+
+    import filelock  # noqa: F401
 
     read_end, write_end = os.pipe()
     pid = os.fork()
