@@ -91,10 +91,11 @@ class LockTimeout(TimeoutError):
         self.path = path
 
 
-def lstat(path: Path, what: str = "the file") -> os.stat_result | None:
-    """``path.lstat()``, or None when nothing is there."""
+def lstat(path: Path, what: str = "the file", *, follow: bool = False
+          ) -> os.stat_result | None:
+    """``path.lstat()`` (``path.stat()`` with ``follow``), or None when nothing is there."""
     try:
-        return path.lstat()
+        return path.stat() if follow else path.lstat()
     except (FileNotFoundError, NotADirectoryError):
         return None
     except OSError as exc:
@@ -104,12 +105,7 @@ def lstat(path: Path, what: str = "the file") -> os.stat_result | None:
 def stat_followed(path: Path, what: str = "the folder") -> os.stat_result | None:
     """``path.stat()`` (a symlink followed: for folders that are not ours, like the temp
     folder), or None when nothing is there."""
-    try:
-        return path.stat()
-    except (FileNotFoundError, NotADirectoryError):
-        return None
-    except OSError as exc:
-        raise os_error(exc, "look up", what, path) from exc
+    return lstat(path, what, follow=True)
 
 
 def _refuse(path: Path, what: str, why: str, fix: str = "Remove it, or use another path.",
