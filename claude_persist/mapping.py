@@ -108,7 +108,7 @@ class MappingDoc:
     place changes nothing until it is put back.
     """
 
-    __slots__ = ("_changed", "_entries", "_rows", "extra", "source", "workspace_dir")
+    __slots__ = ("_changed", "_entries", "_rows", "_unusable", "extra", "source", "workspace_dir")
 
     def __init__(self, workspace_dir: str = "",
                  aliases: Mapping[str, Mapping[str, Any]] | None = None,
@@ -119,14 +119,19 @@ class MappingDoc:
         self._entries: dict[str, dict[str, Any]] = {}
         self._rows: dict[str, str] = {}  # name -> its line as read (names not changed since)
         self._changed: set[str] = set()
+        # Values under "aliases" that are no entry at all (a number, null, a list): kept as read
+        # and written back, so that a hand-edit gone wrong is shown, never silently dropped.
+        self._unusable: dict[str, Any] = {}
         for name, raw in (aliases or {}).items():
             self.put(name, raw)
 
     @classmethod
     def _read(cls, workspace_dir: str, entries: dict[str, dict[str, Any]],
-              extra: dict[str, Any], rows: dict[str, str]) -> MappingDoc:
+              extra: dict[str, Any], rows: dict[str, str],
+              unusable: dict[str, Any]) -> MappingDoc:
         doc = cls(workspace_dir, extra=extra)
         doc._entries, doc._rows = entries, rows  # freshly parsed: nobody else holds them
+        doc._unusable = unusable
         return doc
 
     # -- reading ------------------------------------------------------------------------------
@@ -143,15 +148,20 @@ class MappingDoc:
         session id is missing or not a UUID (an id ends up in file names)."""
         raw = self._entries.get(name)
         if raw is None:
-            return None
+            if name not in self._unusable:
+                return None
+            raw = {}
         entry = entry_from_raw(name, raw)
         if entry is None:
             where = f" in {self.source}" if self.source else ""
             sid = raw.get("session_id")
-            problem = "has no session id" if not sid else f"has the session id {sid!r}, not a UUID"
+            problem = ("has no session id" if not sid
+                       else f"has the session id {sid!r}, not a UUID")
+            if name in self._unusable:
+                problem = f"is {_encode(self._unusable[name])}, not an object with a session id"
             raise CorruptEntryError(
                 f"the entry {name!r}{where} is corrupt: it {problem}. Adopt the right session "
-                "id under this name again (with force), or remove the entry from the file.",
+                "id under this name again (with force), or delete the name.",
                 path=self.source, name=name)
         return entry
 
@@ -159,6 +169,17 @@ class MappingDoc:
         """All usable entries, sorted by name (a corrupt one is left out)."""
         found = (entry_from_raw(name, raw) for name, raw in sorted(self._entries.items()))
         return [entry for entry in found if entry is not None]
+
+    def has(self, name: str) -> bool:
+        """True when the file holds something under ``name``, usable or not."""
+        return name in self._entries or name in self._unusable
+
+    def unusable(self) -> list[str]:
+        """Names whose entry cannot be used (no session id, not a UUID, not an object), sorted;
+        they stay in the file as they are until replaced or removed."""
+        broken = {name for name, raw in self._entries.items()
+                  if entry_from_raw(name, raw) is None}
+        return sorted(broken | self._unusable.keys())
 
     def names_for_session(self, session_id: str) -> list[str]:
         """Names whose entry points at ``session_id``."""
@@ -171,11 +192,15 @@ class MappingDoc:
         if not isinstance(raw, Mapping):
             raise TypeError(f"an entry is a mapping, not {type(raw).__name__}")
         self._entries[name] = _copy(dict(raw))  # nobody else holds it, nor its lists
+        self._unusable.pop(name, None)
         self._changed.add(name)
 
     def remove(self, name: str) -> None:
-        """Remove the entry ``name``; KeyError when there is none."""
-        del self._entries[name]
+        """Remove the entry ``name`` (an unusable one too); KeyError when there is none."""
+        if self._unusable.pop(name, _MISSING) is _MISSING:
+            del self._entries[name]
+        else:
+            self._entries.pop(name, None)
         self._changed.add(name)
 
     @property
@@ -184,6 +209,7 @@ class MappingDoc:
         return frozenset(self._changed)
 
 
+_MISSING = object()
 _TEXT_FIELDS = ("last_used_at", "last_model", "last_reasoning_effort", "cwd", "role")
 
 
@@ -241,12 +267,15 @@ def parse(text: str, *, for_writing: bool = False) -> MappingDoc:
         raw_aliases = {k: v for k, v in data.items() if k not in {"workspace_dir", "aliases"}}
         extra = {}
     aliases: dict[str, dict[str, Any]] = {}
+    unusable: dict[str, Any] = {}
     for name, entry in raw_aliases.items():
         normalised = _normalise_raw_entry(entry)
         if normalised is not None:
             aliases[str(name)] = normalised
-    return MappingDoc._read(workspace, aliases, extra,
-                            _rows_as_read(text, aliases) if for_writing else {})
+        else:
+            unusable[str(name)] = entry
+    rows = _rows_as_read(text, aliases) if for_writing and not unusable else {}
+    return MappingDoc._read(workspace, aliases, extra, rows, unusable)
 
 
 _encode = json.JSONEncoder(ensure_ascii=False, sort_keys=True).encode
@@ -301,6 +330,9 @@ def _entry_rows(doc: MappingDoc) -> list[str]:
     """One line per entry, sorted by name: the line as read for an entry no command changed,
     a fresh encoding for the others (re-encoding 10,000 sessions took 39 ms of every write)."""
     entries = doc._entries
+    if doc._unusable:  # rare: a hand-edit gone wrong, written back as it was read
+        every = {**doc._unusable, **entries}
+        return [_row(name, every[name]) for name in sorted(every)]
     names = sorted(entries)
     rows: list[str | None] = list(map(doc._rows.get, names))  # None: never read as a line
     for name in doc._changed & entries.keys():
@@ -311,7 +343,7 @@ def _entry_rows(doc: MappingDoc) -> list[str]:
             for name, row in zip(names, rows, strict=True)]
 
 
-def _row(name: str, entry: dict[str, Any]) -> str:
+def _row(name: str, entry: Any) -> str:
     return f"    {_encode_name(name)}: {_encode(entry)}"
 
 

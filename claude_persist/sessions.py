@@ -155,8 +155,17 @@ class Sessions:
     # -- reading ------------------------------------------------------------------------------
 
     def list(self) -> list[SessionEntry]:
-        """Every named session of the workspace, sorted by name."""
-        return self.store.read().entries()
+        """Every named session of the workspace, sorted by name; a corrupt entry is left out and
+        named in a warning."""
+        doc = self.store.read()
+        broken = doc.unusable()
+        if broken:
+            shown = ", ".join(broken[:10]) + (f" and {len(broken) - 10} more"
+                                              if len(broken) > 10 else "")
+            self.notify(f"warning: {len(broken)} corrupt entr{'y' if len(broken) == 1 else 'ies'}"
+                        f" in {self.store.path} left out: {shown} (resolve a name to see what "
+                        "is wrong with it; adopt it again with force, or delete it)")
+        return doc.entries()
 
     def resolve(self, name: str) -> SessionEntry:
         """The entry for ``name``; :class:`SessionNotFoundError` if there is none."""
@@ -286,7 +295,8 @@ class Sessions:
         with self.store.update() as doc:
             if name is not None:
                 name = validate.name(name)
-                self._entry(doc, name)
+                if not doc.has(name):  # a corrupt entry can be deleted; a missing one cannot
+                    self._entry(doc, name)
                 removed = [name]
             else:
                 removed = doc.names_for_session(validate.session_id(str(session_id)))

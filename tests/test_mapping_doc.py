@@ -119,3 +119,23 @@ def test_an_entry_whose_id_is_not_a_uuid_is_corrupt(tmp_path: Path) -> None:
     with pytest.raises(CorruptEntryError):
         doc.entry("empty")
     assert doc.entry("missing") is None
+
+
+def test_a_value_that_is_no_entry_is_kept_shown_and_deletable() -> None:
+    good = str(uuid.uuid4())
+    text = json.dumps({"workspace_dir": "/w", "aliases": {
+        "fine": {"session_id": good}, "five": 5, "nothing": None, "blank": "", "list": [1]}})
+    doc = mapping.parse(text, for_writing=True)
+    assert doc.unusable() == ["blank", "five", "list", "nothing"]
+    assert [e.name for e in doc.entries()] == ["fine"] and doc.has("five")
+    with pytest.raises(CorruptEntryError, match=r"'five' .* is 5, not an object"):
+        doc.entry("five")
+    doc.put("other", {"session_id": str(uuid.uuid4())})
+    written = json.loads(mapping.dump(doc))["aliases"]
+    assert written["five"] == 5 and written["nothing"] is None and written["list"] == [1]
+    assert written["blank"] == "" and written["fine"] == {"session_id": good}
+    doc.remove("five")
+    doc.put("list", {"session_id": good})  # replacing one makes it an entry again
+    after = mapping.parse(mapping.dump(doc))
+    assert "five" not in json.loads(mapping.dump(doc))["aliases"]
+    assert after.unusable() == ["blank", "nothing"] and after.entry("list") is not None

@@ -301,3 +301,23 @@ def test_dump_of_a_read_document_is_the_full_encoding(tmp_path: Path) -> None:
         read.remove("s5")
         changed = json.loads(mapping.dump(read))["aliases"]
         assert changed["s3"]["n"] == -3 and "s5" not in changed and len(changed) == 39
+
+
+def test_a_corrupt_entry_is_named_by_list_kept_by_writes_and_deletable(
+        cp: Runner, workspace: Path) -> None:
+    good = str(uuid.uuid4())
+    path = mapping_path(workspace)
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps({"workspace_dir": str(workspace),
+                                "aliases": {"five": 5, "fine": {"session_id": good}}}))
+    listed = cp("list")
+    assert listed.code == 0 and "fine" in listed.out and "five" not in listed.out
+    assert "1 corrupt entry" in listed.err and "five" in listed.err
+    assert cp("adopt", "-n", "new", "--session-id", str(uuid.uuid4())).code == 0
+    assert read_mapping(workspace)["aliases"]["five"] == 5  # a write loses nothing
+    resolved = cp("resolve", "-n", "five")
+    assert resolved.code == 2 and "is 5, not an object" in resolved.err
+    deleted = cp("delete", "-n", "five")
+    assert deleted.code == 0, deleted.err
+    assert sorted(read_mapping(workspace)["aliases"]) == ["fine", "new"]
+    assert cp("delete", "-n", "five").code == 3
