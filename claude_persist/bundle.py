@@ -24,6 +24,7 @@ import hashlib
 import json
 import os
 import re
+import stat
 import tarfile
 import time
 import zlib
@@ -821,8 +822,7 @@ def _judge(session: SessionPlan, name: str, incoming: Path, force: bool, when: s
             return
         session.action = Action.REPLACED
         session.turns_added = there
-        stamp = when.replace(":", "").replace("-", "").split(".")[0].replace("+", "")
-        session.keep_old_as = local.with_name(f"{local.name}.replaced-{stamp}")
+        session.keep_old_as = local.with_name(f"{local.name}.replaced-{_name_stamp(when)}")
 
 
 def _entry_for_here(record: SessionRecord, manifest: Manifest, workspace: Path, cwd: Path,
@@ -856,11 +856,30 @@ def place(session: SessionPlan, staging: fsio.Staging, force: bool) -> str | Non
             return conflicts[0] + " (a turn ran here while the bundle was read)"
     if session.action is Action.UNCHANGED:
         return None
+    stamp = _name_stamp(_utc_now())
     for staged, dest in session.files:
         is_transcript = staged == session.files[-1][0]
         staging.place(staged, dest, "the transcript" if is_transcript else "a session file",
-                      keep_old_as=session.keep_old_as if is_transcript else None)
+                      keep_old_as=session.keep_old_as if is_transcript
+                      else _side_file_backup(staged, dest, stamp))
     return None
+
+
+def _side_file_backup(staged: Path, dest: Path, stamp: str) -> Path | None:
+    """Where to keep the local copy of a session's side file (a subagent's transcript, a tool
+    result) before the bundle's replaces it: only when the local one holds bytes the bundle's
+    lacks; one the bundle's extends or equals is replaced as it is."""
+    current = fsio.lstat(dest, "a session file")
+    if current is None or not stat.S_ISREG(current.st_mode):
+        return None  # nothing to keep; anything but a file is refused by the placing
+    if transcripts.relation(dest, staged) in (Relation.EQUAL, Relation.BEHIND):
+        return None
+    return dest.with_name(f"{dest.name}.replaced-{stamp}")
+
+
+def _name_stamp(when: str) -> str:
+    """An ISO time as a piece of a file name: 20261126T203000."""
+    return when.replace(":", "").replace("-", "").split(".")[0].replace("+", "")
 
 
 def map_names(doc: MappingDoc, names: Sequence[NamePlan], force: bool) -> list[str]:

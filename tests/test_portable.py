@@ -180,6 +180,30 @@ def test_fast_forward_nothing_to_do_and_refusals(two: tuple[Machine, Machine],
     assert kept.read_bytes() == before  # the local turn is not lost
 
 
+def test_a_fast_forward_keeps_a_local_side_file_the_bundle_would_shorten(
+        two: tuple[Machine, Machine], tmp_path: Path) -> None:
+    a, b = two
+    sid = a.sessions.create("x", "[fake subagent=1 tool_output=300] one").session_id
+    bundle = tmp_path / "x.tgz"
+    a.sessions.export(bundle, ["x"])
+    b.sessions.import_bundle(bundle)
+    folder = b.transcript(sid).parent / sid
+    extended, rewritten = sorted(p for p in folder.rglob("*") if p.is_file())[:2]
+    theirs = {p: p.read_bytes() for p in (extended, rewritten)}
+    a.reply("x", "two")  # the bundle's transcript extends b's: a fast-forward
+    for side in (extended, rewritten):  # and a's side files: one grows, one is rewritten
+        counterpart = a.transcript(sid).parent / sid / side.relative_to(folder)
+        counterpart.write_bytes(theirs[side] + b"more\n" if side == extended else b"other\n")
+    a.sessions.export(bundle, ["x"])
+    [ff] = b.sessions.import_bundle(bundle)
+    assert ff.action.value == "fast-forward"
+    assert extended.read_bytes() == theirs[extended] + b"more\n"
+    assert list(extended.parent.glob(f"{extended.name}.replaced-*")) == []  # nothing to keep
+    assert rewritten.read_bytes() == b"other\n"
+    [kept] = rewritten.parent.glob(f"{rewritten.name}.replaced-*")
+    assert kept.read_bytes() == theirs[rewritten]  # b's bytes are not lost
+
+
 def test_a_name_that_maps_elsewhere_is_refused_unless_forced_or_renamed(
         two: tuple[Machine, Machine], tmp_path: Path) -> None:
     a, b = two
