@@ -80,6 +80,7 @@ HELP = {
     "resume_run": "continue the latest unfinished run of this file (--run-id picks one)",
     "run_id": "the run to resume with --resume-run, or the id for a new run",
     "report": "also write the run's JSON report to FILE",
+    "report_md": "also write the run's summary as Markdown to FILE (a CI page)",
     "more": "another workflow file to check (repeatable; claude-persist also takes them as "
             "words: validate a.yml b.yml)",
 }
@@ -590,6 +591,7 @@ def run(
     run_id: str | None = None, report: str | None = None, json: bool = False,
     lock_timeout: str | None = None, workspace: str | None = None,
     mapping_file: str | None = None, claude_cmd: str | None = None,
+    report_md: str | None = None,
 ) -> None:
     """Run a workflow file: steps that create, resume and fork named sessions.
 
@@ -598,7 +600,8 @@ def run(
     schema); --json prints the run's report there instead, and --report F writes it to F (a
     path that cannot be written is refused before anything runs). Exit 1 if a step failed
     (continue it with --resume-run), 2 if the file is invalid, 4 if another process is running
-    the same run.
+    the same run. --report-md F writes a Markdown summary to F; in GitHub Actions the same
+    summary is appended to GITHUB_STEP_SUMMARY and failed steps get ::error annotations.
     """
     from . import workflow  # lazily: yaml and the scheduler are for workflows only
     from .workflow import report as reports
@@ -610,9 +613,9 @@ def run(
     loaded, plan = workflow.load(file, sessions, workflow.validate_var_assignments(var or []),
                                  parallel)
     if dry_run:
-        if json or report is not None or resume_run:
+        if json or report is not None or resume_run or report_md is not None:
             raise UsageError("--dry-run prints the plan as text and runs nothing: drop --json, "
-                             "--report and --resume-run, or drop --dry-run")
+                             "--report, --report-md and --resume-run, or drop --dry-run")
         print(workflow.dry_run(loaded, plan, sessions), flush=True)
         return
     limit = validate.seconds(lock_timeout, "--lock-timeout", allow_zero=True)
@@ -620,6 +623,8 @@ def run(
         run_id = validate.name(run_id, "--run-id")
     if report is not None:
         reports.check_writable(Path(report))
+    if report_md is not None:
+        reports.check_writable(Path(report_md), "--report-md")
     run_settings = workflow.RunSettings(max_parallel=parallel or loaded.max_parallel,
                                         resume_run=resume_run, run_id=run_id,
                                         lock_timeout=limit)
@@ -628,6 +633,9 @@ def run(
     data = reports.as_json(state, str(state_file))
     if report is not None:
         write_json(Path(report), data)
+    if report_md is not None:
+        reports.write_markdown(Path(report_md), state, loaded, file)
+    reports.publish_ci(state, loaded, os.environ, sys.stderr, sys.stderr)
     if json:
         print_json(data)
     elif (result := reports.final_result(state)) is not None:
@@ -686,6 +694,150 @@ def _positive_int(value: str | None, flag: str) -> int | None:
     return number
 
 
+# -- looking back: run history and transcripts -------------------------------------------------
+
+
+def _runs_root(c: Context, workspace: str | None, mapping_file: str | None
+               ) -> tuple[Sessions, Path]:
+    from .workflow.history import runs_root
+
+    sessions = open_sessions(c, workspace, mapping_file, None)
+    return sessions, runs_root(sessions.store.folder)
+
+
+def runs(
+    c: Context, json: bool = False, workspace: str | None = None,
+    mapping_file: str | None = None,
+) -> None:
+    """List the workspace's workflow runs, newest first: id, workflow, started, duration,
+    status, cost (over all its invocations), steps done and failed.
+
+    A run whose state says running but whose process is gone (killed, a reboot) shows as
+    abandoned; --resume-run continues it. See one with runs-show RUN_ID.
+    """
+    from .workflow import history
+
+    _, root = _runs_root(c, workspace, mapping_file)
+    listing = history.list_runs(root)
+    for problem in listing.unreadable:
+        print(f"claude-persist: warning: skipped a run: {problem}", file=sys.stderr, flush=True)
+    if json:
+        print_json({"runs_folder": str(root), "runs": listing.runs})
+    elif listing.runs:
+        print(history.listing_text(listing.runs), flush=True)
+    else:
+        print(f"claude-persist: no workflow runs yet in {root}", file=sys.stderr, flush=True)
+
+
+def runs_show(
+    c: Context, run_id: str | None = None, workflow: str | None = None, json: bool = False,
+    workspace: str | None = None, mapping_file: str | None = None,
+) -> None:
+    """Show one run: each step, expansion and loop pass with its session, status, attempts,
+    time, cost, tokens, result and output, and the command that continues its session.
+
+    Text cuts long results short; --json gives everything. --workflow FILE picks the run when
+    two workflow files have runs of the same id.
+    """
+    from .workflow import history
+
+    if run_id is None:
+        raise UsageError("runs-show needs a run id: runs-show RUN_ID (runs lists them)")
+    sessions, root = _runs_root(c, workspace, mapping_file)
+    saved, state = history.find(root, run_id, workflow)
+    mapped = {entry.name: entry.session_id for entry in sessions.list()}
+    data = history.show(saved, state, mapped, command_prefix())
+    if json:
+        print_json(data)
+    else:
+        print(history.show_text(data), flush=True)
+
+
+def runs_prune(
+    c: Context, older_than: str | None = None, dry_run: bool = False, json: bool = False,
+    workspace: str | None = None, mapping_file: str | None = None,
+) -> None:
+    """Remove the runs whose last change is older than --older-than (30d, 12h, 2w, ...).
+
+    A run in progress (its process holds the run's lock) is never removed, however old.
+    --dry-run only says what would go. Sessions and transcripts are not touched.
+    """
+    from .workflow import history
+
+    if older_than is None:
+        raise UsageError("runs-prune needs --older-than AGE, e.g. --older-than 30d")
+    age = history.parse_age(older_than)
+    _, root = _runs_root(c, workspace, mapping_file)
+    done = history.prune(root, age, dry_run=dry_run)
+    for problem in done.unreadable:
+        print(f"claude-persist: warning: removing an unreadable run: {problem}",
+              file=sys.stderr, flush=True)
+    if json:
+        print_json({"removed": done.removed, "in_progress": done.in_progress,
+                    "dry_run": dry_run})
+    else:
+        print(history.pruned_text(done, older_than, dry_run), flush=True)
+
+
+def show_session(
+    c: Context, name: str | None = None, session_id: str | None = None,
+    turns: str | None = None, json: bool = False, workspace: str | None = None,
+    mapping_file: str | None = None,
+) -> None:
+    """Print a session's conversation from claude's transcript: each user prompt, the tool
+    calls one line each, and the final answer. --turns N shows the last N turns.
+
+    Calls nothing. Lines of the transcript that cannot be read are skipped and counted.
+    """
+    from . import conversation, transcripts
+
+    count = _positive_int(turns, "--turns")
+    sessions = open_sessions(c, workspace, mapping_file, None)
+    if session_id is not None:
+        sid, label = validate.session_id(session_id), session_id
+        entry = next((e for e in sessions.list() if e.session_id == sid), None)
+    else:
+        entry = sessions.resolve(validate.name(name))
+        sid, label = entry.session_id, entry.name
+    cwd = (entry.cwd if entry is not None and entry.cwd else None) or sessions.workspace
+    path = transcripts.locate(sid, cwd, sessions.env)
+    if path is None:
+        expected = transcripts.transcript_path(sid, cwd, sessions.env)
+        raise TranscriptMissingError(
+            f"claude has no transcript of session {label} ({sid}) on this machine; it would "
+            f"be {expected}", name=entry.name if entry is not None else None, session_id=sid,
+            expected=expected)
+    reading = conversation.Reading()
+    try:
+        kept = conversation.last_turns(path, count, reading)
+    except OSError as exc:
+        raise UsageError(f"cannot read the transcript {path}: {exc.strerror or exc}") from exc
+    if reading.skipped:
+        print(f"claude-persist: warning: skipped {reading.skipped} of {reading.lines} lines of "
+              f"{path} ({reading.malformed} not JSON, {reading.too_long} longer than "
+              f"{conversation.MAX_LINE_BYTES >> 20} MiB)", file=sys.stderr, flush=True)
+    if json:
+        print_json({"name": entry.name if entry is not None else None, "session_id": sid,
+                    "transcript": str(path), "turns_total": reading.turns,
+                    "skipped_lines": reading.skipped,
+                    "turns": [turn.to_json() for turn in kept]})
+        return
+    shown = f" (the last {len(kept)})" if len(kept) < reading.turns else ""
+    header = (f"session {label} ({sid}): {reading.turns} turn{'s' * (reading.turns != 1)}"
+              f"{shown}; transcript {path}")
+    print(conversation.text(kept, header), flush=True)
+
+
+RUNS_HELP = {
+    "run_id": "the run to show (runs lists them)",
+    "workflow": "the workflow file, when runs of two files share the id",
+    "older_than": "remove runs whose last change is older than this: 30d, 12h, 90m, 2w",
+    "dry_run": "say what would be removed; remove nothing",
+    "turns": "show only the last N turns",
+    "session_id": "a claude session id (UUID) instead of --name",
+}
+
+
 # -- the collection -----------------------------------------------------------------------------
 
 ns = Collection("claude_persist")
@@ -718,6 +870,10 @@ for _task in (
                "(repeatable)"}),
     persist_task(run, positional=("file",), iterable=("var",)),
     persist_task(validate_, name="validate", positional=("file",), iterable=("var", "more")),
+    persist_task(runs, helps=RUNS_HELP),
+    persist_task(runs_show, name="runs-show", positional=("run_id",), helps=RUNS_HELP),
+    persist_task(runs_prune, name="runs-prune", helps=RUNS_HELP),
+    persist_task(show_session, name="show", helps=RUNS_HELP),
 ):
     ns.add_task(_task)
 ns.configure({"claude_persist": dict(CONFIG_DEFAULTS)})

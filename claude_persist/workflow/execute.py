@@ -36,7 +36,17 @@ from . import expr
 from .plan import Plan, sorter
 from .report import money
 from .spec import Step, Workflow
-from .state import RunState, RunStatus, RunStore, StepState, StepStatus, finish, new_run_id, now
+from .state import (
+    RunState,
+    RunStatus,
+    RunStore,
+    StepState,
+    StepStatus,
+    finish,
+    new_run_id,
+    now,
+    usage_tokens,
+)
 
 #: Step errors that fail the step (and may be retried); anything else aborts the whole run.
 STEP_ERRORS = (ClaudeCallError, CallTimeoutError, SessionNotFoundError, SessionBusyError,
@@ -742,6 +752,7 @@ class Scheduler:
         state.session_id = result.session_id
         state.cost_usd = result.cost_usd
         state.num_turns = result.num_turns
+        state.tokens = usage_tokens(result.raw)
         state.result = result.text
         state.output = result.structured_output
         state.model, state.effort = result.model, result.effort

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 import threading
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -136,7 +138,7 @@ def final_result(run: RunState) -> str | None:
     return last.result if isinstance(last.result, str) else json.dumps(last.result)
 
 
-def check_writable(path: Path) -> None:
+def check_writable(path: Path, flag: str = "--report") -> None:
     """Refuse a ``--report`` file that could not be written, before the run spends anything:
     the checks its writer makes (a real folder of ours, a regular file), and permissions."""
     folder = path.parent
@@ -152,7 +154,7 @@ def check_writable(path: Path) -> None:
         if not os.access(existing, os.W_OK | os.X_OK):
             raise UnsafeFileError(f"{existing} is not writable")
     except UnsafeFileError as exc:
-        raise UnsafeFileError(f"cannot write the --report file {path}: {exc}; nothing has run",
+        raise UnsafeFileError(f"cannot write the {flag} file {path}: {exc}; nothing has run",
                               path=path) from None
 
 
@@ -180,3 +182,154 @@ def dry_run_text(workflow: Workflow, plan: Plan, details: dict[str, list[str]]) 
                    f"(waits for {needs})")
         out += details[step_id]
     return "\n".join(out)
+
+
+# -- CI pages: a Markdown summary and GitHub annotations ----------------------------------------
+
+#: GitHub refuses a job summary past 1 MiB; the summary keeps well under it.
+SUMMARY_ROWS = 2000
+SUMMARY_FAILURES = 50
+FAILURE_CHARS = 2000
+ANNOTATIONS = 50
+_CELL_SPECIAL = set("\\`*_[]<>|$~&")
+
+
+def md_cell(value: object) -> str:
+    """Text for one table cell: Markdown's specials escaped (a pipe would end the cell, ``$``
+    starts math on GitHub, ``<`` HTML), each line break a ``<br>``."""
+    text = str(value).replace("\r\n", "\n").replace("\r", "\n")
+    escaped = "".join(f"\\{ch}" if ch in _CELL_SPECIAL else ch for ch in text)
+    return escaped.replace("\n", "<br>")
+
+
+def _fenced(text: str) -> list[str]:
+    """A code block that no run of backticks in ``text`` can close."""
+    longest = max((len(run) for run in re.findall(r"`+", text)), default=0)
+    fence = "`" * max(3, longest + 1)
+    return [fence, *text.replace("\r\n", "\n").replace("\r", "\n").split("\n"), fence]
+
+
+def step_line(workflow: Workflow | None, state_id: str) -> int | None:
+    """The workflow file's line of the step a state belongs to (an expansion ``ID[3]`` and a
+    step inside it ``ID[3]/INNER`` are their step's)."""
+    if workflow is None:
+        return None
+    base = re.sub(r"\[\d+\]$", "", state_id.rsplit("/", 1)[-1])
+    step = workflow.by_id.get(base)
+    return step.line if step is not None else None
+
+
+def markdown(run: RunState, workflow: Workflow | None = None, file: str | None = None) -> str:
+    """The run as a Markdown page (a CI job summary): a table of steps with status, time and
+    cost, the failed steps' messages, totals."""
+    file = file or run.workflow
+    counts = _totals(run)
+    cost = money(run.total_cost_usd)
+    if run.spent_before_usd:
+        cost += f" ({money(run.run_cost_usd)} over the run's invocations)"
+    out = [f"### {md_cell(run.workflow_name)}: {run.status}", "",
+           f"Run {md_cell(run.run_id)} of {md_cell(file)}: {len(run.steps)} steps, "
+           f"{counts['succeeded']} succeeded, {counts['failed']} failed, "
+           f"{counts['skipped']} skipped; {run.duration_s:.1f} s; {md_cell(cost)}"
+           + (f" ({md_cell(run.stop_reason)})" if run.stop_reason else ""), "",
+           "| Step | Session | Status | Attempts | Time (s) | Cost |",
+           "| --- | --- | --- | ---: | ---: | ---: |"]
+    ordered = run.ordered()
+    for s in ordered[:SUMMARY_ROWS]:
+        status = f"{s.status}{' (reused)' if s.reused else ''}"
+        out.append(f"| {md_cell(s.id)} | {md_cell(s.session or '-')} | {md_cell(status)} | "
+                   f"{s.attempts} | {s.duration_s:.1f} | {md_cell(_cost(s.cost_usd))} |")
+    out.append(f"| **Total** | | {counts['succeeded']} succeeded, {counts['failed']} failed, "
+               f"{counts['skipped']} skipped | | {run.duration_s:.1f} | "
+               f"{md_cell(money(run.total_cost_usd))} |")
+    if len(ordered) > SUMMARY_ROWS:
+        out += ["", f"{len(ordered) - SUMMARY_ROWS} more steps are not shown here: "
+                f"runs-show {md_cell(run.run_id)} lists them all."]
+    failed = [s for s in ordered if s.status is StepStatus.FAILED]
+    if failed:
+        out += ["", "#### Failed steps"]
+        for s in failed[:SUMMARY_FAILURES]:
+            line = step_line(workflow, s.id)
+            where = f" ({md_cell(file)}{f':{line}' if line else ''})"
+            message = s.error or "failed"
+            if len(message) > FAILURE_CHARS:
+                message = message[:FAILURE_CHARS] + " ..."
+            out += ["", f"**{md_cell(s.id)}**{where}:", "", *_fenced(message)]
+        if len(failed) > SUMMARY_FAILURES:
+            out += ["", f"... and {len(failed) - SUMMARY_FAILURES} more failed steps."]
+    return "\n".join(out) + "\n"
+
+
+def _escape_data(text: str) -> str:
+    return text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+
+
+def _escape_property(text: str) -> str:
+    return _escape_data(text).replace(":", "%3A").replace(",", "%2C")
+
+
+def error_annotations(run: RunState, workflow: Workflow | None, file: str) -> list[str]:
+    """GitHub Actions ``::error`` commands, one per failed step, at its line of the workflow
+    file (escaped as GitHub's toolkit does: ``%``, CR and LF in the message; also ``:`` and
+    ``,`` in the properties)."""
+    out = []
+    failed = [s for s in run.ordered() if s.status is StepStatus.FAILED]
+    for s in failed[:ANNOTATIONS]:
+        line = step_line(workflow, s.id)
+        props = [f"file={_escape_property(file)}"]
+        if line:
+            props.append(f"line={line}")
+        props.append(f"title={_escape_property(f'step {s.id} failed')}")
+        out.append(f"::error {','.join(props)}::{_escape_data(s.error or 'failed')}")
+    return out
+
+
+def annotation_path(workflow_file: str | Path, env: Mapping[str, str]) -> str:
+    """The workflow file as GitHub wants it in an annotation: relative to the checkout
+    (``GITHUB_WORKSPACE``, else the current folder) when inside it."""
+    path = Path(workflow_file).resolve()
+    base = Path(env.get("GITHUB_WORKSPACE") or os.getcwd()).resolve()
+    try:
+        return path.relative_to(base).as_posix()
+    except ValueError:
+        return str(path)
+
+
+def publish_ci(run: RunState, workflow: Workflow | None, env: Mapping[str, str],
+               out: TextIO, err: TextIO) -> None:
+    """What a run leaves on a CI page: with ``GITHUB_STEP_SUMMARY`` set, its Markdown summary
+    appended to that file (a file that cannot be written is a warning: the run's outcome stays
+    its own); with ``GITHUB_ACTIONS=true``, an ``::error`` annotation per failed step on
+    ``out`` (the runner reads workflow commands from both streams; the faces pass stderr, so
+    that stdout keeps only the answer)."""
+    file = annotation_path(run.workflow, env)
+    summary_file = env.get("GITHUB_STEP_SUMMARY")
+    if summary_file:
+        try:
+            append_text(Path(summary_file), markdown(run, workflow, file))
+        except OSError as exc:
+            print(f"claude-persist: warning: cannot append the run's summary to "
+                  f"GITHUB_STEP_SUMMARY={summary_file}: {exc.strerror or exc}", file=err,
+                  flush=True)
+    if env.get("GITHUB_ACTIONS") == "true":
+        for line in error_annotations(run, workflow, file):
+            print(line, file=out, flush=True)
+
+
+def append_text(path: Path, text: str) -> None:
+    """Append ``text`` to a file (made if missing), never truncating what it holds: a job's
+    summary file collects every step's."""
+    descriptor = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        data = text.encode("utf-8")
+        while data:
+            written = os.write(descriptor, data)
+            data = data[written:]
+    finally:
+        os.close(descriptor)
+
+
+def write_markdown(path: Path, run: RunState, workflow: Workflow | None,
+                   file: str | None = None) -> None:
+    """``--report-md FILE``: the summary, written atomically."""
+    fsio.write_in_folder(path, markdown(run, workflow, file), "the --report-md file")

@@ -72,6 +72,12 @@ class StepState:
     iteration: int | None = None
     #: The loop or fan-out this state is part of (its state's id), None at the top.
     parent: str | None = None
+    #: A claude step's tokens (``input``, ``output``, ``cache_read``, ``cache_creation``), as
+    #: :func:`usage_tokens` reads them from the call's result; None before it was kept.
+    tokens: dict[str, int] | None = None
+    #: When the state was recorded as ended (local time, as ``started_at``); None for a step
+    #: that has not ended, or in a state written before it was kept.
+    finished_at: str | None = None
 
     def __post_init__(self) -> None:
         self.status = StepStatus(self.status)  # a state file holds the plain text
@@ -218,7 +224,11 @@ class RunStore:
     def append(self, run_id: str, step: StepState) -> None:
         """Record one step's new state at the end of the run's journal: O(1) per step, where
         rewriting the whole state after each of thousands of expansions is quadratic. A torn
-        last line (a crash mid-write) is ignored on loading."""
+        last line (a crash mid-write) is ignored on loading. A step that has ended is stamped
+        with the time (the history shows when each step ran)."""
+        if step.finished_at is None and step.status not in (StepStatus.PENDING,
+                                                            StepStatus.RUNNING):
+            step.finished_at = _now()
         line = _encode({name: getattr(step, name) for name in _STEP_FIELDS}) + "\n"
         descriptor = os.open(self.journal(run_id), os.O_WRONLY | os.O_APPEND | os.O_CREAT,
                              0o600)
@@ -277,6 +287,36 @@ def _journal_lines(path: Path) -> list[dict[str, Any]]:
         if isinstance(row, dict):
             rows.append({k: v for k, v in row.items() if k in _STEP_FIELDS})
     return rows
+
+
+def usage_tokens(raw: Any) -> dict[str, int] | None:
+    """A call's own tokens from its result object: ``model_usage_since_last_result`` (this
+    call's usage per model, summed) where the CLI gives it, else ``usage``. None when neither
+    holds a count (an older state, a result without them)."""
+    if not isinstance(raw, dict):
+        return None
+    own = raw.get("model_usage_since_last_result")
+    keys = {"input": "inputTokens", "output": "outputTokens",
+            "cache_read": "cacheReadInputTokens", "cache_creation": "cacheCreationInputTokens"}
+    if isinstance(own, dict) and own:
+        models = [entry for entry in own.values() if isinstance(entry, dict)]
+    else:
+        usage = raw.get("usage")
+        if not isinstance(usage, dict):
+            return None
+        models = [usage]
+        keys = {"input": "input_tokens", "output": "output_tokens",
+                "cache_read": "cache_read_input_tokens",
+                "cache_creation": "cache_creation_input_tokens"}
+    totals = dict.fromkeys(keys, 0)
+    seen = False
+    for entry in models:
+        for ours, theirs in keys.items():
+            value = entry.get(theirs)
+            if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+                totals[ours] += value
+                seen = True
+    return totals if seen else None
 
 
 def now() -> str:
