@@ -1,0 +1,408 @@
+"""Looking back at what ran: run history (runs, runs-show, runs-prune), CI pages (the Markdown
+summary, GITHUB_STEP_SUMMARY, ::error annotations, --report-md), against runs the fake claude
+made: a failed run, the same run resumed, a fan-out."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import textwrap
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from markdown_it import MarkdownIt
+
+from claude_persist.workflow import history, report
+from claude_persist.workflow.state import RunState, RunStatus, RunStore, StepState, StepStatus
+
+from .conftest import Runner, mapping_path
+
+FAILING = """\
+version: 1
+name: checks
+steps:
+  - id: plan
+    create: planner
+    prompt: Plan the work.
+  - id: review
+    resume: planner
+    prompt: "Review it. [fake error=401]"
+  - id: after
+    create: writer
+    prompt: Write it down.
+"""
+
+
+def write(folder: Path, text: str, name: str = "wf.yml") -> Path:
+    path = folder / name
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def table_rows(markdown: str) -> list[list[str]]:
+    """The rendered table's rows (header first), each cell's inline content as text, after
+    a real Markdown parser has read the page: what GitHub's renderer would lay out."""
+    tokens = MarkdownIt("commonmark").enable("table").parse(markdown)
+    rows: list[list[str]] = []
+    for token in tokens:
+        if token.type == "tr_open":
+            rows.append([])
+        elif token.type == "inline" and rows and token.level >= 4:
+            rows[-1].append("".join(child.content if child.type != "softbreak" else "\n"
+                                    for child in token.children or []))
+    return rows
+
+
+def rendered(markdown: str) -> str:
+    return str(MarkdownIt("commonmark").enable("table").render(markdown))
+
+
+def runs_folder(workspace: Path) -> Path:
+    return mapping_path(workspace).parent / "runs"
+
+
+# -- a failed run, then the same run resumed ----------------------------------------------------
+
+
+def test_a_failed_run_on_every_view_then_resumed(cp: Runner, workspace: Path,
+                                                 tmp_path: Path) -> None:
+    wf = write(workspace, FAILING)
+    summary = tmp_path / "summary.md"
+    summary.write_text("# an earlier step's summary\n")
+    ran = cp("run", "wf.yml", "--report-md", "out/summary.md",
+             env={"GITHUB_STEP_SUMMARY": str(summary), "GITHUB_ACTIONS": "true",
+                  "GITHUB_WORKSPACE": str(workspace)})
+    assert ran.code == 1, ran.err
+    # The CI page: appended after what the job's earlier steps wrote, never truncated.
+    page = summary.read_text()
+    assert page.startswith("# an earlier step's summary\n### checks: failed\n")
+    assert page.split("\n", 1)[1] == (workspace / "out/summary.md").read_text()
+    rows = table_rows(page)
+    assert rows[0] == ["Step", "Session", "Status", "Attempts", "Time (s)", "Cost"]
+    assert [row[:4] for row in rows[1:4]] == [["plan", "planner", "succeeded", "1"],
+                                             ["review", "planner", "failed", "1"],
+                                             ["after", "writer", "skipped", "0"]]
+    assert rows[1][5] == "$0.0125" and rows[3][5] == "-"
+    assert rows[4][0] == "Total" and rows[4][2] == "1 succeeded, 1 failed, 1 skipped"
+    assert "#### Failed steps" in page and "**review** (wf.yml:7):" in page
+    assert "Invalid API key" in page
+    # The annotation points at the step's line in the file, relative to the checkout.
+    assert wf.read_text().splitlines()[6] == "  - id: review"
+    annotations = [line for line in ran.err.splitlines() if line.startswith("::error ")]
+    assert len(annotations) == 1
+    assert annotations[0].startswith("::error file=wf.yml,line=7,title=step review failed::")
+    assert "::error" not in ran.out
+
+    listed = cp("runs", "--json")
+    assert listed.code == 0, listed.err
+    [run] = listed.json()["runs"]
+    assert (run["name"], run["status"], run["succeeded"], run["failed"], run["skipped"],
+            run["steps_total"]) == ("checks", "failed", 1, 1, 1, 3)
+    assert run["cost_usd"] == pytest.approx(0.0125)
+    assert run["stop_reason"] == "step review failed"
+    text = cp("runs")
+    assert re.search(rf"^{run['run_id']}\s+checks\s+\S+\s+\S+s\s+failed\s+\$0\.0125\s+1/3\s+1$",
+                     text.out, re.M), text.out
+
+    shown = cp("runs-show", run["run_id"], "--json").json()
+    steps = {step["id"]: step for step in shown["steps"]}
+    plan = steps["plan"]
+    assert plan["status"] == "succeeded" and plan["attempts"] == 1
+    assert plan["tokens"] == {"input": 20, "output": 12, "cache_read": 0, "cache_creation": 0}
+    assert plan["result"].startswith("fake reply to turn 1 of session " + plan["session_id"])
+    assert plan["resume_command"] == "claude-persist resume -n planner -p PROMPT"
+    assert plan["finished_at"] is not None and plan["duration_s"] > 0
+    assert steps["review"]["status"] == "failed" and "Invalid API key" in steps["review"]["error"]
+    assert steps["after"]["status"] == "skipped" and steps["after"]["resume_command"] is None
+    as_text = cp("runs-show", run["run_id"]).out
+    assert "review  resume planner  failed  1 try" in as_text
+    assert "  resume: claude-persist resume -n planner -p PROMPT" in as_text
+    assert "  error: " in as_text and "tokens 20 in / 12 out" in as_text
+
+    # The resume command it gives works as written.
+    resumed_session = cp(*plan["resume_command"].split()[1:-1], "Go on.")
+    assert resumed_session.code == 0, resumed_session.err
+    assert "turn 3 of session " + plan["session_id"] in resumed_session.out
+
+    # Fixed, the run is continued: the same run id, the plan step reused.
+    wf.write_text(FAILING.replace(" [fake error=401]", ""))
+    again = cp("run", "wf.yml", "--resume-run")
+    assert again.code == 0, again.err
+    [run2] = cp("runs", "--json").json()["runs"]
+    assert (run2["run_id"], run2["status"], run2["succeeded"], run2["failed"]) == (
+        run["run_id"], "succeeded", 3, 0)
+    assert run2["cost_usd"] == pytest.approx(3 * 0.0125)  # over both invocations
+    steps = {s["id"]: s for s in cp("runs-show", run["run_id"], "--json").json()["steps"]}
+    assert steps["plan"]["reused"] is True and steps["review"]["reused"] is False
+    # The fake counts the session's lines as input: the later turn carried more history.
+    assert steps["review"]["attempts"] == 1 and steps["review"]["tokens"]["input"] > 20
+    # The planner session was resumed by hand in between: its name still maps to it.
+    assert steps["review"]["session_id"] == plan["session_id"]
+
+
+def test_resume_command_uses_the_id_once_the_name_moved_on(cp: Runner, workspace: Path) -> None:
+    write(workspace, FAILING.replace(" [fake error=401]", ""))
+    assert cp("run", "wf.yml").code == 0
+    [run] = cp("runs", "--json").json()["runs"]
+    first = {s["id"]: s for s in cp("runs-show", run["run_id"], "--json").json()["steps"]}
+    assert cp("create", "-n", "planner", "--force").code == 0  # the name now maps elsewhere
+    moved = {s["id"]: s for s in cp("runs-show", run["run_id"], "--json").json()["steps"]}
+    assert moved["plan"]["resume_command"] == (
+        f"claude-persist resume --session-id {first['plan']['session_id']} -p PROMPT")
+    ran = cp(*moved["plan"]["resume_command"].split()[1:-1], "Still there?")
+    assert ran.code == 0 and first["plan"]["session_id"] in ran.out
+
+
+def test_the_invoke_face_names_its_own_commands(inv: Runner, workspace: Path) -> None:
+    write(workspace, FAILING.replace(" [fake error=401]", ""))
+    assert inv("run", "wf.yml").code == 0
+    listed = inv("runs", "--json")
+    assert listed.code == 0, listed.err
+    [run] = listed.json()["runs"]
+    shown = inv("runs-show", run["run_id"], "--json").json()
+    assert shown["steps"][0]["resume_command"] == "inv resume -n planner -p PROMPT"
+
+
+# -- a fan-out ----------------------------------------------------------------------------------
+
+FAN_OUT = """\
+version: 1
+name: fan
+steps:
+  - id: impl
+    for_each: [a, b, c]
+    create: impl-${{ item }}
+    prompt: "Implement ${{ item }}."
+  - id: check
+    run: ["sh", "-c", "echo 'bad | thing'; exit 3"]
+"""
+
+
+def test_a_fan_out_run(cp: Runner, workspace: Path) -> None:
+    write(workspace, FAN_OUT)
+    ran = cp("run", "wf.yml", "--report-md", "sum.md", env={"GITHUB_ACTIONS": "true",
+                                                          "GITHUB_WORKSPACE": str(workspace)})
+    assert ran.code == 1, ran.err
+    [run] = cp("runs", "--json").json()["runs"]
+    assert (run["succeeded"], run["failed"], run["steps_total"]) == (4, 1, 5)
+    shown = cp("runs-show", run["run_id"], "--json").json()
+    assert [s["id"] for s in shown["steps"]] == ["impl", "impl[0]", "impl[1]", "impl[2]",
+                                                  "check"]
+    expansions = shown["steps"][1:4]
+    assert {s["parent"] for s in expansions} == {"impl"}
+    assert [s["session"] for s in expansions] == ["impl-a", "impl-b", "impl-c"]
+    assert all(s["resume_command"] == f"claude-persist resume -n {s['session']} -p PROMPT"
+               for s in expansions)
+    assert shown["steps"][0]["cost_usd"] == pytest.approx(3 * 0.0125)
+    check = shown["steps"][4]
+    assert (check["kind"], check["exit_code"], check["result"]) == ("shell", 3, "bad | thing\n")
+    text = cp("runs-show", run["run_id"]).out
+    assert "\n  impl[1]  create impl-b  succeeded" in text  # indented under its fan-out
+    page = (workspace / "sum.md").read_text()
+    rows = table_rows(page)
+    assert [row[0] for row in rows[1:-1]] == ["impl", "impl[0]", "impl[1]", "impl[2]", "check"]
+    assert all(len(row) == 6 for row in rows)
+    assert "**check** (wf.yml:8):" in page and "exit code 3" in page
+    assert "::error file=wf.yml,line=8,title=step check failed::exit code 3" in ran.err
+
+
+# -- the Markdown and the annotations, character by character ----------------------------------
+
+
+def made_state(steps: list[StepState], **fields: Any) -> RunState:
+    return RunState(**{"run_id": "r1", "workflow": "/w/wf.yml", "workflow_name": "w",
+                       "started_at": "2026-11-26T10:00:00+0000", "vars": {},
+                       "steps": {s.id: s for s in steps}, "status": RunStatus.FAILED,
+                       "duration_s": 2.5, "spent_usd": 0.5, **fields})
+
+
+def test_cells_and_messages_survive_markdown() -> None:
+    nasty = "a | b\r\nline two $5 and $6 <b>bold</b> `tick` *star* \\ back"
+    state = made_state([
+        StepState(id="s1", action="create", session="x|y", status=StepStatus.FAILED,
+                  attempts=2, duration_s=1.25, cost_usd=0.5, error=nasty + "\n```\nfence"),
+    ], stop_reason="step s1 | failed")
+    page = report.markdown(state)
+    rows = table_rows(page)
+    assert len(rows) == 3 and all(len(row) == 6 for row in rows)
+    assert rows[1] == ["s1", "x|y", "failed", "2", "1.2", "$0.5000"]
+    html = rendered(page)
+    # The message is shown as it was, in a code block no backtick run inside it can close.
+    assert "a | b\nline two $5 and $6 &lt;b&gt;bold&lt;/b&gt; `tick` *star* \\ back\n```\n" \
+        "fence\n</code></pre>" in html
+    assert "<b>bold" not in html and "<em>" not in html
+    assert "step s1 | failed" in html  # the stop reason, escaped in the paragraph
+    assert "\\$0.5000" in page  # never $...$ math on GitHub
+
+
+def test_annotation_escapes() -> None:
+    state = made_state([StepState(id="s1", action="create", session="x",
+                                  status=StepStatus.FAILED, error="100% bad\r\nnext: a, b")])
+    [line] = report.error_annotations(state, None, "dir, with: colon/wf.yml")
+    assert line == ("::error file=dir%2C with%3A colon/wf.yml,title=step s1 failed::"
+                    "100%25 bad%0D%0Anext: a, b")
+
+
+def test_a_summary_file_that_cannot_be_written_is_a_warning(cp: Runner, workspace: Path,
+                                                            tmp_path: Path) -> None:
+    write(workspace, FAILING.replace(" [fake error=401]", ""))
+    ran = cp("run", "wf.yml", env={"GITHUB_STEP_SUMMARY": str(tmp_path)})  # a folder
+    assert ran.code == 0, ran.err
+    assert f"warning: cannot append the run's summary to GITHUB_STEP_SUMMARY={tmp_path}" \
+        in ran.err
+    assert "fake reply" in ran.out
+
+
+def test_report_md_refused_before_anything_runs(cp: Runner, workspace: Path,
+                                                fake_claude: Any) -> None:
+    write(workspace, FAILING)
+    (workspace / "file").write_text("")
+    ran = cp("run", "wf.yml", "--report-md", "file/sum.md")
+    assert ran.code == 2 and "cannot write the --report-md file file/sum.md" in ran.err
+    assert fake_claude.calls() == []
+    assert cp("run", "wf.yml", "--dry-run", "--report-md", "x.md").code == 2
+
+
+# -- prune --------------------------------------------------------------------------------------
+
+
+def old_run(store: RunStore, run_id: str, age: float, status: RunStatus = RunStatus.SUCCEEDED,
+            pid: int | None = None) -> None:
+    state = made_state([StepState(id="s", action="create", session="x",
+                                  status=StepStatus.SUCCEEDED)], run_id=run_id, status=status,
+                       pid=pid)
+    store.save(state)
+    then = time.time() - age
+    os.utime(store.path(run_id), (then, then))
+
+
+def test_prune_never_removes_a_run_in_progress(cp: Runner, cp_process: Runner,
+                                               workspace: Path) -> None:
+    write(workspace, """\
+        version: 1
+        name: slow
+        steps:
+          - id: wait
+            create: waiter
+            prompt: "Take your time. [fake delay=60]"
+        """)
+    proc = cp_process.start("run", "wf.yml")
+    try:
+        deadline = time.monotonic() + 60
+        state_files: list[Path] = []
+        while not state_files and time.monotonic() < deadline:
+            state_files = list(runs_folder(workspace).glob("*/*.json"))
+            time.sleep(0.05)
+        [state_file] = state_files
+        store = RunStore(state_file.parent)
+        old_run(store, "old-done", 40 * 86400)
+        old_run(store, "young", 3600)
+        # The live run looks ancient, and its state says nothing of a process we could see.
+        then = time.time() - 90 * 86400
+        os.utime(state_file, (then, then))
+        listed = {r["run_id"]: r for r in cp("runs", "--json").json()["runs"]}
+        assert listed[state_file.stem]["status"] == "running"
+        pruned = cp("runs-prune", "--older-than", "30d", "--json")
+        assert pruned.code == 0, pruned.err
+        result = pruned.json()
+        assert result["in_progress"] == [state_file.stem]
+        assert [r["run_id"] for r in result["removed"]] == ["old-done"]
+        assert state_file.exists() and store.exists("young") and not store.exists("old-done")
+        assert not store.path("old-done").with_suffix(".lock").exists()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    then = time.time() - 90 * 86400
+    os.utime(state_file, (then, then))
+    gone = cp("runs-prune", "--older-than", "30d")
+    assert gone.code == 0 and f"removed {state_file.stem} (slow, interrupted" in gone.out
+    assert not state_file.exists() and store.exists("young")
+
+
+def test_prune_dry_run_and_bad_ages(cp: Runner, workspace: Path) -> None:
+    store = RunStore(runs_folder(workspace) / "w-0")
+    store.folder.mkdir(parents=True)
+    old_run(store, "old", 10 * 86400)
+    dry = cp("runs-prune", "--older-than", "1w", "--dry-run")
+    assert dry.code == 0 and "would remove old (w, succeeded" in dry.out
+    assert store.exists("old")
+    for bad in ("30", "30 days", "-1d", "d"):
+        ran = cp("runs-prune", "--older-than", bad)
+        assert ran.code == 2 and "is not an age" in ran.err, bad
+    assert cp("runs-prune").code == 2
+    assert store.exists("old")
+
+
+def test_a_dead_run_is_abandoned_and_old_states_still_read(cp: Runner, workspace: Path) -> None:
+    store = RunStore(runs_folder(workspace) / "w-0")
+    store.folder.mkdir(parents=True)
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    old_run(store, "crashed", 60, RunStatus.RUNNING, pid=dead.pid)
+    # A state written before tokens and step end times were kept.
+    legacy = json.loads(store.path("crashed").read_text())
+    legacy["run_id"] = "legacy"
+    for step in legacy["steps"]:
+        del step["tokens"], step["finished_at"]
+    store.path("legacy").write_text(json.dumps(legacy))
+    listed = {r["run_id"]: r for r in cp("runs", "--json").json()["runs"]}
+    assert listed["crashed"]["status"] == "abandoned"
+    shown = cp("runs-show", "legacy", "--json").json()
+    assert shown["steps"][0]["tokens"] is None and shown["steps"][0]["finished_at"] is None
+    missing = cp("runs-show", "nope")
+    assert missing.code == 2 and "no run nope" in missing.err
+    store.path("broken").write_text("{not json")
+    partly = cp("runs")
+    assert partly.code == 0 and "warning: skipped a run" in partly.err
+    assert "crashed" in partly.out
+
+
+def test_no_runs_yet(cp: Runner) -> None:
+    ran = cp("runs")
+    assert ran.code == 0 and ran.out == "" and "no workflow runs yet" in ran.err
+    assert cp("runs", "--json").json()["runs"] == []
+
+
+# -- 1,000 steps --------------------------------------------------------------------------------
+
+
+def big_run(folder: Path, count: int = 1000) -> tuple[RunStore, RunState]:
+    store = RunStore(folder)
+    folder.mkdir(parents=True)
+    steps = [StepState(id="fan", action="for_each", session="", kind="for_each",
+                       status=StepStatus.FAILED, error="1 of 999 expansions failed")]
+    steps += [StepState(id=f"fan[{i}]", action="create", session=f"s-{i}", parent="fan",
+                        session_id=f"00000000-0000-4000-8000-{i:012d}", attempts=1,
+                        status=StepStatus.FAILED if i == 7 else StepStatus.SUCCEEDED,
+                        error="API Error: 529" if i == 7 else None, duration_s=1.5,
+                        cost_usd=0.0125, tokens={"input": 100, "output": 20},
+                        result="an answer of a few words | with a pipe\n" * 5)
+              for i in range(count - 1)]
+    state = made_state(steps[:1], run_id="big")
+    store.save(state)
+    for step in steps[1:]:  # as a run writes them: one journal line each
+        state.steps[step.id] = step
+        store.append("big", step)
+    return store, state
+
+
+def test_a_thousand_steps_in_every_view(cp: Runner, workspace: Path) -> None:
+    """What the views give for a run of 1,000 steps (their time is checked by the stress
+    set, tests/stress/test_views_stress.py, away from a loaded machine's noise)."""
+    root = runs_folder(workspace)
+    big_run(root / "big-0")
+    [listed] = cp("runs", "--json").json()["runs"]
+    assert (listed["steps_total"], listed["succeeded"], listed["failed"]) == (1000, 998, 2)
+    shown = cp("runs-show", "big", "--json").json()
+    assert len(shown["steps"]) == 1000 and shown["steps"][8]["error"] == "API Error: 529"
+    text = cp("runs-show", "big").out
+    assert text.count("\n  fan[") == 999
+    _, state = history.find(root, "big")
+    rows = table_rows(report.markdown(state))
+    assert len(rows) == 1002 and rows[9][:3] == ["fan[7]", "s-7", "failed"]
