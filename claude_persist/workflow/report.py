@@ -114,7 +114,7 @@ def as_json(run: RunState, state_file: str | None = None) -> dict[str, Any]:
         "cost_usd": None if s.cost_usd is None else round(s.cost_usd, 6),
         "num_turns": s.num_turns, "error": s.error, "result": s.result, "output": s.output,
         "kind": s.kind, "exit_code": s.exit_code, "stderr": s.stderr, "iteration": s.iteration,
-        "parent": s.parent,
+        "parent": s.parent, "tokens": s.tokens, "finished_at": s.finished_at,
     } for s in run.ordered()]
     return {
         "run_id": run.run_id, "workflow": run.workflow, "name": run.workflow_name,
