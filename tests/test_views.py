@@ -174,41 +174,56 @@ FAN_OUT = """\
 version: 1
 name: fan
 steps:
-  - id: impl
-    for_each: [a, b, c]
-    create: impl-${{ item }}
-    prompt: "Implement ${{ item }}."
   - id: check
     run: ["sh", "-c", "echo 'bad | thing'; exit 3"]
+    continue_on_error: true
+  - id: impl
+    for_each: [{n: a, p: ""}, {n: b, p: "[fake error=401 error_times=1]"}, {n: c, p: ""}]
+    create: impl-${{ item.n }}
+    prompt: "Implement ${{ item.n }}. ${{ item.p }}"
 """
 
 
-def test_a_fan_out_run(cp: Runner, workspace: Path) -> None:
+def test_a_fan_out_run_then_resumed(cp: Runner, workspace: Path) -> None:
     write(workspace, FAN_OUT)
     ran = cp("run", "wf.yml", "--report-md", "sum.md", env={"GITHUB_ACTIONS": "true",
                                                           "GITHUB_WORKSPACE": str(workspace)})
     assert ran.code == 1, ran.err
     [run] = cp("runs", "--json").json()["runs"]
-    assert (run["succeeded"], run["failed"], run["steps_total"]) == (4, 1, 5)
+    # After impl[1] failed no new step starts: impl[2] is skipped.
+    assert (run["succeeded"], run["failed"], run["skipped"], run["steps_total"]) == (
+        1, 3, 1, 5)
     shown = cp("runs-show", run["run_id"], "--json").json()
-    assert [s["id"] for s in shown["steps"]] == ["impl", "impl[0]", "impl[1]", "impl[2]",
-                                                  "check"]
-    expansions = shown["steps"][1:4]
+    assert [s["id"] for s in shown["steps"]] == ["check", "impl", "impl[0]", "impl[1]",
+                                                  "impl[2]"]
+    expansions = shown["steps"][2:]
     assert {s["parent"] for s in expansions} == {"impl"}
-    assert [s["session"] for s in expansions] == ["impl-a", "impl-b", "impl-c"]
-    assert all(s["resume_command"] == f"claude-persist resume -n {s['session']} -p PROMPT"
-               for s in expansions)
-    assert shown["steps"][0]["cost_usd"] == pytest.approx(3 * 0.0125)
-    check = shown["steps"][4]
+    assert [s["session"] for s in expansions[:2]] == ["impl-a", "impl-b"]
+    assert [s["status"] for s in expansions] == ["succeeded", "failed", "skipped"]
+    assert expansions[0]["resume_command"] == "claude-persist resume -n impl-a -p PROMPT"
+    assert expansions[1]["resume_command"] is None  # its session was never made
+    assert shown["steps"][1]["cost_usd"] == pytest.approx(0.0125)
+    check = shown["steps"][0]
     assert (check["kind"], check["exit_code"], check["result"]) == ("shell", 3, "bad | thing\n")
     text = cp("runs-show", run["run_id"]).out
-    assert "\n  impl[1]  create impl-b  succeeded" in text  # indented under its fan-out
+    assert "\n  impl[1]  create impl-b  failed  1 try" in text  # indented under its fan-out
     page = (workspace / "sum.md").read_text()
     rows = table_rows(page)
-    assert [row[0] for row in rows[1:-1]] == ["impl", "impl[0]", "impl[1]", "impl[2]", "check"]
+    assert [row[0] for row in rows[1:-1]] == ["check", "impl", "impl[0]", "impl[1]", "impl[2]"]
     assert all(len(row) == 6 for row in rows)
-    assert "**check** (wf.yml:8):" in page and "exit code 3" in page
-    assert "::error file=wf.yml,line=8,title=step check failed::exit code 3" in ran.err
+    assert "**check** (wf.yml:4):" in page and "exit code 3" in page
+    assert "**impl\\[1\\]** (wf.yml:7):" in page  # an expansion: its step's line
+    assert "::warning file=wf.yml,line=4,title=step check failed::exit code 3" in ran.err
+    assert "::error file=wf.yml,line=7,title=step impl[1] failed::" in ran.err
+    assert "::error file=wf.yml,line=7,title=step impl failed::" in ran.err
+
+    again = cp("run", "wf.yml", "--resume-run")  # the fake fails that prompt only once
+    assert again.code == 0, again.err
+    steps = {s["id"]: s for s in cp("runs-show", run["run_id"], "--json").json()["steps"]}
+    assert [steps[f"impl[{i}]"]["reused"] for i in range(3)] == [True, False, False]
+    assert steps["impl[1]"]["status"] == "succeeded"
+    [run2] = cp("runs", "--json").json()["runs"]
+    assert run2["status"] == "succeeded" and run2["cost_usd"] == pytest.approx(3 * 0.0125)
 
 
 # -- the Markdown and the annotations, character by character ----------------------------------
@@ -226,11 +241,14 @@ def test_cells_and_messages_survive_markdown() -> None:
     state = made_state([
         StepState(id="s1", action="create", session="x|y", status=StepStatus.FAILED,
                   attempts=2, duration_s=1.25, cost_usd=0.5, error=nasty + "\n```\nfence"),
+        StepState(id="s2", action="create", session="two\r\nlines *not* <i>html</i> $1 $2",
+                  status=StepStatus.SKIPPED),
     ], stop_reason="step s1 | failed")
     page = report.markdown(state)
     rows = table_rows(page)
-    assert len(rows) == 3 and all(len(row) == 6 for row in rows)
+    assert len(rows) == 4 and all(len(row) == 6 for row in rows)
     assert rows[1] == ["s1", "x|y", "failed", "2", "1.2", "$0.5000"]
+    assert rows[2][:3] == ["s2", "two<br>lines *not* <i>html</i> $1 $2", "skipped"]
     html = rendered(page)
     # The message is shown as it was, in a code block no backtick run inside it can close.
     assert "a | b\nline two $5 and $6 &lt;b&gt;bold&lt;/b&gt; `tick` *star* \\ back\n```\n" \

@@ -209,13 +209,17 @@ def _fenced(text: str) -> list[str]:
     return [fence, *text.replace("\r\n", "\n").replace("\r", "\n").split("\n"), fence]
 
 
-def step_line(workflow: Workflow | None, state_id: str) -> int | None:
-    """The workflow file's line of the step a state belongs to (an expansion ``ID[3]`` and a
-    step inside it ``ID[3]/INNER`` are their step's)."""
+def _step_of(workflow: Workflow | None, state_id: str) -> Step | None:
+    """The workflow's step a state belongs to (an expansion ``ID[3]`` and a step inside it
+    ``ID[3]/INNER`` are their step's)."""
     if workflow is None:
         return None
-    base = re.sub(r"\[\d+\]$", "", state_id.rsplit("/", 1)[-1])
-    step = workflow.by_id.get(base)
+    return workflow.by_id.get(re.sub(r"\[\d+\]$", "", state_id.rsplit("/", 1)[-1]))
+
+
+def step_line(workflow: Workflow | None, state_id: str) -> int | None:
+    """The workflow file's line of the step a state belongs to."""
+    step = _step_of(workflow, state_id)
     return step.line if step is not None else None
 
 
@@ -271,16 +275,19 @@ def _escape_property(text: str) -> str:
 def error_annotations(run: RunState, workflow: Workflow | None, file: str) -> list[str]:
     """GitHub Actions ``::error`` commands, one per failed step, at its line of the workflow
     file (escaped as GitHub's toolkit does: ``%``, CR and LF in the message; also ``:`` and
-    ``,`` in the properties)."""
+    ``,`` in the properties). A step whose failure the workflow lets pass
+    (``continue_on_error``) gets a ``::warning`` instead."""
     out = []
     failed = [s for s in run.ordered() if s.status is StepStatus.FAILED]
     for s in failed[:ANNOTATIONS]:
-        line = step_line(workflow, s.id)
+        step = _step_of(workflow, s.id)
+        line = step.line if step is not None else None
+        level = "warning" if step is not None and step.continue_on_error else "error"
         props = [f"file={_escape_property(file)}"]
         if line:
             props.append(f"line={line}")
         props.append(f"title={_escape_property(f'step {s.id} failed')}")
-        out.append(f"::error {','.join(props)}::{_escape_data(s.error or 'failed')}")
+        out.append(f"::{level} {','.join(props)}::{_escape_data(s.error or 'failed')}")
     return out
 
 
