@@ -628,7 +628,11 @@ def run(
     run_settings = workflow.RunSettings(max_parallel=parallel or loaded.max_parallel,
                                         resume_run=resume_run, run_id=run_id,
                                         lock_timeout=limit)
-    state, state_file = workflow.run(loaded, plan, sessions, run_settings)
+    try:
+        state, state_file = workflow.run(loaded, plan, sessions, run_settings)
+    except ClaudePersistError:  # interrupted (a cancelled CI job), or aborted: still a page
+        _publish_stopped_run(sessions, loaded, file, report_md)
+        raise
     print(reports.table(state), file=sys.stderr, flush=True)
     data = reports.as_json(state, str(state_file))
     if report is not None:
@@ -645,6 +649,25 @@ def run(
             f"workflow {loaded.name} {state.status}: {state.stop_reason or 'not every step ran'}"
             f". Fix the cause, then continue with: run {file} --resume-run "
             f"(run {state.run_id}; state in {state_file})")
+
+
+def _publish_stopped_run(sessions: Sessions, loaded: Any, file: str,
+                         report_md: str | None) -> None:
+    """The summary and annotations of a run that ended by an error or an interrupt, from the
+    state it saved; a failure here is only a warning (the run's own error is the one to see)."""
+    from .workflow import history
+    from .workflow import report as reports
+
+    try:
+        state = history.own_run(sessions.store.folder, loaded.path, loaded.name, os.getpid())
+        if state is None:  # it never started: another process drives it, say
+            return
+        if report_md is not None:
+            reports.write_markdown(Path(report_md), state, loaded, file)
+        reports.publish_ci(state, loaded, os.environ, sys.stderr, sys.stderr)
+    except (ClaudePersistError, OSError) as exc:
+        print(f"claude-persist: warning: no summary of the stopped run: {exc}",
+              file=sys.stderr, flush=True)
 
 
 def validate_(

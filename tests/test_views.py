@@ -300,7 +300,12 @@ def old_run(store: RunStore, run_id: str, age: float, status: RunStatus = RunSta
 
 
 def test_prune_never_removes_a_run_in_progress(cp: Runner, cp_process: Runner,
-                                               workspace: Path) -> None:
+                                               workspace: Path, tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """And the run, stopped as a cancelled CI job is (SIGTERM), still leaves its page."""
+    summary = tmp_path / "summary.md"
+    monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(summary))
+    monkeypatch.setenv("GITHUB_ACTIONS", "true")
     write(workspace, """\
         version: 1
         name: slow
@@ -334,8 +339,12 @@ def test_prune_never_removes_a_run_in_progress(cp: Runner, cp_process: Runner,
         assert not store.path("old-done").with_suffix(".lock").exists()
     finally:
         proc.send_signal(signal.SIGTERM)
-        proc.communicate(timeout=60)
+        _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130
+    page = summary.read_text()
+    assert page.startswith("### slow: interrupted\n")
+    assert table_rows(page)[1][:3] == ["wait", "waiter", "failed"]
+    assert "::error file=wf.yml,line=4,title=step wait failed::interrupted" in err
     then = time.time() - 90 * 86400
     os.utime(state_file, (then, then))
     gone = cp("runs-prune", "--older-than", "30d")

@@ -192,6 +192,24 @@ def find(root: Path, run_id: str, workflow: str | None = None) -> tuple[SavedRun
     return loaded[0]
 
 
+def own_run(mapping_folder: Path, workflow_path: Path, name: str, pid: int,
+            look_at: int = 5) -> RunState | None:
+    """The run of this workflow that process ``pid`` drove and saved last (a run that ended
+    by an error or an interrupt, whose state the caller was not handed), or None."""
+    store = RunStore.for_workflow(mapping_folder, workflow_path, name)
+    found = [saved for saved in saved_runs(store.folder.parent)
+             if saved.store.folder == store.folder]
+    found.sort(key=lambda saved: saved.last_change(), reverse=True)
+    for saved in found[:look_at]:
+        try:
+            state = saved.store.load(saved.run_id)
+        except UsageError:
+            continue
+        if state.pid == pid and state.status is not RunStatus.RUNNING:
+            return state
+    return None
+
+
 def resume_words(step: StepState, mapped: Mapping[str, str]) -> list[str] | None:
     """The words after the program's name that continue a claude step's session: by its name
     while the name still maps to that session, else by its id. None without a session id."""
