@@ -433,3 +433,22 @@ def test_a_thousand_steps_in_every_view(cp: Runner, workspace: Path) -> None:
     _, state = history.find(root, "big")
     rows = table_rows(report.markdown(state))
     assert len(rows) == 1002 and rows[9][:3] == ["fan[7]", "s-7", "failed"]
+
+
+def test_tokens_are_the_calls_own() -> None:
+    from claude_persist.workflow.state import usage_tokens
+
+    own = {"model_usage_since_last_result": {
+        "claude-opus-4-1": {"inputTokens": 100, "outputTokens": 7, "cacheReadInputTokens": 50,
+                            "cacheCreationInputTokens": 3, "costUSD": 0.1},
+        "claude-haiku-4-5": {"inputTokens": 20, "outputTokens": 1}},
+        "usage": {"input_tokens": 99999, "output_tokens": 99999}}  # the session's, not the call's
+    assert usage_tokens(own) == {"input": 120, "output": 8, "cache_read": 50,
+                                 "cache_creation": 3}
+    older = {"model_usage_since_last_result": {}, "usage": {
+        "input_tokens": 10, "output_tokens": 4, "cache_read_input_tokens": 2}}
+    assert usage_tokens(older) == {"input": 10, "output": 4, "cache_read": 2,
+                                   "cache_creation": 0}
+    assert usage_tokens({"usage": {"input_tokens": "many", "output_tokens": True}}) is None
+    assert usage_tokens({"result": "no usage at all"}) is None
+    assert usage_tokens(None) is None
