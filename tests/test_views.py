@@ -442,7 +442,7 @@ def test_tokens_are_the_calls_own() -> None:
         "claude-opus-4-1": {"inputTokens": 100, "outputTokens": 7, "cacheReadInputTokens": 50,
                             "cacheCreationInputTokens": 3, "costUSD": 0.1},
         "claude-haiku-4-5": {"inputTokens": 20, "outputTokens": 1}},
-        "usage": {"input_tokens": 99999, "output_tokens": 99999}}  # the session's, not the call's
+        "usage": {"input_tokens": 99999, "output_tokens": 99999}}  # not used beside them
     assert usage_tokens(own) == {"input": 120, "output": 8, "cache_read": 50,
                                  "cache_creation": 3}
     older = {"model_usage_since_last_result": {}, "usage": {

@@ -358,10 +358,13 @@ def show_text(run: dict[str, Any]) -> str:
         pad = "  " * depth
         what = {"shell": "run", "loop": "loop", "for_each": "for_each"}.get(
             step["kind"], f"{step['action']} {step['session']}")
-        tries = f"{step['attempts']} tr{'y' if step['attempts'] == 1 else 'ies'}"
+        tries = ("" if step["kind"] in ("loop", "for_each") else
+                 f"{step['attempts']} tr{'y' if step['attempts'] == 1 else 'ies'}  ")
         status = step["status"] + (" (reused)" if step["reused"] else "")
         ended = f"  ended {step['finished_at'][11:19]}" if step["finished_at"] else ""
-        out.append(f"\n{pad}{step['id']}  {what}  {status}  {tries}  "
+        if step["iteration"] is not None:
+            ended = f"  pass {step['iteration']}{ended}"
+        out.append(f"\n{pad}{step['id']}  {what}  {status}  {tries}"
                    f"{_seconds(step['duration_s'])}  {_money(step['cost_usd'])}"
                    f"{_tokens(step['tokens'])}{ended}")
         if step["session_id"]:
@@ -373,11 +376,15 @@ def show_text(run: dict[str, Any]) -> str:
         if step["kind"] in ("claude", "shell") and step["result"]:
             out += [f"{pad}  result: {line}" if i == 0 else f"{pad}          {line}"
                     for i, line in enumerate(_excerpt(step["result"]))]
+        if step["kind"] == "shell" and step["stderr"] and step["status"] == "failed":
+            tail = step["stderr"].splitlines()[-6:]
+            out += [f"{pad}  stderr: {line}" if i == 0 else f"{pad}          {line}"
+                    for i, line in enumerate(tail)]
         if step["output"] is not None and step["kind"] == "claude":
             out += [f"{pad}  output: {line}" for line in _excerpt(step["output"], 1, 300)]
         if step["resume_command"]:
             out.append(f"{pad}  resume: {step['resume_command']}")
-    return "\n".join(out)
+    return "\n".join(line.rstrip() for line in out)
 
 
 def pruned_text(done: Pruned, older_than: str, dry_run: bool) -> str:
