@@ -452,3 +452,44 @@ def test_tokens_are_the_calls_own() -> None:
     assert usage_tokens({"usage": {"input_tokens": "many", "output_tokens": True}}) is None
     assert usage_tokens({"result": "no usage at all"}) is None
     assert usage_tokens(None) is None
+
+
+def test_a_loop_run(cp: Runner, workspace: Path) -> None:
+    write(workspace, """\
+        version: 1
+        name: looped
+        steps:
+          - id: start
+            create: fixer
+            prompt: Start.
+          - id: green
+            loop:
+              max_iterations: 2
+              until: steps.test.exit_code == 0
+              steps:
+                - id: test
+                  run: ["sh", "-c", "echo 'it broke' >&2; exit 1"]
+                  continue_on_error: true
+                - id: fix
+                  resume: fixer
+                  prompt: "Pass ${{ loop.iteration }}: fix it."
+        """)
+    ran = cp("run", "wf.yml", "--report-md", "sum.md")
+    assert ran.code == 1, ran.err
+    [run] = cp("runs", "--json").json()["runs"]
+    shown = cp("runs-show", run["run_id"], "--json").json()
+    steps = {s["id"]: s for s in shown["steps"]}
+    assert [s["id"] for s in shown["steps"]] == ["start", "green", "test", "fix"]
+    assert (steps["green"]["iteration"], steps["test"]["iteration"],
+            steps["fix"]["iteration"]) == (2, 2, 2)
+    assert steps["green"]["cost_usd"] == pytest.approx(2 * 0.0125)  # both passes' calls
+    assert steps["test"]["stderr"] == "it broke\n"
+    assert steps["fix"]["result"].startswith("fake reply to turn 3 of session")
+    text = cp("runs-show", run["run_id"]).out
+    assert "\ngreen  loop  failed  " in text and "  pass 2  ended " in text
+    assert "\n  test  run  failed  1 try  " in text and "    stderr: it broke" in text
+    rows = table_rows((workspace / "sum.md").read_text())
+    assert [row[:3] for row in rows[1:-1]] == [["start", "fixer", "succeeded"],
+                                              ["green", "-", "failed"],
+                                              ["test", "-", "failed"],
+                                              ["fix", "fixer", "succeeded"]]
