@@ -77,39 +77,35 @@ class Reading:
 
 def _lines(handle: IO[bytes], reading: Reading, limit: int) -> Iterator[bytes]:
     """The file's lines, each at most ``limit`` bytes; a longer one is read through in chunks
-    and dropped (counted in ``reading.too_long``)."""
-    buffer = b""
+    and dropped (counted in ``reading.too_long``). A line's pieces are joined once, when its
+    end is found: no copying that grows with the square of a line's or a chunk's length."""
+    pieces: list[bytes] = []
+    size = 0
     dropping = False
-    while True:
-        chunk = handle.read(_CHUNK)
-        if not chunk:
-            break
-        buffer += chunk
-        while True:
-            cut = buffer.find(b"\n")
-            if cut < 0:
-                break
-            line, buffer = buffer[:cut], buffer[cut + 1:]
+    while chunk := handle.read(_CHUNK):
+        start = 0
+        while (cut := chunk.find(b"\n", start)) >= 0:
             if dropping:
                 dropping = False
-                continue
-            reading.lines += 1
-            if len(line) > limit:
+            else:
+                size += cut - start
+                reading.lines += 1
+                if size > limit:
+                    reading.too_long += 1
+                else:
+                    yield b"".join((*pieces, chunk[start:cut])) if pieces else chunk[start:cut]
+            pieces, size = [], 0
+            start = cut + 1
+        if not dropping and start < len(chunk):
+            pieces.append(chunk[start:])
+            size += len(chunk) - start
+            if size > limit:
+                reading.lines += 1
                 reading.too_long += 1
-                continue
-            yield line
-        if not dropping and len(buffer) > limit:
-            reading.lines += 1
-            reading.too_long += 1
-            dropping, buffer = True, b""
-        elif dropping:
-            buffer = b""
-    if buffer and not dropping:
+                dropping, pieces, size = True, [], 0
+    if pieces:
         reading.lines += 1
-        if len(buffer) > limit:
-            reading.too_long += 1
-        else:
-            yield buffer
+        yield b"".join(pieces)
 
 
 def _cut(text: str) -> str:
