@@ -77,6 +77,10 @@ def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     ws.mkdir()
     for key in [k for k in os.environ if k.startswith("INVOKE_CLAUDE_PERSIST_")]:
         monkeypatch.delenv(key)
+    # Run inside GitHub Actions, the suite's deliberately failing workflows would otherwise
+    # write to the job's real summary and annotate it; the tests that want them set them.
+    for key in ("GITHUB_STEP_SUMMARY", "GITHUB_ACTIONS"):
+        monkeypatch.delenv(key, raising=False)
     return ws
 
 
