@@ -16,7 +16,10 @@ from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .sessions import Sessions
 
 #: A line longer than this is skipped (counted) without being held in memory.
 MAX_LINE_BYTES = 8 << 20
@@ -237,3 +240,28 @@ def text(turns_: list[Turn], header: str) -> str:
         else:
             out.append("< (no answer)")
     return "\n".join(out)
+
+
+def transcript_of(sessions: Sessions, name: str | None, session_id: str | None
+                  ) -> tuple[str | None, str, Path]:
+    """The session's name (None for an id no name maps), id, and transcript: by
+    ``session_id`` when given, else by ``name``. Raises ``SessionNotFoundError`` for an
+    unknown name, ``TranscriptMissingError`` (exit 3) when claude has no transcript of it."""
+    from . import transcripts, validate
+    from .errors import TranscriptMissingError
+
+    if session_id is not None:
+        sid = validate.session_id(session_id)
+        entry = next((e for e in sessions.list() if e.session_id == sid), None)
+    else:
+        entry = sessions.resolve(validate.name(name))
+        sid = entry.session_id
+    mapped = entry.name if entry is not None else None
+    cwd = (entry.cwd if entry is not None else None) or sessions.workspace
+    path = transcripts.locate(sid, cwd, sessions.env)
+    if path is None:
+        expected = transcripts.transcript_path(sid, cwd, sessions.env)
+        raise TranscriptMissingError(
+            f"claude has no transcript of session {mapped or sid} ({sid}) on this machine; "
+            f"it would be {expected}", name=mapped, session_id=sid, expected=expected)
+    return mapped, sid, path

@@ -651,25 +651,6 @@ def run(
             f"(run {state.run_id}; state in {state_file})")
 
 
-def _publish_stopped_run(sessions: Sessions, loaded: Any, file: str,
-                         report_md: str | None) -> None:
-    """The summary and annotations of a run that ended by an error or an interrupt, from the
-    state it saved; a failure here is only a warning (the run's own error is the one to see)."""
-    from .workflow import history
-    from .workflow import report as reports
-
-    try:
-        state = history.own_run(sessions.store.folder, loaded.path, loaded.name, os.getpid())
-        if state is None:  # it never started: another process drives it, say
-            return
-        if report_md is not None:
-            reports.write_markdown(Path(report_md), state, loaded, file)
-        reports.publish_ci(state, loaded, os.environ, sys.stderr, sys.stderr)
-    except (ClaudePersistError, OSError) as exc:
-        print(f"claude-persist: warning: no summary of the stopped run: {exc}",
-              file=sys.stderr, flush=True)
-
-
 def validate_(
     c: Context, file: str | None = None, more: list[str] | None = None,
     var: list[str] | None = None, max_parallel: str | None = None,
@@ -812,24 +793,12 @@ def show_session(
 
     Calls nothing. Lines of the transcript that cannot be read are skipped and counted.
     """
-    from . import conversation, transcripts
+    from . import conversation
 
     count = _positive_int(turns, "--turns")
     sessions = open_sessions(c, workspace, mapping_file, None)
-    if session_id is not None:
-        sid, label = validate.session_id(session_id), session_id
-        entry = next((e for e in sessions.list() if e.session_id == sid), None)
-    else:
-        entry = sessions.resolve(validate.name(name))
-        sid, label = entry.session_id, entry.name
-    cwd = (entry.cwd if entry is not None and entry.cwd else None) or sessions.workspace
-    path = transcripts.locate(sid, cwd, sessions.env)
-    if path is None:
-        expected = transcripts.transcript_path(sid, cwd, sessions.env)
-        raise TranscriptMissingError(
-            f"claude has no transcript of session {label} ({sid}) on this machine; it would "
-            f"be {expected}", name=entry.name if entry is not None else None, session_id=sid,
-            expected=expected)
+    mapped, sid, path = conversation.transcript_of(sessions, name, session_id)
+    label = mapped or sid
     reading = conversation.Reading()
     try:
         kept = conversation.last_turns(path, count, reading)
@@ -840,7 +809,7 @@ def show_session(
               f"{path} ({reading.malformed} not JSON, {reading.too_long} longer than "
               f"{conversation.MAX_LINE_BYTES >> 20} MiB)", file=sys.stderr, flush=True)
     if json:
-        print_json({"name": entry.name if entry is not None else None, "session_id": sid,
+        print_json({"name": mapped, "session_id": sid,
                     "transcript": str(path), "turns_total": reading.turns,
                     "skipped_lines": reading.skipped,
                     "turns": [turn.to_json() for turn in kept]})
@@ -849,6 +818,25 @@ def show_session(
     header = (f"session {label} ({sid}): {reading.turns} turn{'s' * (reading.turns != 1)}"
               f"{shown}; transcript {path}")
     print(conversation.text(kept, header), flush=True)
+
+
+def _publish_stopped_run(sessions: Sessions, loaded: Any, file: str,
+                         report_md: str | None) -> None:
+    """The summary and annotations of a run that ended by an error or an interrupt, from the
+    state it saved; a failure here is only a warning (the run's own error is the one to see)."""
+    from .workflow import history
+    from .workflow import report as reports
+
+    try:
+        state = history.own_run(sessions.store.folder, loaded.path, loaded.name, os.getpid())
+        if state is None:  # it never started: another process drives it, say
+            return
+        if report_md is not None:
+            reports.write_markdown(Path(report_md), state, loaded, file)
+        reports.publish_ci(state, loaded, os.environ, sys.stderr, sys.stderr)
+    except (ClaudePersistError, OSError) as exc:
+        print(f"claude-persist: warning: no summary of the stopped run: {exc}",
+              file=sys.stderr, flush=True)
 
 
 RUNS_HELP = {
