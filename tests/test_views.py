@@ -166,6 +166,11 @@ def test_the_invoke_face_names_its_own_commands(inv: Runner, workspace: Path) ->
     [run] = listed.json()["runs"]
     shown = inv("runs-show", run["run_id"], "--json").json()
     assert shown["steps"][0]["resume_command"] == "inv resume -n planner -p PROMPT"
+    talk = inv("show", "-n", "planner", "--turns", "1", "--json")
+    assert talk.code == 0, talk.err
+    assert [t["prompt"] for t in talk.json()["turns"]] == ["Review it."]
+    pruned = inv("runs-prune", "--older-than", "1d")
+    assert pruned.code == 0 and "removed 0 runs older than 1d" in pruned.out
 
 
 # -- a fan-out ----------------------------------------------------------------------------------
