@@ -132,12 +132,25 @@ class PersistProgram(Program):
             if asked in self.parser.contexts:
                 self.print_task_help(asked)
                 raise Exit
+        self.core.unparsed = _two_words(self.core.unparsed)
         takes_more = {name for name, task in self.collection.tasks.items()
                       if MORE in inspect.signature(task.body).parameters}
         if takes_more.intersection(self.core.unparsed):
             self.core.unparsed = _more_words(self.core.unparsed, self._make_parser().contexts)
         with _usage_errors(self):
             super().parse_tasks()
+
+
+#: Commands of two words, as a user types them (``runs show ID``), and the task each is. Invoke
+#: would read the second word as a task of its own.
+TWO_WORDS = {("runs", "show"): "runs-show", ("runs", "prune"): "runs-prune"}
+
+
+def _two_words(words: list[str]) -> list[str]:
+    """``runs show ID`` -> ``runs-show ID`` when the command starts with one of TWO_WORDS."""
+    if len(words) >= 2 and (task := TWO_WORDS.get((words[0], words[1]))) is not None:
+        return [task, *words[2:]]
+    return words
 
 
 #: The parameter that takes a task's further bare words (``validate a.yml b.yml``).

@@ -717,7 +717,8 @@ def runs(
     status, cost (over all its invocations), steps done and failed.
 
     A run whose state says running but whose process is gone (killed, a reboot) shows as
-    abandoned; --resume-run continues it. See one with runs-show RUN_ID.
+    abandoned; --resume-run continues it. See one with `runs show RUN_ID`
+    (`runs-show` under inv).
     """
     from .workflow import history
 

@@ -432,3 +432,19 @@ def test_in_process_runs_leave_the_test_process_as_it_was(cp: Runner, inv: Runne
              list(sys.path), sys.modules.get("tasks"), sys.dont_write_bytecode)
     assert after == before
     assert os.getcwd() != str(workspace)
+
+
+def test_two_word_commands_are_their_tasks_only_at_the_start() -> None:
+    from claude_persist.cli import _two_words
+
+    assert _two_words(["runs", "show", "ID", "--json"]) == ["runs-show", "ID", "--json"]
+    assert _two_words(["runs", "prune", "--older-than", "3d"]) == \
+        ["runs-prune", "--older-than", "3d"]
+    for kept in (["runs"], ["runs", "--json"], ["show", "-n", "runs"], ["list", "runs", "show"]):
+        assert _two_words(kept) == kept
+
+
+def test_runs_show_reads_as_one_command(cp: Runner) -> None:
+    ran = cp("runs", "show", "no-such-run")
+    assert ran.code == 2 and "no run no-such-run" in ran.err, ran.err
+    assert cp("runs", "prune").code == 2  # runs-prune's own refusal: --older-than is needed

@@ -109,7 +109,7 @@ def test_a_failed_run_on_every_view_then_resumed(cp: Runner, workspace: Path,
     assert re.search(rf"^{run['run_id']}\s+checks\s+\S+\s+\S+s\s+failed\s+\$0\.0125\s+1/3\s+1$",
                      text.out, re.M), text.out
 
-    shown = cp("runs-show", run["run_id"], "--json").json()
+    shown = cp("runs", "show", run["run_id"], "--json").json()
     steps = {step["id"]: step for step in shown["steps"]}
     plan = steps["plan"]
     assert plan["status"] == "succeeded" and plan["attempts"] == 1
@@ -119,7 +119,7 @@ def test_a_failed_run_on_every_view_then_resumed(cp: Runner, workspace: Path,
     assert plan["finished_at"] is not None and plan["duration_s"] > 0
     assert steps["review"]["status"] == "failed" and "Invalid API key" in steps["review"]["error"]
     assert steps["after"]["status"] == "skipped" and steps["after"]["resume_command"] is None
-    as_text = cp("runs-show", run["run_id"]).out
+    as_text = cp("runs", "show", run["run_id"]).out
     assert "review  resume planner  failed  1 try" in as_text
     assert "  resume: claude-persist resume -n planner -p PROMPT" in as_text
     assert "  error: " in as_text and "tokens 20 in / 12 out" in as_text
@@ -137,7 +137,7 @@ def test_a_failed_run_on_every_view_then_resumed(cp: Runner, workspace: Path,
     assert (run2["run_id"], run2["status"], run2["succeeded"], run2["failed"]) == (
         run["run_id"], "succeeded", 3, 0)
     assert run2["cost_usd"] == pytest.approx(3 * 0.0125)  # over both invocations
-    steps = {s["id"]: s for s in cp("runs-show", run["run_id"], "--json").json()["steps"]}
+    steps = {s["id"]: s for s in cp("runs", "show", run["run_id"], "--json").json()["steps"]}
     assert steps["plan"]["reused"] is True and steps["review"]["reused"] is False
     # The fake counts the session's lines as input: the later turn carried more history.
     assert steps["review"]["attempts"] == 1 and steps["review"]["tokens"]["input"] > 20
@@ -149,9 +149,9 @@ def test_resume_command_uses_the_id_once_the_name_moved_on(cp: Runner, workspace
     write(workspace, FAILING.replace(" [fake error=401]", ""))
     assert cp("run", "wf.yml").code == 0
     [run] = cp("runs", "--json").json()["runs"]
-    first = {s["id"]: s for s in cp("runs-show", run["run_id"], "--json").json()["steps"]}
+    first = {s["id"]: s for s in cp("runs", "show", run["run_id"], "--json").json()["steps"]}
     assert cp("create", "-n", "planner", "--force").code == 0  # the name now maps elsewhere
-    moved = {s["id"]: s for s in cp("runs-show", run["run_id"], "--json").json()["steps"]}
+    moved = {s["id"]: s for s in cp("runs", "show", run["run_id"], "--json").json()["steps"]}
     assert moved["plan"]["resume_command"] == (
         f"claude-persist resume --session-id {first['plan']['session_id']} -p PROMPT")
     ran = cp(*moved["plan"]["resume_command"].split()[1:-1], "Still there?")
@@ -198,7 +198,7 @@ def test_a_fan_out_run_then_resumed(cp: Runner, workspace: Path) -> None:
     # After impl[1] failed no new step starts: impl[2] is skipped.
     assert (run["succeeded"], run["failed"], run["skipped"], run["steps_total"]) == (
         1, 3, 1, 5)
-    shown = cp("runs-show", run["run_id"], "--json").json()
+    shown = cp("runs", "show", run["run_id"], "--json").json()
     assert [s["id"] for s in shown["steps"]] == ["check", "impl", "impl[0]", "impl[1]",
                                                   "impl[2]"]
     expansions = shown["steps"][2:]
@@ -210,7 +210,7 @@ def test_a_fan_out_run_then_resumed(cp: Runner, workspace: Path) -> None:
     assert shown["steps"][1]["cost_usd"] == pytest.approx(0.0125)
     check = shown["steps"][0]
     assert (check["kind"], check["exit_code"], check["result"]) == ("shell", 3, "bad | thing\n")
-    text = cp("runs-show", run["run_id"]).out
+    text = cp("runs", "show", run["run_id"]).out
     assert "\n  impl[1]  create impl-b  failed  1 try" in text  # indented under its fan-out
     page = (workspace / "sum.md").read_text()
     rows = table_rows(page)
@@ -224,7 +224,7 @@ def test_a_fan_out_run_then_resumed(cp: Runner, workspace: Path) -> None:
 
     again = cp("run", "wf.yml", "--resume-run")  # the fake fails that prompt only once
     assert again.code == 0, again.err
-    steps = {s["id"]: s for s in cp("runs-show", run["run_id"], "--json").json()["steps"]}
+    steps = {s["id"]: s for s in cp("runs", "show", run["run_id"], "--json").json()["steps"]}
     assert [steps[f"impl[{i}]"]["reused"] for i in range(3)] == [True, False, False]
     assert steps["impl[1]"]["status"] == "succeeded"
     [run2] = cp("runs", "--json").json()["runs"]
@@ -335,7 +335,7 @@ def test_prune_never_removes_a_run_in_progress(cp: Runner, cp_process: Runner,
         os.utime(state_file, (then, then))
         listed = {r["run_id"]: r for r in cp("runs", "--json").json()["runs"]}
         assert listed[state_file.stem]["status"] == "running"
-        pruned = cp("runs-prune", "--older-than", "30d", "--json")
+        pruned = cp("runs", "prune", "--older-than", "30d", "--json")
         assert pruned.code == 0, pruned.err
         result = pruned.json()
         assert result["in_progress"] == [state_file.stem]
@@ -361,7 +361,7 @@ def test_prune_dry_run_and_bad_ages(cp: Runner, workspace: Path) -> None:
     store = RunStore(runs_folder(workspace) / "w-0")
     store.folder.mkdir(parents=True)
     old_run(store, "old", 10 * 86400)
-    dry = cp("runs-prune", "--older-than", "1w", "--dry-run")
+    dry = cp("runs", "prune", "--older-than", "1w", "--dry-run")
     assert dry.code == 0 and "would remove old (w, succeeded" in dry.out
     assert store.exists("old")
     for bad in ("30", "30 days", "-1d", "d"):
@@ -385,9 +385,9 @@ def test_a_dead_run_is_abandoned_and_old_states_still_read(cp: Runner, workspace
     store.path("legacy").write_text(json.dumps(legacy))
     listed = {r["run_id"]: r for r in cp("runs", "--json").json()["runs"]}
     assert listed["crashed"]["status"] == "abandoned"
-    shown = cp("runs-show", "legacy", "--json").json()
+    shown = cp("runs", "show", "legacy", "--json").json()
     assert shown["steps"][0]["tokens"] is None and shown["steps"][0]["finished_at"] is None
-    missing = cp("runs-show", "nope")
+    missing = cp("runs", "show", "nope")
     assert missing.code == 2 and "no run nope" in missing.err
     store.path("broken").write_text("{not json")
     partly = cp("runs")
@@ -431,9 +431,9 @@ def test_a_thousand_steps_in_every_view(cp: Runner, workspace: Path) -> None:
     big_run(root / "big-0")
     [listed] = cp("runs", "--json").json()["runs"]
     assert (listed["steps_total"], listed["succeeded"], listed["failed"]) == (1000, 998, 2)
-    shown = cp("runs-show", "big", "--json").json()
+    shown = cp("runs", "show", "big", "--json").json()
     assert len(shown["steps"]) == 1000 and shown["steps"][8]["error"] == "API Error: 529"
-    text = cp("runs-show", "big").out
+    text = cp("runs", "show", "big").out
     assert text.count("\n  fan[") == 999
     _, state = history.find(root, "big")
     rows = table_rows(report.markdown(state))
@@ -482,7 +482,7 @@ def test_a_loop_run(cp: Runner, workspace: Path) -> None:
     ran = cp("run", "wf.yml", "--report-md", "sum.md")
     assert ran.code == 1, ran.err
     [run] = cp("runs", "--json").json()["runs"]
-    shown = cp("runs-show", run["run_id"], "--json").json()
+    shown = cp("runs", "show", run["run_id"], "--json").json()
     steps = {s["id"]: s for s in shown["steps"]}
     assert [s["id"] for s in shown["steps"]] == ["start", "green", "test", "fix"]
     assert (steps["green"]["iteration"], steps["test"]["iteration"],
@@ -490,7 +490,7 @@ def test_a_loop_run(cp: Runner, workspace: Path) -> None:
     assert steps["green"]["cost_usd"] == pytest.approx(2 * 0.0125)  # both passes' calls
     assert steps["test"]["stderr"] == "it broke\n"
     assert steps["fix"]["result"].startswith("fake reply to turn 3 of session")
-    text = cp("runs-show", run["run_id"]).out
+    text = cp("runs", "show", run["run_id"]).out
     assert "\ngreen  loop  failed  " in text and "  pass 2  ended " in text
     assert "\n  test  run  failed  1 try  " in text and "    stderr: it broke" in text
     rows = table_rows((workspace / "sum.md").read_text())
