@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import builtins
 import contextlib
+import functools
 import os
 import threading
 from collections.abc import Callable, Mapping, Sequence
@@ -17,7 +18,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
-from . import fsio, validate
+from . import fsio, observe, validate
 from .claude.call import Turn, TurnRunner, run_turn
 from .claude.command import Action, CallSpec, build_argv, resolve_claude_cmd
 from .claude.result import TurnResult
@@ -122,11 +123,14 @@ class Sessions:
         env: Mapping[str, str] | None = None,
         notify: Callable[[str], None] = notice,
         turn_runner: TurnRunner = run_turn,
+        observer: observe.RunObserver | None = None,
     ) -> None:
         """``defaults`` is the configuration layer of the settings merge (the lowest: a flag,
         a workflow step and the session's stored value all win over it); ``default_model`` and
         ``default_effort`` are shorthands for two of its fields. ``turn_runner`` runs each
-        claude call (``claude_persist.testing.InProcessClaude`` answers without a process)."""
+        claude call (``claude_persist.testing.InProcessClaude`` answers without a process).
+        ``observer`` is told of each call (default: OpenTelemetry when the ``OTEL_*``
+        variables ask for it and the ``otel`` extra is installed, else nothing)."""
         self.workspace = (Path(workspace).resolve() if workspace
                           else find_workspace(Path(os.getcwd())))
         if not self.workspace.is_dir():
@@ -146,6 +150,11 @@ class Sessions:
         self.env = env
         self.notify = notify
         self.turn_runner = turn_runner
+        if observer is None:
+            from . import telemetry  # imports no OpenTelemetry unless the variables ask
+
+            observer = telemetry.from_environment(environ, notify)
+        self.observer = observer
 
     @property
     def mapping_file(self) -> Path:
@@ -525,11 +534,28 @@ class Sessions:
     def _run(self, spec: CallSpec, prompt: str, target: _Target,
              on_line: Callable[[str], None] | None, cancel: threading.Event | None,
              lock_fd: int | None = None) -> TurnResult:
+        observer, step = observe.active(self.observer)
+        call = observe.CallInfo(
+            action=spec.action.value, name=target.name, session_id=spec.session_id,
+            new_session_id=spec.new_session_id, model=target.settings.model,
+            effort=target.settings.effort, step=step)
+        env = self.env
+        if observer is not observe.NULL_OBSERVER:
+            extra = observer.call_started(call)
+            if extra:  # the call's trace context, for claude's own telemetry
+                env = {**(os.environ if env is None else env), **extra}
         turn = Turn(claude_cmd=self.claude_cmd, spec=spec, prompt=prompt, cwd=target.cwd,
                     label=f"session {target.name or target.session_id}",
-                    previous_total=target.previous_total, env=self.env, on_line=on_line,
-                    cancel=cancel, hold_open=() if lock_fd is None else (lock_fd,))
-        answer = self.turn_runner(turn)
+                    previous_total=target.previous_total, env=env, on_line=on_line,
+                    cancel=cancel, hold_open=() if lock_fd is None else (lock_fd,),
+                    on_event=None if observer is observe.NULL_OBSERVER
+                    else functools.partial(observer.step_event, call))
+        try:
+            answer = self.turn_runner(turn)
+        except BaseException as exc:
+            observer.call_finished(call, observe.call_failed(exc))
+            raise
+        observer.call_finished(call, observe.call_succeeded(answer.raw, answer.cost_usd))
         for note in answer.notes:
             self.notify(f"warning: {note}")
         raw = answer.raw

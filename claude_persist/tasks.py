@@ -81,6 +81,7 @@ HELP = {
     "run_id": "the run to resume with --resume-run, or the id for a new run",
     "report": "also write the run's JSON report to FILE",
     "report_md": "also write the run's summary as Markdown to FILE (a CI page)",
+    "quiet": "print only errors and the final line on stderr (no step lines, no heartbeat)",
     "more": "another workflow file to check (repeatable; claude-persist also takes them as "
             "words: validate a.yml b.yml)",
 }
@@ -591,11 +592,13 @@ def run(
     run_id: str | None = None, report: str | None = None, json: bool = False,
     lock_timeout: str | None = None, workspace: str | None = None,
     mapping_file: str | None = None, claude_cmd: str | None = None,
-    report_md: str | None = None,
+    report_md: str | None = None, quiet: bool = False,
 ) -> None:
     """Run a workflow file: steps that create, resume and fork named sessions.
 
-    Progress goes to stderr, a line per step start and end, then a table with totals. On
+    Progress goes to stderr, a line per step start and end (and a heartbeat while a step runs
+    long; on a terminal, a live view of the running steps), then a table with totals; --quiet
+    leaves only errors and the table's final line. On
     success stdout gets the last step's result (its structured output as JSON if it has a
     schema); --json prints the run's report there instead, and --report F writes it to F (a
     path that cannot be written is refused before anything runs). Exit 1 if a step failed
@@ -628,12 +631,19 @@ def run(
     run_settings = workflow.RunSettings(max_parallel=parallel or loaded.max_parallel,
                                         resume_run=resume_run, run_id=run_id,
                                         lock_timeout=limit)
+    from .workflow import progress
+
+    live = progress.for_stream(loaded, sys.stderr, quiet=quiet)
     try:
-        state, state_file = workflow.run(loaded, plan, sessions, run_settings)
+        state, state_file = workflow.run(loaded, plan, sessions, run_settings, live,
+                                          live.observer)
     except ClaudePersistError:  # interrupted (a cancelled CI job), or aborted: still a page
         _publish_stopped_run(sessions, loaded, file, report_md)
         raise
-    print(reports.table(state), file=sys.stderr, flush=True)
+    finally:
+        live.close()
+    closing = reports.table(state)
+    print(closing.rsplit("\n", 1)[-1] if quiet else closing, file=sys.stderr, flush=True)
     data = reports.as_json(state, str(state_file))
     if report is not None:
         write_json(Path(report), data)

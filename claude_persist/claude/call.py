@@ -31,6 +31,8 @@ class Turn:
     """The session's last running total of cost, for CLIs that report one."""
     env: Mapping[str, str] | None = None
     on_line: Callable[[str], None] | None = None
+    on_event: Callable[[runner.StreamEvent], None] | None = None
+    """Told of the stream after each line (its count, the last tool used)."""
     cancel: threading.Event | None = None
     hold_open: tuple[int, ...] = ()
     """Descriptors the claude process inherits: the session lock's, so that a claude left
@@ -69,7 +71,7 @@ def run_turn(turn: Turn) -> Answer:
 
     outcome = runner.run(turn.argv, prompt=turn.prompt, cwd=turn.cwd, limits=limits,
                          on_line=on_line, env=turn.env, cancel=turn.cancel,
-                         pass_fds=turn.hold_open)
+                         pass_fds=turn.hold_open, on_event=turn.on_event)
     raw = verdict(collector, outcome, limits, turn.label)
     notes: tuple[str, ...] = ()
     if outcome.stopped_by == runner.NO_EXIT:

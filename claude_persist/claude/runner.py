@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import json
 import os
 import queue
 import signal
@@ -76,6 +77,34 @@ class ProcessOutcome:
     stderr: str
     duration: float
     lines: int
+
+
+@dataclass(frozen=True)
+class StreamEvent:
+    """The stream so far, as each stdout line arrives: how many lines, the last tool the model
+    asked for (a ``tool_use`` content block of stream-json), and the seconds since the start."""
+
+    count: int
+    last_tool: str | None
+    elapsed: float
+
+
+def tool_used(line: str) -> str | None:
+    """The name of the last ``tool_use`` block in a stream-json line, if it has one."""
+    if '"tool_use"' not in line:  # most lines: no parse at all
+        return None
+    try:
+        message = json.loads(line).get("message")
+    except (ValueError, AttributeError):
+        return None
+    content = message.get("content") if isinstance(message, dict) else None
+    if not isinstance(content, list):
+        return None
+    for block in reversed(content):
+        if isinstance(block, dict) and block.get("type") == "tool_use" and \
+                isinstance(block.get("name"), str):
+            return str(block["name"])
+    return None
 
 
 class _Lines:
@@ -327,6 +356,7 @@ def run(
     env: Mapping[str, str] | None = None,
     cancel: threading.Event | None = None,
     pass_fds: Sequence[int] = (),
+    on_event: Callable[[StreamEvent], None] | None = None,
 ) -> ProcessOutcome:
     """Run one claude call to its end (or its limit) and say how it ended.
 
@@ -334,7 +364,8 @@ def run(
 
     ``on_line`` gets each stdout line as it arrives; it returns True once it has seen the
     final line, after which the process only gets a short grace period to exit. Setting
-    ``cancel`` (from another thread) stops the call as Ctrl-C would.
+    ``cancel`` (from another thread) stops the call as Ctrl-C would. ``on_event`` gets a
+    :class:`StreamEvent` after each line (for progress and telemetry).
     """
     started = time.monotonic()
     proc = _spawn(argv, cwd, env, pass_fds)
@@ -358,6 +389,7 @@ def run(
     last_output = started
     exited_at: float | None = None
     final_seen = False
+    last_tool: str | None = None
     try:
         while True:
             if cancel is not None and cancel.is_set():
@@ -394,7 +426,11 @@ def run(
                 break
             last_output = time.monotonic()
             count += 1
-            if on_line(str(item)) and not final_seen:
+            line = str(item)
+            if on_event is not None:
+                last_tool = tool_used(line) or last_tool
+                on_event(StreamEvent(count, last_tool, last_output - started))
+            if on_line(line) and not final_seen:
                 # The final line is in: from here on only the exit is awaited, so a CLI
                 # that hangs after finishing is stopped after a grace period.
                 final_seen = True

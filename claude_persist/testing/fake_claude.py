@@ -23,6 +23,8 @@ marker in the prompt (the marker wins):
 ``error_times=N``    with ``error``: fail only the first N calls with this prompt, then answer
 ``lines=N``          add N assistant lines of ``line_bytes`` bytes (default 200) each
 ``line_interval=S``  sleep S seconds before each of those lines (a paced stream)
+``tools=A,B``        before those lines, one assistant line per name with a ``tool_use`` block
+                     (paced by ``line_interval`` too), as a turn that uses tools streams them
 ``cost=USD``         what the call costs (default 0.0125)
 ``cost_mode=M``      ``cumulative`` (2.1.330: a resume reports the session total) or ``call``
 ``version=V``        behave as that CLI version (default: the one below); 2.1.197 and older
@@ -44,7 +46,7 @@ role that reached the model.
 
 ``FAKE_CLAUDE_LOG=FILE`` appends one JSON line per call (argv, pid, process group, cwd, the
 prompt's size and start, times, the role passed and the role sent) so tests can check what was
-run and when.
+run and when, and the W3C ``TRACEPARENT`` it was given (``traceparent``, None without).
 """
 
 from __future__ import annotations
@@ -433,7 +435,8 @@ def main(argv: list[str] | None = None) -> None:
     install_signals(sw)
     log("start", argv=sys.argv, cwd=os.getcwd(), stdin_bytes=len(prompt.encode()),
         prompt_head=prompt[:200], effort=opts.get("--effort"), model=opts.get("--model"),
-        role_file=opts.get("--append-system-prompt-file"))
+        role_file=opts.get("--append-system-prompt-file"),
+        traceparent=os.environ.get("TRACEPARENT"))
     if sw.get("exit_empty"):
         raise SystemExit(0)
     if int(sw.get("stderr_bytes", "0") or 0):
@@ -510,6 +513,13 @@ def main(argv: list[str] | None = None) -> None:
                             "delta": {"type": "text_delta", "text": text}}})
         filler = "x" * int(sw.get("line_bytes", "200"))
         interval = float(sw.get("line_interval", "0") or 0)
+        for number, tool in enumerate(t for t in sw.get("tools", "").split(",") if t):
+            if interval:
+                time.sleep(interval)
+            emit({"type": "assistant", "session_id": session["session_id"],
+                  "message": {"role": "assistant", "content": [
+                      {"type": "tool_use", "id": f"toolu_fake_{number}", "name": tool,
+                       "input": {}}]}})
         for index in range(int(sw.get("lines", "0") or 0)):
             if interval:
                 time.sleep(interval)

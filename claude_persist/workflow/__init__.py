@@ -14,10 +14,11 @@ from typing import Any, TextIO
 
 from ..claude.command import Action
 from ..errors import WorkflowFailedError
+from ..observe import RunObserver
 from ..sessions import Sessions
 from ..settings import CallSettings, merge, remembered
 from . import expr, plan, report
-from .execute import RunSettings, Scheduler, lookup_in
+from .execute import Progress, RunSettings, Scheduler, lookup_in
 from .spec import SCHEMA_PATH, Step, Workflow, load_workflow, validate_var_assignments
 from .state import RunState, RunStore
 
@@ -98,11 +99,13 @@ def dry_run(workflow: Workflow, the_plan: plan.Plan, sessions: Sessions) -> str:
 
 
 def run(workflow: Workflow, the_plan: plan.Plan, sessions: Sessions, settings: RunSettings,
-        progress: report.ProgressPrinter | None = None) -> tuple[RunState, Path]:
-    """Run the workflow; return its final state and where that state is saved."""
+        progress: Progress | None = None, observer: RunObserver | None = None
+        ) -> tuple[RunState, Path]:
+    """Run the workflow; return its final state and where that state is saved. ``observer``
+    is told of the run, its steps and calls (besides the sessions' own observer)."""
     store = RunStore.for_workflow(sessions.store.folder, workflow.path, workflow.name)
     scheduler = Scheduler(workflow, the_plan, sessions, store, settings,
-                          progress or report.ProgressPrinter(workflow))
+                          progress or report.ProgressPrinter(workflow), observer)
     state = scheduler.run()
     return state, store.path(state.run_id)
 

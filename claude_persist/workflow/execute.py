@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
-from .. import fsio
+from .. import fsio, observe
 from ..claude.command import Action
 from ..claude.result import TurnResult
 from ..claude.runner import Limits, StopReason, run_command
@@ -61,6 +61,33 @@ class Progress(Protocol):
     def step_finished(self, step: Step, state: StepState) -> None: ...
 
     def step_retrying(self, step: Step, attempt: int, error: Exception, wait: float) -> None: ...
+
+
+class _Observed:
+    """The scheduler's progress, also told to the run's observer (``observe``)."""
+
+    def __init__(self, progress: Progress, scheduler: Scheduler) -> None:
+        self.progress = progress
+        self.scheduler = scheduler
+
+    def step_started(self, step: Step, state: StepState) -> None:
+        self.scheduler.observer.step_started(self.scheduler.step_info(step, state))
+        self.progress.step_started(step, state)
+
+    def step_finished(self, step: Step, state: StepState) -> None:
+        self.scheduler.observer.step_finished(
+            self.scheduler.step_info(step, state),
+            observe.StepOutcome(status=str(state.status), error=state.error,
+                                duration_s=state.duration_s, cost_usd=state.cost_usd,
+                                attempts=state.attempts, exit_code=state.exit_code,
+                                session_id=state.session_id, reused=state.reused))
+        self.progress.step_finished(step, state)
+
+    def step_retrying(self, step: Step, attempt: int, error: Exception, wait: float) -> None:
+        self.progress.step_retrying(step, attempt, error, wait)
+
+
+_INDEX = re.compile(r"\[(\d+)\]$")
 
 
 @dataclass(frozen=True)
@@ -216,13 +243,16 @@ class Scheduler:
     expansions too, and each session has a lock, so it never runs two turns at once."""
 
     def __init__(self, workflow: Workflow, plan: Plan, sessions: Sessions, store: RunStore,
-                 settings: RunSettings, progress: Progress) -> None:
+                 settings: RunSettings, progress: Progress,
+                 observer: observe.RunObserver | None = None) -> None:
         self.workflow = workflow
         self.plan = plan
         self.sessions = sessions
         self.store = store
         self.settings = settings
-        self.progress = progress
+        # The sessions' own observer (telemetry) sees the run too, so its calls nest in steps.
+        self.observer = observe.fan_out(sessions.observer, observer)
+        self.progress: Progress = _Observed(progress, self)
         self.cancel = threading.Event()
         self._lock = threading.Lock()
         self._position = {step_id: i for i, step_id in enumerate(plan.order)}
@@ -291,6 +321,7 @@ class Scheduler:
     def _run(self) -> RunState:
         began = time.monotonic()
         self.store.save(self.state)
+        self.observer.run_started(self.run_info())
         graph = sorter(self.plan.deps)
         waiting: list[str] = []  # ready: may start once a worker is free
         running: dict[Future[None], str] = {}
@@ -433,9 +464,17 @@ class Scheduler:
         state.status = StepStatus.RUNNING
         self.progress.step_started(step, state)
         last: Any = None
+        current: observe.StepInfo | None = None
+        broken = False
         for iteration in range(min(first, step.max_iterations), step.max_iterations + 1):
+            if current is not None:  # the previous pass went through; its until was false
+                self.observer.step_finished(current, observe.StepOutcome(status="succeeded"))
             state.iteration = iteration
             self._record(state)
+            current = observe.StepInfo(key=f"{state.id}#{iteration}", step_id=step.id,
+                                       kind="pass", parent=state.id,
+                                       iteration=iteration)
+            self.observer.step_started(current)
             inner = Scope(prefix=scope.prefix, iteration=iteration, outer=scope)
             broken = False
             for body in step.body:
@@ -466,6 +505,10 @@ class Scheduler:
             state.error = (f"loop {step.id}: until {expr.shown(step.until.text)} was still "
                            f"{expr.as_text(last) or 'false'} after {step.max_iterations} "
                            "iterations")
+        if current is not None:
+            self.observer.step_finished(current, observe.StepOutcome(
+                status="failed" if broken or self.cancel.is_set() else "succeeded",
+                error=state.error if broken else None))
         state.duration_s = round(time.monotonic() - began, 3)
         self._note_failure(step, state)
         self._record(state)
@@ -705,7 +748,8 @@ class Scheduler:
         for attempt in range(1, step.retries + 2):
             state.attempts = attempt
             try:
-                result = call_step(self.sessions, call, prompt, options, self.cancel)
+                with observe.in_step(self.observer, state.id):
+                    result = call_step(self.sessions, call, prompt, options, self.cancel)
             except STEP_ERRORS as error:
                 if attempt <= step.retries and is_transient(error) and \
                         not self.cancel.is_set():
@@ -788,6 +832,31 @@ class Scheduler:
                     state.status, state.error = StepStatus.FAILED, reason
             finish(self.state, status, time.monotonic() - began, reason)
             self.store.save(self.state)  # the whole state, once: the journal is compacted
+        self.observer.run_finished(self.run_info(), observe.RunOutcome(
+            status=str(self.state.status), duration_s=self.state.duration_s or 0.0,
+            cost_usd=self.state.total_cost_usd, stop_reason=self.state.stop_reason))
+
+    # -- what observers are told --------------------------------------------------------------
+
+    def run_info(self) -> observe.RunInfo:
+        return observe.RunInfo(run_id=self.state.run_id, workflow=self.workflow.name,
+                               path=str(self.workflow.path),
+                               resumed=self.settings.resume_run, max_parallel=self._workers)
+
+    def step_info(self, step: Step, state: StepState) -> observe.StepInfo:
+        """The node ``state`` is, under the node it runs in: a loop's body under its current
+        pass (``LOOP#n``), an expansion under its fan-out."""
+        parent = self.state.steps.get(state.parent) if state.parent else None
+        observed_parent = state.parent
+        if parent is not None and parent.kind == "loop" and parent.iteration is not None:
+            observed_parent = f"{parent.id}#{parent.iteration}"
+        index = _INDEX.search(state.id)
+        claude = state.kind == "claude"
+        return observe.StepInfo(
+            key=state.id, step_id=step.id, kind=state.kind, parent=observed_parent,
+            action=state.action if claude else None, session=state.session or None,
+            model=state.model if claude else None, effort=state.effort if claude else None,
+            iteration=state.iteration, item_index=int(index.group(1)) if index else None)
 
 
 SESSION_NAME = re.compile(r"^[A-Za-z0-9._-]+$")
