@@ -61,6 +61,17 @@ def from_environment(environ: Mapping[str, str] | None = None,
         from .observe import NULL_OBSERVER
 
         return NULL_OBSERVER
+    protocol = (environ.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
+                or environ.get("OTEL_EXPORTER_OTLP_PROTOCOL") or "http/protobuf").strip()
+    if protocol != "http/protobuf":
+        if notify is not None and not _warned:
+            _warned = True
+            notify(f"warning: OTLP protocol {protocol!r} is not supported; traces go over "
+                   "http/protobuf only: set OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf and the "
+                   "collector's HTTP endpoint (port 4318). No traces are sent.")
+        from .observe import NULL_OBSERVER
+
+        return NULL_OBSERVER
     try:
         tracer = _tracer_for(environ)
     except ImportError as exc:

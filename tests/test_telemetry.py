@@ -310,3 +310,12 @@ def test_without_the_extra_a_warning_says_how_to_install_it(workspace: Path,
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().splitlines()[-1] == "[]"
     assert done.stderr.count("pip install 'claude-persist[otel]'") == 1
+
+
+def test_an_otlp_protocol_other_than_http_protobuf_is_refused_with_a_warning(
+        workspace: Path, fake_claude: Any) -> None:
+    done = probe(workspace, {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:9",
+                             "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "[]"
+    assert done.stderr.count("OTLP protocol 'grpc' is not supported") == 1

@@ -147,13 +147,18 @@ def run_workflow(path: str | Path, vars: Mapping[str, str] | None = None,
     for an invalid file, :class:`WorkflowRunFailedError` (a ``WorkflowFailedError``, exit 1,
     with ``.report``) when a step failed, ``SessionBusyError`` when another process drives
     the run, ``InterruptedByUserError`` on Ctrl-C. Progress lines go to ``progress``
-    (default stderr)."""
+    (default stderr; a heartbeat while a step runs long, a live view on a terminal)."""
     sessions = _sessions(workspace)
     workflow, the_plan = load(path, sessions, vars, max_parallel)
     settings = RunSettings(max_parallel=max_parallel or workflow.max_parallel,
                            resume_run=resume_run, run_id=run_id)
-    state, state_file = run(workflow, the_plan, sessions, settings,
-                            report.ProgressPrinter(workflow, progress))
+    from .progress import for_stream
+
+    live = for_stream(workflow, progress)  # start and end lines, and heartbeats
+    try:
+        state, state_file = run(workflow, the_plan, sessions, settings, live, live.observer)
+    finally:
+        live.close()
     data = report.as_json(state, str(state_file))
     if state.status != "succeeded":
         raise WorkflowRunFailedError(
