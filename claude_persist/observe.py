@@ -6,7 +6,8 @@ An observer never changes what runs; the one thing it may add is environment for
 process (the W3C ``TRACEPARENT`` of the call's span), returned by :meth:`call_started`.
 
 Which step a call belongs to travels with the thread that runs it (:func:`in_step`), so the
-sessions layer needs no knowledge of workflows.
+sessions layer needs no knowledge of workflows. The records are named tuples: every resume
+imports this module, and they cost a fraction of dataclasses to define and to make.
 """
 
 from __future__ import annotations
@@ -14,8 +15,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from .claude.runner import StreamEvent
 
@@ -39,8 +39,7 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True)
-class RunInfo:
+class RunInfo(NamedTuple):
     """A workflow run as it starts."""
 
     run_id: str
@@ -50,16 +49,14 @@ class RunInfo:
     max_parallel: int = 1
 
 
-@dataclass(frozen=True)
-class RunOutcome:
+class RunOutcome(NamedTuple):
     status: str
     duration_s: float
     cost_usd: float
     stop_reason: str | None = None
 
 
-@dataclass(frozen=True)
-class StepInfo:
+class StepInfo(NamedTuple):
     """A node of the run: a step, a fan-out's expansion (``ID[i]``) or a loop's pass
     (``ID#n``, kind ``pass``). ``parent`` is the key of the node it runs inside, if any."""
 
@@ -75,8 +72,7 @@ class StepInfo:
     item_index: int | None = None
 
 
-@dataclass(frozen=True)
-class StepOutcome:
+class StepOutcome(NamedTuple):
     status: str
     error: str | None = None
     duration_s: float = 0.0
@@ -87,8 +83,7 @@ class StepOutcome:
     reused: bool = False
 
 
-@dataclass(frozen=True)
-class CallInfo:
+class CallInfo(NamedTuple):
     """One claude call (a turn), inside a workflow step (``step``) or on its own."""
 
     action: str
@@ -100,8 +95,7 @@ class CallInfo:
     step: str | None = None
 
 
-@dataclass(frozen=True)
-class CallOutcome:
+class CallOutcome(NamedTuple):
     """How a call ended: ``exit_code`` is the one of ``errors.EXIT_CODES`` it maps to."""
 
     ok: bool

@@ -151,9 +151,11 @@ class Sessions:
         self.notify = notify
         self.turn_runner = turn_runner
         if observer is None:
-            from . import telemetry  # imports no OpenTelemetry unless the variables ask
+            observer = observe.NULL_OBSERVER
+            if any(key.startswith("OTEL_") for key in os.environ):  # else not even loaded
+                from . import telemetry  # imports OpenTelemetry only if the variables ask
 
-            observer = telemetry.from_environment(environ, notify)
+                observer = telemetry.from_environment(os.environ, notify)
         self.observer = observer
 
     @property

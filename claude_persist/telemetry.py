@@ -284,7 +284,7 @@ class TracingObserver(NullObserver):
             "claude_persist.cost_usd": outcome.cost_usd,
             "claude_persist.num_turns": outcome.num_turns,
             "claude_persist.exit_code": outcome.exit_code,
-            "claude_persist.stream.events": event.count if event else None,
+            "claude_persist.stream.events": event.events if event else None,
             "claude_persist.stream.last_tool": event.last_tool if event else None,
             "error.type": outcome.error_type}))
         if not outcome.ok:

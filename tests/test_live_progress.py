@@ -55,7 +55,7 @@ def test_the_runner_reports_each_line_with_the_last_tool(tmp_path: Path) -> None
                          limits=runner.Limits(deadline=60), on_line=lambda line: None,
                          env=env, on_event=events.append)
     assert outcome.returncode == 0
-    assert [e.count for e in events] == list(range(1, outcome.lines + 1))
+    assert [e.events for e in events] == list(range(1, outcome.lines + 1))
     tools = [e.last_tool for e in events]
     # init and text lines: no tool yet; then Read, Grep, and Grep stays the last one
     assert tools[:2] == [None, None] and tools[2:4] == ["Read", "Grep"]

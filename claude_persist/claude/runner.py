@@ -23,6 +23,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
+from typing import NamedTuple
 
 from ..errors import ClaudeNotFoundError, UsageError
 
@@ -79,12 +80,12 @@ class ProcessOutcome:
     lines: int
 
 
-@dataclass(frozen=True)
-class StreamEvent:
+class StreamEvent(NamedTuple):
     """The stream so far, as each stdout line arrives: how many lines, the last tool the model
-    asked for (a ``tool_use`` content block of stream-json), and the seconds since the start."""
+    asked for (a ``tool_use`` content block of stream-json), and the seconds since the start.
+    A named tuple: one is made per line, and that is cheaper than a frozen dataclass."""
 
-    count: int
+    events: int
     last_tool: str | None
     elapsed: float
 

@@ -160,7 +160,7 @@ class LiveProgress:
         with self._lock:
             running = self._running.get(step or "")
             if running is not None:
-                running.events = event.count
+                running.events = event.events
                 running.last_tool = event.last_tool or running.last_tool
 
     # -- the clock ----------------------------------------------------------------------------
