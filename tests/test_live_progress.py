@@ -309,3 +309,12 @@ def test_on_a_terminal_a_live_view_replaces_the_scrolling_lines(workspace: Path,
     assert "\x1b[" in err and "F\x1b[J" in err  # ... and was rewritten in place
     assert "slow  create worker" in err and "succeeded" in err  # the end still scrolls
     assert "started" not in err and "still running" not in err
+
+
+def test_quiet_is_a_flag_of_both_faces(workspace: Path, face: Runner) -> None:
+    path = write(workspace, "version: 1\nsteps:\n  - {id: a, create: one, prompt: Hi.}\n")
+    ran = face("run", str(path), "--quiet")
+    assert ran.code == 0, ran.err
+    (line,) = ran.err.splitlines()
+    assert line.startswith("run ") and ": succeeded; 1 steps, 1 succeeded" in line
+    assert "fake reply to turn 1" in ran.out
