@@ -105,7 +105,10 @@ class CallOutcome(NamedTuple):
     session_id: str | None = None
     cost_usd: float | None = None
     input_tokens: int | None = None
+    """All the input, as the GenAI conventions count it: the cache's reads and writes too."""
     output_tokens: int | None = None
+    cache_read_tokens: int | None = None
+    cache_creation_tokens: int | None = None
     response_model: str | None = None
     num_turns: int | None = None
     events: int = 0
@@ -242,10 +245,15 @@ def call_succeeded(raw: Mapping[str, object], cost_usd: float | None) -> CallOut
     models = raw.get("model_usage_since_last_result") or raw.get("modelUsage")
     model = next(iter(models), None) if isinstance(models, Mapping) and models else None
     session_id = raw.get("session_id")
+    fresh = _int(usage.get("input_tokens"))
+    read = _int(usage.get("cache_read_input_tokens"))
+    written = _int(usage.get("cache_creation_input_tokens"))
     return CallOutcome(
         ok=True, session_id=session_id if isinstance(session_id, str) else None,
-        cost_usd=cost_usd, input_tokens=_int(usage.get("input_tokens")),
+        cost_usd=cost_usd,
+        input_tokens=None if fresh is None else fresh + (read or 0) + (written or 0),
         output_tokens=_int(usage.get("output_tokens")),
+        cache_read_tokens=read, cache_creation_tokens=written,
         response_model=model if isinstance(model, str) else None,
         num_turns=_int(raw.get("num_turns")))
 

@@ -281,6 +281,8 @@ class TracingObserver(NullObserver):
             "gen_ai.response.model": outcome.response_model,
             "gen_ai.usage.input_tokens": outcome.input_tokens,
             "gen_ai.usage.output_tokens": outcome.output_tokens,
+            "gen_ai.usage.cache_read.input_tokens": outcome.cache_read_tokens,
+            "gen_ai.usage.cache_creation.input_tokens": outcome.cache_creation_tokens,
             "claude_persist.cost_usd": outcome.cost_usd,
             "claude_persist.num_turns": outcome.num_turns,
             "claude_persist.exit_code": outcome.exit_code,

@@ -22,6 +22,7 @@ from claude_persist.observe import (
     RunOutcome,
     StepInfo,
     StepOutcome,
+    call_succeeded,
     fan_out,
 )
 from claude_persist.testing import InProcessClaude
@@ -176,3 +177,14 @@ def test_fan_out_drops_no_ops_and_merges_environments() -> None:
     assert both.call_started(call) == {"A": "1", "B": "2"}
     both.call_finished(call, CallOutcome(ok=True))
     assert len(first.events) == len(second.events) == 2
+
+
+def test_input_tokens_count_the_cache_as_the_genai_conventions_do() -> None:
+    outcome = call_succeeded({"session_id": "s", "num_turns": 2, "usage": {
+        "input_tokens": 3, "cache_read_input_tokens": 100, "cache_creation_input_tokens": 20,
+        "output_tokens": 7}, "modelUsage": {"claude-opus-4-6": {}}}, 0.5)
+    assert (outcome.input_tokens, outcome.cache_read_tokens, outcome.cache_creation_tokens,
+            outcome.output_tokens) == (123, 100, 20, 7)
+    assert outcome.response_model == "claude-opus-4-6" and outcome.num_turns == 2
+    bare = call_succeeded({"usage": "odd", "num_turns": True}, None)
+    assert bare.input_tokens is None and bare.num_turns is None and bare.session_id is None
