@@ -12,7 +12,7 @@ import contextlib
 import functools
 import os
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -36,6 +36,9 @@ from .store import MappingStore, notice
 
 if TYPE_CHECKING:
     from .bundle import ExportReport, Limits, Outcome
+    from .remote.base import SharedStore
+    from .remote.lease import Lease
+    from .remote.shared import Fetched, SharedSessions
     from .transcripts import TranscriptStatus
 
 
@@ -124,13 +127,20 @@ class Sessions:
         notify: Callable[[str], None] = notice,
         turn_runner: TurnRunner = run_turn,
         observer: observe.RunObserver | None = None,
+        store: str | SharedStore | None = None,
+        store_source: str = "store",
     ) -> None:
         """``defaults`` is the configuration layer of the settings merge (the lowest: a flag,
         a workflow step and the session's stored value all win over it); ``default_model`` and
         ``default_effort`` are shorthands for two of its fields. ``turn_runner`` runs each
         claude call (``claude_persist.testing.InProcessClaude`` answers without a process).
         ``observer`` is told of each call (default: OpenTelemetry when the ``OTEL_*``
-        variables ask for it and the ``otel`` extra is installed, else nothing)."""
+        variables ask for it and the ``otel`` extra is installed, else nothing).
+
+        ``store``: a shared session store (its URL, ``s3://...`` or ``dir:/...``, or an opened
+        :class:`~claude_persist.remote.SharedStore`); the store is then the truth and the
+        mapping file a cache (see :mod:`claude_persist.remote.shared`). ``store_source`` names
+        where a URL came from in a usage error (``--store``, ``CLAUDE_PERSIST_STORE``)."""
         self.workspace = (Path(workspace).resolve() if workspace
                           else find_workspace(Path(os.getcwd())))
         if not self.workspace.is_dir():
@@ -157,6 +167,14 @@ class Sessions:
 
                 observer = telemetry.from_environment(os.environ, notify)
         self.observer = observer
+        self.shared: SharedSessions | None = None
+        if store is not None:  # only then: nothing of remote/ is imported without a store
+            from .remote.shared import SharedSessions
+            from .remote.url import parse_store_url
+
+            opened = parse_store_url(store, store_source).open() if isinstance(store, str) \
+                else store
+            self.shared = SharedSessions(opened, self.store, self.workspace, env, notify)
 
     @property
     def mapping_file(self) -> Path:
@@ -166,8 +184,11 @@ class Sessions:
     # -- reading ------------------------------------------------------------------------------
 
     def list(self) -> list[SessionEntry]:
-        """Every named session of the workspace, sorted by name; a corrupt entry is left out and
-        named in a warning."""
+        """Every named session of the workspace (of the store, when one is set), sorted by
+        name; a corrupt entry is left out and named in a warning."""
+        if self.shared is not None:
+            return [e for e in (self._shared_entry(n) for n in self.shared.names())
+                    if e is not None]
         doc = self.store.read()
         broken = doc.unusable()
         if broken:
@@ -180,7 +201,23 @@ class Sessions:
 
     def resolve(self, name: str) -> SessionEntry:
         """The entry for ``name``; :class:`SessionNotFoundError` if there is none."""
+        if self.shared is not None:
+            name = validate.name(name)
+            entry = self._shared_entry(name)
+            if entry is None:
+                raise self.shared.not_found(name)
+            return entry
         return self._entry(self.store.read(), validate.name(name))
+
+    def _shared_entry(self, name: str) -> SessionEntry | None:
+        """The store's entry ``name``, as this workspace would keep it."""
+        from .mapping import entry_from_raw
+
+        assert self.shared is not None
+        document = self.shared.entry(name)
+        if document is None:
+            return None
+        return entry_from_raw(name, self.shared.localized(document.data))
 
     def _entry(self, doc: MappingDoc, name: str) -> SessionEntry:
         entry = doc.entry(name)
@@ -210,6 +247,17 @@ class Sessions:
         options = self._checked(options)
         name = validate.name(name)
         text = validate.prompt(prompt) if prompt is not None else init_prompt(name)
+        if self.shared is not None:
+            with self._leased(name, options, "create") as (lease, document):
+                if document is not None and not force:
+                    raise self._exists_in_store(name, document)
+                result = self._local_create(name, text, options, True, on_line, cancel)
+                return self._pushed(name, lease, document, result)
+        return self._local_create(name, text, options, force, on_line, cancel)
+
+    def _local_create(self, name: str, text: str, options: CallSettings, force: bool,
+                      on_line: Callable[[str], None] | None, cancel: threading.Event | None
+                      ) -> TurnResult:
         if not force:
             self._refuse_early(name)
         self.store.check_writable()  # before a call is spent on a name we could not save
@@ -232,6 +280,22 @@ class Sessions:
         """Continue a session by name (or by ``session_id``, which wins over the name)."""
         options = self._checked(options)
         text = validate.prompt(prompt)
+        if self.shared is not None:
+            if session_id is not None:
+                names = self.store.read().names_for_session(validate.session_id(session_id))
+                if not names:
+                    raise UsageError(f"with a shared store, sessions are resumed by name: no "
+                                     f"name maps to session {session_id} here")
+                name = names[0]
+            shared_name = validate.name(name)
+            with self._leased(shared_name, options, "resume", fetch=True) as (lease, document):
+                result = self._local_resume(shared_name, text, options, None, on_line, cancel)
+                return self._pushed(shared_name, lease, document, result)
+        return self._local_resume(name, text, options, session_id, on_line, cancel)
+
+    def _local_resume(self, name: str | None, text: str, options: CallSettings,
+                      session_id: str | None, on_line: Callable[[str], None] | None,
+                      cancel: threading.Event | None) -> TurnResult:
         sid, mapped_name = self._locate(name, session_id)
         lock_timeout = merge(options, self.defaults).lock_timeout
         with self.store.session_lock(sid, mapped_name or sid, lock_timeout) as lock:
@@ -263,7 +327,19 @@ class Sessions:
         options = self._checked(options)
         text = validate.prompt(prompt)
         new_name = validate.name(new_name, "--as")
-        source = self.resolve(name)
+        if self.shared is not None:
+            with self._leased(validate.name(name), options, "fork", fetch=True), \
+                    self._leased(new_name, options, "fork") as (lease, document):
+                if document is not None and not force:
+                    raise self._exists_in_store(new_name, document)
+                result = self._local_fork(name, new_name, text, options, True, on_line, cancel)
+                return self._pushed(new_name, lease, document, result)
+        return self._local_fork(name, new_name, text, options, force, on_line, cancel)
+
+    def _local_fork(self, name: str, new_name: str, text: str, options: CallSettings,
+                    force: bool, on_line: Callable[[str], None] | None,
+                    cancel: threading.Event | None) -> TurnResult:
+        source = self._entry(self.store.read(), validate.name(name))
         if not force:
             self._refuse_early(new_name)
         self.store.check_writable()  # before a call is spent on a name we could not save
@@ -283,6 +359,16 @@ class Sessions:
         """Map an existing Claude session (made interactively, say) under ``name``; no call."""
         name = validate.name(name)
         session_id = validate.session_id(session_id)
+        if self.shared is not None:
+            with self._leased(name, CallSettings(), "adopt") as (lease, document):
+                if document is not None and not force:
+                    raise self._exists_in_store(name, document)
+                entry = self._local_adopt(name, session_id, True)
+                self._push_or_explain(name, lease, document)
+                return entry
+        return self._local_adopt(name, session_id, force)
+
+    def _local_adopt(self, name: str, session_id: str, force: bool) -> SessionEntry:
         with self.store.update() as doc:
             if not force:
                 self._refuse_existing(doc, name)
@@ -303,6 +389,17 @@ class Sessions:
         """Remove the entry for ``name`` (or every name of ``session_id``); transcripts stay."""
         if (name is None) == (session_id is None):
             raise UsageError("delete needs exactly one of a name or a session id")
+        if self.shared is not None:
+            if name is not None:
+                wanted = [validate.name(name)]
+            else:
+                wanted = self.store.read().names_for_session(validate.session_id(str(session_id)))
+                if not wanted:
+                    raise SessionNotFoundError(
+                        f"no name in {self.store.path} maps to session {session_id}")
+            for each in wanted:
+                self._shared_delete(each)
+            return wanted
         with self.store.update() as doc:
             if name is not None:
                 name = validate.name(name)
@@ -321,6 +418,10 @@ class Sessions:
 
     def delete_all(self) -> builtins.list[str]:
         """Delete the workspace's mapping file (every name); Claude's transcripts stay."""
+        if self.shared is not None:
+            raise UsageError(f"with a shared store, delete the store's names one at a time "
+                             f"(delete -n NAME): --all would remove them for every machine "
+                             f"({self.shared.location})")
         names = [entry.name for entry in self.list()]
         self.store.remove_file()
         return names
@@ -451,6 +552,76 @@ class Sessions:
         new_id = "<new session id>" if action is Action.FORK else None
         return build_argv(self.claude_cmd, self._spec(action, target, title=title,
                                                       new_session_id=new_id))
+
+    # -- a shared store -----------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _leased(self, name: str, options: CallSettings, note: str, *, fetch: bool = False
+                ) -> Iterator[tuple[Lease, Any]]:
+        """Hold ``name``'s lease in the store (waiting up to the lock timeout); with ``fetch``
+        bring the session's entry and files here first (a name the store lacks is not found).
+        Yields the lease and the entry record as read (None: the store has no such name)."""
+        assert self.shared is not None
+        shared = self.shared
+        lock_timeout = merge(options, self.defaults).lock_timeout
+        with shared.lease(name, lock_timeout, note) as lease:
+            if fetch:
+                fetched: Fetched = shared.fetch(
+                    name, lambda sid: self.store.session_lock(sid, name, lock_timeout))
+                if fetched.document is None:
+                    raise shared.not_found(name)
+                yield lease, fetched.document
+            else:
+                yield lease, shared.entry(name)
+
+    def _exists_in_store(self, name: str, document: Any) -> NameExistsError:
+        assert self.shared is not None
+        sid = str((document.data.get("entry") or {}).get("session_id"))
+        return NameExistsError(
+            f"a session named {name!r} already exists (id {sid}) in the shared store "
+            f"{self.shared.location}.", name=name, session_id=sid)
+
+    def _pushed(self, name: str, lease: Lease, document: Any, result: TurnResult
+                ) -> TurnResult:
+        """Push the session after a call; a failure keeps the turn here and says how to push it
+        later (the error carries the finished turn as ``result``)."""
+        try:
+            self._push_or_explain(name, lease, document)
+        except Exception as exc:
+            exc.result = result  # type: ignore[attr-defined]
+            raise
+        return result
+
+    def _push_or_explain(self, name: str, lease: Lease, document: Any) -> None:
+        from .errors import StoreConflictError, StoreError
+
+        assert self.shared is not None
+        try:
+            self.shared.push(name, lease, None if document is None else document.version,
+                             None if document is None else document.data.get("files"))
+        except (StoreError, StoreConflictError) as exc:
+            raise self.shared.push_failed(name, exc) from exc
+
+    def _shared_delete(self, name: str) -> None:
+        assert self.shared is not None
+        with self._leased(name, self.defaults, "delete") as (lease, document):
+            if document is None:
+                raise self.shared.not_found(name)
+            lease.delete_entry(expect=document.version)
+        with self.store.update() as doc:
+            if name in doc.aliases:
+                doc.remove(name)
+
+    def sync(self) -> builtins.list[tuple[str, str]]:
+        """With a store: push the local sessions the store lacks or is behind on (a push that
+        failed after a call), pull those this machine lacks or is behind on. Gives ``(name,
+        what was done)`` per name."""
+        if self.shared is None:
+            raise UsageError("sync needs a shared store: --store URL, CLAUDE_PERSIST_STORE, "
+                             "or store: in the configuration")
+        lock_timeout = self.defaults.lock_timeout
+        return self.shared.sync(
+            lock_timeout, lambda sid: self.store.session_lock(sid, sid, lock_timeout))
 
     # -- internals ----------------------------------------------------------------------------
 

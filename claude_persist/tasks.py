@@ -11,6 +11,8 @@ Defaults come from Invoke configuration under ``claude_persist`` (``invoke.yaml`
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 import inspect
 import json
@@ -54,6 +56,7 @@ CONFIG_DEFAULTS: dict[str, Any] = {
     "workspace": None,
     "mapping_file": None,
     "claude_cmd": None,
+    "store": None,  # a shared session store (see "shared store" below)
     **dict.fromkeys(CONFIG_KEYS),
 }
 
@@ -138,17 +141,21 @@ def persist_task(
     signature = inspect.signature(body)
     params = [p for key, p in signature.parameters.items()
               if key not in preset and p.kind is not p.VAR_KEYWORD]
+    body_of_task: Callable[..., Any] = edge
+    if task_name in STORE_TASKS:  # --store: see "shared store" below
+        body_of_task = _with_store_flag(edge, task_name)
+        params.append(inspect.Parameter("store", inspect.Parameter.KEYWORD_ONLY, default=None))
     if any(p.kind is p.VAR_KEYWORD for p in signature.parameters.values()):
         # **flags: a flag for every per-call setting, from the settings dataclass
         params += [inspect.Parameter(flag, inspect.Parameter.KEYWORD_ONLY,
                                      default=False if flag == "partial" else None)
                    for flag in CLI_FLAGS if flag not in preset]
     shown = signature.replace(parameters=params)
-    edge.__signature__ = shown  # type: ignore[attr-defined]
-    edge.__doc__ = doc or body.__doc__
+    body_of_task.__signature__ = shown  # type: ignore[attr-defined]
+    body_of_task.__doc__ = doc or body.__doc__
     flag_help = {key: text for key, text in {**HELP, **(helps or {})}.items()
                  if key in shown.parameters}
-    return PersistTask(edge, name=name or body.__name__.rstrip("_"), aliases=aliases,
+    return PersistTask(body_of_task, name=name or body.__name__.rstrip("_"), aliases=aliases,
                        help=flag_help, auto_shortflags=False, positional=list(positional),
                        iterable=list(iterable))
 
@@ -243,10 +250,12 @@ def open_sessions(
 ) -> Sessions:
     """The library object for these flags, configuration filling in what they leave out."""
     cfg = settings(c)
+    store, store_source = store_setting(cfg)
     sessions = Sessions(
         workspace or _configured_workspace(c, cfg["workspace"]),
         mapping_file=mapping_file or cfg["mapping_file"],
         claude_cmd=resolve_claude_cmd(claude_cmd, cfg["claude_cmd"], os.environ),
+        store=store, store_source=store_source,
     )
     try:
         sessions.defaults = from_config(cfg).checked(sessions.workspace)
@@ -860,6 +869,116 @@ RUNS_HELP = {
 }
 
 
+# -- shared store: --store, sync, lease ---------------------------------------------------------
+#
+# The store comes from --store URL, else CLAUDE_PERSIST_STORE, else store: in the configuration
+# (flag > environment > configuration). The flag is added to the tasks below by persist_task
+# and read by open_sessions, so that the task bodies stay as they are.
+
+STORE_TASKS = frozenset({
+    "create", "resume", "fork", "adopt", "resolve", "list", "delete", "run", "sync", "lease",
+    "resume-json", "resume-stream", "create-session", "list-sessions", "delete-session"})
+STORE_VARIABLE = "CLAUDE_PERSIST_STORE"
+HELP["store"] = ("a shared session store every machine sees: s3://BUCKET/PREFIX or "
+                 "dir:/FOLDER (default: CLAUDE_PERSIST_STORE, then store: in the "
+                 "configuration)")
+HELP["break_"] = "remove the lease, whoever holds it (its holder's next write fails)"
+_STORE_FLAG: contextvars.ContextVar[str | None] = contextvars.ContextVar("store", default=None)
+
+
+def store_setting(cfg: dict[str, Any]) -> tuple[str | None, str]:
+    """The store URL and where it came from: --store, then the environment, then config."""
+    flag = _STORE_FLAG.get()
+    if flag:
+        return flag, "--store"
+    if os.environ.get(STORE_VARIABLE):
+        return os.environ[STORE_VARIABLE], STORE_VARIABLE
+    value = cfg.get("store")
+    if value is not None and not isinstance(value, str):
+        raise UsageError(f"store: {value!r} in the configuration is not a store URL "
+                         "(s3://BUCKET/PREFIX or dir:/FOLDER)")
+    return (value or None), "store: in the configuration"
+
+
+def _with_store_flag(edge: Callable[..., Any], task_name: str) -> Callable[..., Any]:
+    """The task with a --store flag, which open_sessions reads; a turn that finished before
+    its push to the store failed is still printed."""
+
+    @functools.wraps(edge)
+    def with_store(c: Context, *args: Any, store: str | None = None, **kwargs: Any) -> Any:
+        token = _STORE_FLAG.set(store)
+        try:
+            return _print_kept_turn(edge, task_name, c, *args, **kwargs)
+        finally:
+            _STORE_FLAG.reset(token)
+
+    return with_store
+
+
+def _print_kept_turn(edge: Callable[..., Any], task_name: str, c: Context, *args: Any,
+                     **kwargs: Any) -> Any:
+    try:
+        return edge(c, *args, **kwargs)
+    except Exit as exc:
+        finished = getattr(exc.__cause__, "result", None)
+        streamed = kwargs.get("stream") or task_name == "resume-stream"
+        if isinstance(finished, TurnResult) and not streamed:
+            plain = finished.session_id if task_name.startswith("create") else finished.text
+            with contextlib.suppress(BrokenPipeError):
+                show(finished, json=bool(kwargs.get("json") or task_name == "resume-json"),
+                     stream=False, plain=plain)
+        raise
+
+
+def sync(c: Context, workspace: str | None = None, mapping_file: str | None = None,
+         json: bool = False) -> None:
+    """With a shared store: push the sessions this machine has and the store lacks or is
+    behind on (a push that failed after a turn), and pull those the store has and this machine
+    lacks or is behind on. Prints each name and what was done; exit 4 if any conflicted."""
+    from .errors import StoreConflictError
+
+    sessions = open_sessions(c, workspace, mapping_file, None)
+    done = sessions.sync()
+    if json:
+        print_json({"sessions": [{"name": n, "done": d} for n, d in done]})
+    else:
+        for name, what in done:
+            print(f"{name}  {what}", flush=True)
+    conflicts = [n for n, d in done if d.startswith("conflict")]
+    if conflicts:
+        raise StoreConflictError(f"sync left {len(conflicts)} session(s) as they were: "
+                                 f"{', '.join(conflicts)} (see above)")
+
+
+def lease(c: Context, name: str | None = None, break_: bool = False, json: bool = False,
+          workspace: str | None = None, mapping_file: str | None = None) -> None:
+    """Show who holds a session's lease in the shared store and until when; --break removes
+    it (for a holder that is gone; a live holder's next write then fails with exit 4)."""
+    import time
+
+    from .remote.lease import break_lease, read_lease
+
+    sessions = open_sessions(c, workspace, mapping_file, None)
+    if sessions.shared is None:
+        raise UsageError("lease needs a shared store: --store URL, CLAUDE_PERSIST_STORE, or "
+                         "store: in the configuration")
+    name = validate.name(name)
+    store = sessions.shared.store
+    info = break_lease(store, name) if break_ else read_lease(store, name)
+    if json:
+        print_json({"name": name, "broken": break_ and info is not None,
+                    "lease": None if info is None else info.to_json()})
+        return
+    if info is None:
+        print(f"{name}: no lease (free)", flush=True)
+        return
+    left = info.expires_at - time.time()
+    state = f"expires in {left:.0f}s" if left > 0 else f"expired {-left:.0f}s ago"
+    verb = "broke the lease of" if break_ else "held by"
+    print(f"{name}: {verb} {info.holder}, {state}"
+          f"{f' ({info.note})' if info.note else ''}", flush=True)
+
+
 # -- the collection -----------------------------------------------------------------------------
 
 ns = Collection("claude_persist")
@@ -896,6 +1015,8 @@ for _task in (
     persist_task(runs_show, name="runs-show", positional=("run_id",), helps=RUNS_HELP),
     persist_task(runs_prune, name="runs-prune", helps=RUNS_HELP),
     persist_task(show_session, name="show", helps=RUNS_HELP),
+    persist_task(sync),
+    persist_task(lease, helps={"json": "print the lease as one JSON object"}),
 ):
     ns.add_task(_task)
 ns.configure({"claude_persist": dict(CONFIG_DEFAULTS)})

@@ -1,0 +1,339 @@
+"""Named sessions kept in a shared store: fetch a session's entry and files before a call,
+push them after it. Used by :class:`claude_persist.sessions.Sessions` when a store is set.
+
+A session in the store is one record of kind ``"entry"`` under its name::
+
+    {"entry": {...the mapping entry, as the mapping file holds it...},
+     "workspace_dir": "/the/workspace/it/was/pushed/from",
+     "files": {"<id>.jsonl": {"sha256": "...", "size": 123},
+               "<id>/subagents/agent-1.jsonl": {...}}}
+
+and one blob per file content. File paths are relative to the CLI's project folder of the
+session's cwd, as in a bundle, so a fetch places them for this machine's cwd the way ``import``
+does (``bundle.moved_path``, ``transcripts.project_folder``), and compares an existing local
+transcript the way import does (``transcripts.relation``: the same, behind, ahead, diverged).
+
+A push writes the blobs first, then the entry (compare-and-swap, fenced by the lease), so a
+reader that sees an entry finds every file it names.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .. import fsio, transcripts
+from ..errors import (
+    LeaseLostError,
+    SessionNotFoundError,
+    StoreConflictError,
+    StoreError,
+)
+from ..mapping import MappingDoc
+from ..store import MappingStore
+from ..transcripts import Relation
+from .base import Document, SharedStore
+from .lease import DEFAULT_TTL, Lease, LeaseInfo, held
+
+#: The variable that sets a lease's time to live in seconds (how long a session stays unusable
+#: after its holder's machine died); 30 unless set.
+TTL_VARIABLE = "CLAUDE_PERSIST_LEASE_TTL"
+STAGING_LABEL = ".claude-persist-fetch"
+SYNC_HINT = "run `claude-persist sync` once the store is reachable to push it"
+
+
+def lease_ttl(environ: Mapping[str, str] | None = None) -> float:
+    from ..errors import UsageError
+
+    value = (os.environ if environ is None else environ).get(TTL_VARIABLE, "")
+    if not value:
+        return DEFAULT_TTL
+    try:
+        ttl = float(value)
+    except ValueError:
+        raise UsageError(f"{TTL_VARIABLE}={value!r} is not a number of seconds") from None
+    if not 0 < ttl <= 86400:
+        raise UsageError(f"{TTL_VARIABLE}={value!r}: give a number of seconds above 0, at "
+                         "most 86400")
+    return ttl
+
+
+def _digest(path: Path) -> tuple[int, str]:
+    sha = hashlib.sha256()
+    size = 0
+    with path.open("rb") as handle:
+        while chunk := handle.read(1 << 20):
+            sha.update(chunk)
+            size += len(chunk)
+    return size, sha.hexdigest()
+
+
+@dataclass
+class Fetched:
+    """What a fetch found and did."""
+
+    document: Document | None
+    """The entry record as read (None: the store has no such name); its version is what the
+    push compares against."""
+    session_id: str | None = None
+    cwd: Path | None = None
+    placed: list[str] = field(default_factory=list)
+    ahead: bool = False
+    """The local transcript has turns the store lacks (an earlier push failed): the next push
+    carries them."""
+
+
+class SharedSessions:
+    """One workspace's view of a shared store."""
+
+    def __init__(self, store: SharedStore, mapping: MappingStore, workspace: Path,
+                 env: Mapping[str, str] | None, notify: Callable[[str], None]) -> None:
+        self.store = store
+        self.mapping = mapping
+        self.workspace = workspace
+        self.env = env
+        self.notify = notify
+        self.ttl = lease_ttl(env)
+
+    @property
+    def location(self) -> str:
+        return self.store.location
+
+    # -- leases -------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def lease(self, name: str, timeout: float | None, note: str) -> Iterator[Lease]:
+        def waiting(info: LeaseInfo) -> None:
+            limit = "until it is free" if timeout is None else f"up to {timeout:g}s"
+            self.notify(f"session {name} is in use: {info.holder} holds its lease in the "
+                        f"shared store {self.location}; waiting {limit}")
+
+        with held(self.store, name, ttl=self.ttl, timeout=timeout, note=note,
+                  on_wait=waiting) as lease:
+            yield lease
+
+    # -- reading ------------------------------------------------------------------------------
+
+    def names(self) -> list[str]:
+        return self.store.names("entry")
+
+    def entry(self, name: str) -> Document | None:
+        return self.store.get("entry", name)
+
+    def localized(self, data: Mapping[str, Any]) -> dict[str, Any]:
+        """The store's mapping entry as this workspace keeps it: its cwd and role moved from
+        the workspace it was pushed from into this one, as ``import`` moves them."""
+        from ..bundle import moved_path
+
+        entry = dict(data.get("entry") or {})
+        source = str(data.get("workspace_dir") or "")
+        cwd = entry.get("cwd")
+        moved = moved_path(cwd, source, self.workspace) if isinstance(cwd, str) and source \
+            else None
+        entry["cwd"] = str(moved or self.workspace)
+        role = entry.get("role")
+        if isinstance(role, str) and role and source:
+            moved_role = moved_path(role, source, self.workspace)
+            if moved_role is not None:
+                entry["role"] = str(moved_role)
+        return entry
+
+    def not_found(self, name: str) -> SessionNotFoundError:
+        known = ", ".join(self.names()[:20]) or "none yet"
+        return SessionNotFoundError(
+            f"no session named {name!r} in the shared store {self.location} (known names: "
+            f"{known})", name=name)
+
+    # -- fetch --------------------------------------------------------------------------------
+
+    def fetch(self, name: str, lock: Callable[[str], Any]) -> Fetched:
+        """Bring the session ``name`` from the store: place its files for this machine's cwd
+        (only those that differ) and map the name locally. ``lock(session_id)`` gives the
+        local session lock, held while files are placed. Call it holding the lease."""
+        document = self.entry(name)
+        if document is None:
+            return Fetched(None)
+        entry = self.localized(document.data)
+        sid = entry.get("session_id")
+        files = document.data.get("files")
+        if not isinstance(sid, str) or not isinstance(files, dict):
+            raise StoreError(f"the shared store {self.location} holds an entry {name!r} "
+                             "without a session id or files: it was not written by "
+                             "claude-persist. Delete it (delete -n NAME) and push again.",
+                             store=self.location, operation=f"read the entry {name!r}",
+                             reason="incomplete")
+        cwd = Path(entry["cwd"])
+        fetched = Fetched(document, sid, cwd)
+        with lock(sid):
+            self._place(name, sid, cwd, files, fetched)
+        with self.mapping.update() as doc:
+            doc.put(name, {**entry, "store_version": document.version})
+        return fetched
+
+    def _place(self, name: str, sid: str, cwd: Path, files: Mapping[str, Any],
+               fetched: Fetched) -> None:
+        transcript_rel = f"{sid}{transcripts.TRANSCRIPT_SUFFIX}"
+        local = transcripts.locate(sid, cwd, self.env)
+        project = local.parent if local is not None else transcripts.project_folder(
+            cwd, self.env)
+        wanted: list[tuple[str, str, Path]] = []  # (rel, digest, destination)
+        for rel, meta in files.items():
+            digest = meta.get("sha256") if isinstance(meta, dict) else None
+            if not isinstance(rel, str) or not isinstance(digest, str) \
+                    or not _safe_relative(rel, sid):
+                raise StoreError(f"the shared store {self.location} holds an entry {name!r} "
+                                 f"naming the file {rel!r}, which is not a session file",
+                                 store=self.location, operation=f"read the entry {name!r}",
+                                 reason="bad file name")
+            dest = project / rel
+            current = fsio.lstat(dest, "a session file")
+            if current is not None and _digest(dest)[1] == digest:
+                continue
+            wanted.append((rel, digest, dest))
+        if not wanted:
+            return
+        with fsio.Staging(transcripts.config_dir(self.env) / transcripts.PROJECTS,
+                          STAGING_LABEL) as staging:
+            staged: list[tuple[str, Path, Path]] = []
+            for rel, digest, dest in wanted:
+                data = self.store.get_blob(digest)
+                path, handle = staging.new_file()
+                handle.write(data)
+                staging.seal(handle)
+                staged.append((rel, path, dest))
+            # The transcript last, so that its folder's files are there first.
+            staged.sort(key=lambda item: item[0] == transcript_rel)
+            for rel, path, dest in staged:
+                if rel == transcript_rel and fsio.lstat(dest, "the transcript") is not None:
+                    found = transcripts.relation(dest, path)
+                    if found is Relation.AHEAD:
+                        fetched.ahead = True  # ours has more: the push after the call sends it
+                        continue
+                    if found is Relation.DIVERGED:
+                        raise StoreConflictError(
+                            f"session {name!r} ({sid}): this machine's transcript {dest} and "
+                            f"the shared store {self.location}'s have each turns the other "
+                            "lacks (a turn ran here while the store was unreachable, and "
+                            "another machine went on meanwhile). Keep one: move this "
+                            "machine's transcript aside to take the store's, or fork it.",
+                            store=self.location, key=name, operation="fetch the transcript")
+                staging.place(path, dest, "the transcript" if rel == transcript_rel
+                              else "a session file")
+                fetched.placed.append(rel)
+            staging.finish()
+
+    # -- push ---------------------------------------------------------------------------------
+
+    def record(self, name: str, doc: MappingDoc | None = None) -> dict[str, Any] | None:
+        """The store record for the local entry ``name``: its entry and its files' digests
+        (None: no such local name, or no transcript here)."""
+        doc = doc or self.mapping.read()
+        raw = doc.aliases.get(name)
+        if not isinstance(raw, dict) or not isinstance(raw.get("session_id"), str):
+            return None
+        entry = {k: v for k, v in raw.items() if k != "store_version"}
+        cwd = entry.get("cwd") or str(self.workspace)
+        found = transcripts.session_files(entry["session_id"], cwd, self.env)
+        if found is None:
+            return None
+        files = {}
+        for rel, path in found.all():
+            size, digest = _digest(path)
+            files[rel] = {"sha256": digest, "size": size}
+        return {"entry": entry, "workspace_dir": str(self.workspace), "files": files,
+                "_paths": {rel: str(path) for rel, path in found.all()}}
+
+    def push(self, name: str, lease: Lease, expect: str | None,
+             known: Mapping[str, Any] | None = None) -> str:
+        """Push the local session ``name``: its files' blobs (those the store's entry
+        ``known`` does not name already), then its entry, compare-and-swap on ``expect``
+        and fenced by ``lease``. Gives the entry's new version."""
+        data = self.record(name)
+        if data is None:
+            raise SessionNotFoundError(f"session {name!r} has no transcript on this machine "
+                                       "to push", name=name)
+        paths = data.pop("_paths")
+        have = {meta.get("sha256") for meta in (known or {}).values()
+                if isinstance(meta, dict)}
+        for rel, meta in data["files"].items():
+            if meta["sha256"] in have:
+                continue
+            with open(paths[rel], "rb") as handle:
+                content = handle.read()
+            if hashlib.sha256(content).hexdigest() != meta["sha256"]:
+                # Appended to since it was hashed (a turn of a process that took no lease):
+                # push what is there now.
+                meta["sha256"], meta["size"] = hashlib.sha256(content).hexdigest(), len(content)
+            self.store.put_blob(content)
+        version = lease.write_entry(data, expect=expect)
+        with self.mapping.update() as doc:
+            raw = doc.aliases.get(name)
+            if isinstance(raw, dict) and raw.get("session_id") == data["entry"]["session_id"]:
+                doc.put(name, {**raw, "store_version": version})
+        return version
+
+    def push_failed(self, name: str, error: Exception) -> StoreError | StoreConflictError:
+        """The error to raise when a push after a call failed: the turn is kept here."""
+        cmd = SYNC_HINT
+        text = (f"the turn finished and is kept on this machine, but pushing session {name!r} "
+                f"to the shared store {self.location} failed: {error} To push it: {cmd}.")
+        if isinstance(error, LeaseLostError):
+            return LeaseLostError(text, store=self.location, key=name,
+                                  operation="push the session")
+        if isinstance(error, StoreConflictError):
+            return StoreConflictError(text, store=self.location, key=name,
+                                      operation="push the session")
+        assert isinstance(error, StoreError)
+        return StoreError(text, store=self.location, operation="push the session",
+                          reason=error.reason)
+
+    # -- sync ---------------------------------------------------------------------------------
+
+    def sync(self, timeout: float | None, lock: Callable[[str], Any]) -> list[tuple[str, str]]:
+        """Push local names the store lacks or is behind on; pull the store's names this
+        machine lacks or is behind on. Gives ``(name, what was done)`` per name."""
+        done: list[tuple[str, str]] = []
+        local = self.mapping.read()
+        names = sorted(set(self.names()) | set(local.aliases))
+        for name in names:
+            try:
+                done.append((name, self._sync_one(name, timeout, lock)))
+            except (StoreConflictError, SessionNotFoundError) as exc:
+                done.append((name, f"conflict: {exc}"))
+        return done
+
+    def _sync_one(self, name: str, timeout: float | None, lock: Callable[[str], Any]) -> str:
+        with self.lease(name, timeout, "sync") as lease:
+            document = self.entry(name)
+            local = self.mapping.read().aliases.get(name)
+            if document is None:
+                if not isinstance(local, dict):
+                    return "gone"
+                self.push(name, lease, None)
+                return "pushed (new in the store)"
+            remote_sid = (document.data.get("entry") or {}).get("session_id")
+            if isinstance(local, dict) and local.get("session_id") != remote_sid \
+                    and local.get("store_version") is None:
+                raise StoreConflictError(
+                        f"{name!r} names session {local.get('session_id')} here and "
+                        f"{remote_sid} in the store; delete one of them (or rename it here: "
+                        "export, then import --as)", store=self.location, key=name,
+                        operation="sync")
+            fetched = self.fetch(name, lock)
+            if fetched.ahead:
+                self.push(name, lease, document.version, document.data.get("files"))
+                return "pushed (turns the store lacked)"
+            return f"pulled ({len(fetched.placed)} files)" if fetched.placed else "up to date"
+
+
+def _safe_relative(rel: str, sid: str) -> bool:
+    parts = rel.split("/")
+    if any(p in ("", ".", "..") for p in parts) or "\\" in rel or "\0" in rel:
+        return False
+    return rel == f"{sid}{transcripts.TRANSCRIPT_SUFFIX}" or (len(parts) > 1 and
+                                                               parts[0] == sid)

@@ -1,0 +1,194 @@
+"""Named sessions through a shared store, on several "machines" (separate homes, temp folders,
+state and config folders and workspace paths; real ``claude-persist`` processes and the fake
+CLI), against a folder store and the local S3 server."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from claude_persist.remote import open_store, read_lease
+
+from .machines import Machine, make_machine, replies, user_prompts
+
+
+@pytest.fixture
+def two(store_url: str, tmp_path: Path) -> tuple[Machine, Machine]:
+    return (make_machine(tmp_path, "a", store_url, "work space"),
+            make_machine(tmp_path, "b", store_url, "elsewhere-ß"))
+
+
+def sid_of(out: str) -> str:
+    return out.strip().splitlines()[-1]
+
+
+def test_create_on_one_machine_resume_by_name_on_another(two: tuple[Machine, Machine]) -> None:
+    a, b = two
+    made = a.run("create", "-n", "plan", "-p", "one", "--model", "opus")
+    assert made.code == 0, made.err
+    sid = sid_of(made.out)
+    assert not b.transcript(sid).exists()
+    listed = b.run("list", "--json")
+    assert listed.code == 0, listed.err
+    assert [s["name"] for s in json.loads(listed.out)["sessions"]] == ["plan"]
+    assert b.run("resolve", "-n", "plan").out.strip() == sid
+    turn = b.run("resume", "-n", "plan", "-p", "two, on b")
+    assert turn.code == 0, turn.err
+    assert f"turn 2 of session {sid}" in turn.out  # the fake saw the first turn
+    assert user_prompts(b.transcript(sid)) == ["one", "two, on b"]
+    entry = json.loads(b.run("resolve", "-n", "plan", "--json").out)
+    assert entry["cwd"] == str(b.workspace) and entry["last_model"] == "opus"
+    back = a.run("resume", "-n", "plan", "-p", "three, on a")  # a fast-forwards first
+    assert back.code == 0, back.err
+    assert f"turn 3 of session {sid}" in back.out
+    assert user_prompts(a.transcript(sid)) == ["one", "two, on b", "three, on a"]
+
+
+def test_names_the_store_holds_are_refused_and_deleted_for_everyone(
+        two: tuple[Machine, Machine]) -> None:
+    a, b = two
+    assert a.run("create", "-n", "x", "-p", "one").code == 0
+    again = b.run("create", "-n", "x", "-p", "mine")
+    assert again.code == 2 and "already exists" in again.err and "shared store" in again.err
+    forked = b.run("fork", "-n", "x", "--as", "y", "-p", "branch")
+    assert forked.code == 0, forked.err
+    assert "turn 2" in forked.out
+    assert a.run("resolve", "-n", "y").code == 0
+    gone = b.run("delete", "-n", "x")
+    assert gone.code == 0 and gone.out.split() == ["x"]
+    missing = a.run("resume", "-n", "x", "-p", "more")
+    assert missing.code == 3 and "shared store" in missing.err
+    assert a.run("list", "--json").out.count('"name"') == 1
+    refused = a.run("delete", "--all", "--yes")
+    assert refused.code == 2 and "one at a time" in refused.err
+
+
+def test_lease_shows_its_holder_and_break_frees_it(two: tuple[Machine, Machine]) -> None:
+    a, b = two
+    assert a.run("create", "-n", "s", "-p", "one").code == 0
+    free = b.run("lease", "-n", "s")
+    assert free.code == 0 and "no lease" in free.out
+    running = a.start("resume", "-n", "s", "-p", "[fake delay=60] long")
+    try:
+        store = open_store(a.env["CLAUDE_PERSIST_STORE"])
+        deadline = time.monotonic() + 60
+        while read_lease(store, "s") is None:
+            assert time.monotonic() < deadline and running.poll() is None
+            time.sleep(0.05)
+        shown = b.run("lease", "-n", "s", "--json")
+        info = json.loads(shown.out)["lease"]
+        assert info["note"] == "resume" and info["pid"] == running.pid
+        busy = b.run("resume", "-n", "s", "-p", "x", "--lock-timeout", "0.5")
+        assert busy.code == 4 and f"pid {running.pid}" in busy.err
+        broken = b.run("lease", "-n", "s", "--break")
+        assert broken.code == 0 and "broke" in broken.out
+    finally:
+        os.killpg(running.pid, signal.SIGKILL)
+        running.wait()
+    assert read_lease(store, "s") is None
+    store.close()
+
+
+def test_a_push_that_fails_keeps_the_turn_and_sync_pushes_it(
+        two: tuple[Machine, Machine]) -> None:
+    a, b = two
+    sid = sid_of(a.run("create", "-n", "s", "-p", "one").out)
+    running = a.start("resume", "-n", "s", "-p", "[fake delay=3] two")
+    store = open_store(a.env["CLAUDE_PERSIST_STORE"])
+    try:
+        deadline = time.monotonic() + 60
+        while read_lease(store, "s") is None:
+            assert time.monotonic() < deadline and running.poll() is None
+            time.sleep(0.05)
+        assert b.run("lease", "-n", "s", "--break").code == 0  # a's push must now fail
+        out, err = running.communicate(timeout=120)
+    finally:
+        store.close()
+    assert running.returncode == 4, err
+    assert "turn 2 of session" in out  # the paid answer is still printed
+    assert "claude-persist sync" in err and "kept on this machine" in err
+    assert user_prompts(a.transcript(sid))[-1].endswith("two")
+    synced = a.run("sync")
+    assert synced.code == 0, synced.err
+    assert "s  pushed" in synced.out
+    turn = b.run("resume", "-n", "s", "-p", "three")
+    assert turn.code == 0 and "turn 3 of session" in turn.out, turn.err
+
+
+def test_a_holder_killed_frees_the_session_after_the_expiry_and_loses_nothing_pushed(
+        store_url: str, tmp_path: Path) -> None:
+    ttl = {"CLAUDE_PERSIST_LEASE_TTL": "2"}
+    a = make_machine(tmp_path, "a", store_url, **ttl)
+    b = make_machine(tmp_path, "b", store_url, **ttl)
+    sid = sid_of(a.run("create", "-n", "s", "-p", "one").out)
+    assert a.run("resume", "-n", "s", "-p", "two").code == 0
+    running = a.start("resume", "-n", "s", "-p", "[fake delay=60] never pushed")
+    store = open_store(store_url)
+    try:
+        deadline = time.monotonic() + 60
+        while read_lease(store, "s") is None:
+            assert time.monotonic() < deadline and running.poll() is None
+            time.sleep(0.05)
+        os.killpg(running.pid, signal.SIGKILL)
+        running.wait()
+        assert read_lease(store, "s") is not None  # the dead holder's lease is still there
+    finally:
+        store.close()
+    turn = b.run("resume", "-n", "s", "-p", "three", "--lock-timeout", "60")
+    assert turn.code == 0, turn.err
+    assert f"turn 3 of session {sid}" in turn.out
+    assert user_prompts(b.transcript(sid)) == ["one", "two", "three"]
+
+
+def test_sync_pulls_the_names_a_machine_lacks(two: tuple[Machine, Machine]) -> None:
+    a, b = two
+    sid = sid_of(a.run("create", "-n", "p", "-p", "one").out)
+    pulled = b.run("sync")
+    assert pulled.code == 0, pulled.err
+    assert "p  pulled" in pulled.out
+    assert b.transcript(sid).read_bytes() == a.transcript(sid).read_bytes()
+    assert b.run("sync").out.strip() == "p  up to date"
+
+
+def test_a_workflow_run_takes_its_sessions_from_the_store(
+        two: tuple[Machine, Machine]) -> None:
+    a, b = two
+    assert a.run("create", "-n", "rev", "-p", "one").code == 0
+    flow = b.workspace / "flow.yml"
+    flow.write_text("version: 1\nname: flow\nsteps:\n"
+                    "  - id: more\n    resume: rev\n    prompt: two from a workflow\n"
+                    "  - id: fresh\n    create: other\n    prompt: hello\n")
+    ran = b.run("run", str(flow))
+    assert ran.code == 0, ran.err
+    assert "fake reply to turn 1 of session" in ran.out  # the last step's: a new session
+    turn = a.run("resume", "-n", "rev", "-p", "three")
+    assert turn.code == 0 and "turn 3 of session" in turn.out, turn.err
+    assert a.run("resolve", "-n", "other").code == 0
+
+
+def test_without_a_store_nothing_of_remote_is_imported(tmp_path: Path) -> None:
+    m = make_machine(tmp_path, "m", None)
+    probe = ("import sys; from claude_persist.cli import main\n"
+             "try:\n    main(['claude-persist', 'list'])\nexcept SystemExit:\n    pass\n"
+             "print(sorted(k for k in sys.modules if 'remote' in k or k.startswith('boto')),"
+             " file=sys.stderr)")
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", probe], cwd=m.workspace, env=m.env,
+                          capture_output=True, text=True, timeout=60)
+    assert done.stderr.strip().splitlines()[-1] == "[]"
+
+
+def test_replies_are_in_order(two: tuple[Machine, Machine]) -> None:
+    a, b = two
+    sid = sid_of(a.run("create", "-n", "o", "-p", "one").out)
+    for i, m in enumerate([b, a, b]):
+        assert m.run("resume", "-n", "o", "-p", f"t{i}").code == 0
+    said = replies(b.transcript(sid))
+    assert [int(r.split("turn ")[1].split()[0]) for r in said] == [1, 2, 3, 4]
