@@ -197,35 +197,40 @@ class SharedSessions:
             wanted.append((rel, digest, dest))
         if not wanted:
             return
+        # The transcript first: when this machine's copy has turns the store lacks (an earlier
+        # push failed), nothing is placed and the push after the call sends them; the
+        # transcript's own folder is placed before it, so that its files are there first.
+        wanted.sort(key=lambda item: item[0] != transcript_rel)
         with fsio.Staging(transcripts.config_dir(self.env) / transcripts.PROJECTS,
                           STAGING_LABEL) as staging:
             staged: list[tuple[str, Path, Path]] = []
             for rel, digest, dest in wanted:
-                data = self.store.get_blob(digest)
                 path, handle = staging.new_file()
-                handle.write(data)
+                handle.write(self.store.get_blob(digest))
                 staging.seal(handle)
-                staged.append((rel, path, dest))
-            # The transcript last, so that its folder's files are there first.
-            staged.sort(key=lambda item: item[0] == transcript_rel)
-            for rel, path, dest in staged:
                 if rel == transcript_rel and fsio.lstat(dest, "the transcript") is not None:
                     found = transcripts.relation(dest, path)
                     if found is Relation.AHEAD:
-                        fetched.ahead = True  # ours has more: the push after the call sends it
-                        continue
+                        fetched.ahead = True
+                        return
                     if found is Relation.DIVERGED:
-                        raise StoreConflictError(
-                            f"session {name!r} ({sid}): this machine's transcript {dest} and "
-                            f"the shared store {self.location}'s have each turns the other "
-                            "lacks (a turn ran here while the store was unreachable, and "
-                            "another machine went on meanwhile). Keep one: move this "
-                            "machine's transcript aside to take the store's, or fork it.",
-                            store=self.location, key=name, operation="fetch the transcript")
+                        raise self._diverged(name, sid, dest)
+                staged.append((rel, path, dest))
+            if staged[0][0] == transcript_rel:
+                staged.append(staged.pop(0))  # the transcript goes into place last
+            for rel, path, dest in staged:
                 staging.place(path, dest, "the transcript" if rel == transcript_rel
                               else "a session file")
                 fetched.placed.append(rel)
             staging.finish()
+
+    def _diverged(self, name: str, sid: str, local: Path) -> StoreConflictError:
+        return StoreConflictError(
+            f"session {name!r} ({sid}): this machine's transcript {local} and the shared store "
+            f"{self.location}'s have each turns the other lacks (a turn ran here while the "
+            "store was unreachable, and another machine went on meanwhile). Keep one: move "
+            "this machine's transcript aside to take the store's, or fork it.",
+            store=self.location, key=name, operation="fetch the transcript")
 
     # -- push ---------------------------------------------------------------------------------
 

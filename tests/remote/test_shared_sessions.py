@@ -192,3 +192,13 @@ def test_replies_are_in_order(two: tuple[Machine, Machine]) -> None:
         assert m.run("resume", "-n", "o", "-p", f"t{i}").code == 0
     said = replies(b.transcript(sid))
     assert [int(r.split("turn ")[1].split()[0]) for r in said] == [1, 2, 3, 4]
+
+
+def test_eight_machines_hammering_four_sessions_lose_and_overlap_no_turn(tmp_path: Path) -> None:
+    """The short form; tests/stress runs it for longer on both stores."""
+    from .hammer import hammer
+
+    folder = tmp_path / "store"
+    folder.mkdir()
+    figures = hammer(f"dir:{folder}", tmp_path, machines=8, sessions=4, turns=2, seconds=0)
+    assert figures["turns"] == 16
