@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from . import figures
+from . import figures, store
 from .figures import Figure
 
 # Each figure: the function that measures it, its full sizes, and its --quick sizes.
@@ -39,6 +39,9 @@ PLAN: dict[str, tuple[Callable[..., Figure | list[Figure]], dict[str, Any], dict
                {"sessions": 100, "kilobytes": 256, "rounds": 1}),
     "bundle-mapping": (figures.import_into_big_mapping, {"size": 10_000, "rounds": 7},
                        {"size": 10_000, "rounds": 3}),
+    "store-resume": (store.store_resume, {"rounds": 20}, {"rounds": 5}),
+    "store-throughput": (store.store_throughput, {"machines": 8, "sessions": 4, "seconds": 60},
+                         {"machines": 8, "sessions": 4, "seconds": 10}),
 }
 
 
