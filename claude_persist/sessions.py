@@ -69,6 +69,9 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat()
 
 
+#: Seconds ``sync`` waits for a session another machine is using (unless a lock timeout is set).
+SYNC_WAIT = 60.0
+
 #: The API's name for per-call settings (model, effort, role, limits...): see ``settings``.
 TurnOptions = CallSettings
 
@@ -619,7 +622,9 @@ class Sessions:
         if self.shared is None:
             raise UsageError("sync needs a shared store: --store URL, CLAUDE_PERSIST_STORE, "
                              "or store: in the configuration")
+        # A session in use is reported and left for the next sync, not waited on for ever.
         lock_timeout = self.defaults.lock_timeout
+        lock_timeout = SYNC_WAIT if lock_timeout is None else lock_timeout
         return self.shared.sync(
             lock_timeout, lambda sid: self.store.session_lock(sid, sid, lock_timeout))
 

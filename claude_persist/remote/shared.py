@@ -30,6 +30,7 @@ from typing import Any
 from .. import fsio, transcripts
 from ..errors import (
     LeaseLostError,
+    SessionBusyError,
     SessionNotFoundError,
     StoreConflictError,
     StoreError,
@@ -308,7 +309,7 @@ class SharedSessions:
         for name in names:
             try:
                 done.append((name, self._sync_one(name, timeout, lock)))
-            except (StoreConflictError, SessionNotFoundError) as exc:
+            except (StoreConflictError, SessionNotFoundError, SessionBusyError) as exc:
                 done.append((name, f"conflict: {exc}"))
         return done
 
