@@ -45,6 +45,9 @@ from .lease import DEFAULT_TTL, Lease, LeaseInfo, held
 #: after its holder's machine died); 30 unless set.
 TTL_VARIABLE = "CLAUDE_PERSIST_LEASE_TTL"
 STAGING_LABEL = ".claude-persist-fetch"
+#: Marks a local mapping entry that came from the store (a name made here without a store and
+#: a store's name that differ are a conflict for ``sync``; a store's name re-pointed is pulled).
+SHARED_MARK = "from_store"
 SYNC_HINT = "run `claude-persist sync` once the store is reachable to push it"
 
 
@@ -172,8 +175,10 @@ class SharedSessions:
         fetched = Fetched(document, sid, cwd)
         with lock(sid):
             self._place(name, sid, cwd, files, fetched)
-        with self.mapping.update() as doc:
-            doc.put(name, {**entry, "store_version": document.version})
+        local = {**entry, SHARED_MARK: True}
+        if self.mapping.read().aliases.get(name) != local:  # a write costs two fsyncs
+            with self.mapping.update() as doc:
+                doc.put(name, local)
         return fetched
 
     def _place(self, name: str, sid: str, cwd: Path, files: Mapping[str, Any],
@@ -242,7 +247,7 @@ class SharedSessions:
         raw = doc.aliases.get(name)
         if not isinstance(raw, dict) or not isinstance(raw.get("session_id"), str):
             return None
-        entry = {k: v for k, v in raw.items() if k != "store_version"}
+        entry = {k: v for k, v in raw.items() if k != SHARED_MARK}
         cwd = entry.get("cwd") or str(self.workspace)
         found = transcripts.session_files(entry["session_id"], cwd, self.env)
         if found is None:
@@ -276,12 +281,7 @@ class SharedSessions:
                 # push what is there now.
                 meta["sha256"], meta["size"] = hashlib.sha256(content).hexdigest(), len(content)
             self.store.put_blob(content)
-        version = lease.write_entry(data, expect=expect)
-        with self.mapping.update() as doc:
-            raw = doc.aliases.get(name)
-            if isinstance(raw, dict) and raw.get("session_id") == data["entry"]["session_id"]:
-                doc.put(name, {**raw, "store_version": version})
-        return version
+        return lease.write_entry(data, expect=expect)
 
     def push_failed(self, name: str, error: Exception) -> StoreError | StoreConflictError:
         """The error to raise when a push after a call failed: the turn is kept here."""
@@ -324,7 +324,7 @@ class SharedSessions:
                 return "pushed (new in the store)"
             remote_sid = (document.data.get("entry") or {}).get("session_id")
             if isinstance(local, dict) and local.get("session_id") != remote_sid \
-                    and local.get("store_version") is None:
+                    and not local.get(SHARED_MARK):
                 raise StoreConflictError(
                         f"{name!r} names session {local.get('session_id')} here and "
                         f"{remote_sid} in the store; delete one of them (or rename it here: "
