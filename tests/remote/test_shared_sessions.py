@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from claude_persist.remote import open_store, read_lease
+from claude_persist.remote import break_lease, open_store, read_lease
 
 from .machines import Machine, make_machine, replies, user_prompts
 
@@ -98,14 +98,15 @@ def test_a_push_that_fails_keeps_the_turn_and_sync_pushes_it(
         two: tuple[Machine, Machine]) -> None:
     a, b = two
     sid = sid_of(a.run("create", "-n", "s", "-p", "one").out)
-    running = a.start("resume", "-n", "s", "-p", "[fake delay=3] two")
+    running = a.start("resume", "-n", "s", "-p", "[fake delay=5] two")
     store = open_store(a.env["CLAUDE_PERSIST_STORE"])
     try:
         deadline = time.monotonic() + 60
         while read_lease(store, "s") is None:
             assert time.monotonic() < deadline and running.poll() is None
-            time.sleep(0.05)
-        assert b.run("lease", "-n", "s", "--break").code == 0  # a's push must now fail
+            time.sleep(0.01)
+        # Broken at once (in this process), long before the fake answers: a's push must fail.
+        assert break_lease(store, "s") is not None
         out, err = running.communicate(timeout=120)
     finally:
         store.close()
