@@ -203,3 +203,40 @@ def test_eight_machines_hammering_four_sessions_lose_and_overlap_no_turn(tmp_pat
     folder.mkdir()
     figures = hammer(f"dir:{folder}", tmp_path, machines=8, sessions=4, turns=2, seconds=0)
     assert figures["turns"] == 16
+
+
+def test_a_store_that_fails_before_the_call_spends_no_call(store_url: str, tmp_path: Path,
+                                                           aws_env: str) -> None:
+    """A missing folder, a missing bucket: exit 75 naming it and the operation; claude is never
+    started (the fake logs every call it gets)."""
+    log = tmp_path / "calls.log"
+    missing = (f"dir:{tmp_path / 'not mounted'}" if store_url.startswith("dir:")
+               else "s3://no-such-bucket-here/team")
+    m = make_machine(tmp_path, "m", missing, FAKE_CLAUDE_LOG=str(log))
+    for args in (["create", "-n", "x", "-p", "one"], ["resume", "-n", "x", "-p", "two"]):
+        failed = m.run(*args)
+        assert failed.code == 75, failed.err
+        where = "not mounted" if store_url.startswith("dir:") else "no-such-bucket-here"
+        assert where in failed.err and "Traceback" not in failed.err
+    assert not log.exists() or not log.read_text().strip()
+
+
+def test_the_store_setting_flag_over_environment_over_configuration(tmp_path: Path) -> None:
+    stores = {}
+    for key in ("flag", "env", "config"):
+        stores[key] = tmp_path / f"store-{key}"
+        stores[key].mkdir()
+    m = make_machine(tmp_path, "m", f"dir:{stores['env']}")
+    (m.workspace / "invoke.yaml").write_text(
+        f"claude_persist:\n  store: dir:{stores['config']}\n")
+    assert m.run("create", "-n", "by-flag", "--store", f"dir:{stores['flag']}").code == 0
+    assert m.run("create", "-n", "by-env").code == 0
+    del m.env["CLAUDE_PERSIST_STORE"]
+    assert m.run("create", "-n", "by-config").code == 0
+    for key, name in (("flag", "by-flag"), ("env", "by-env"), ("config", "by-config")):
+        store = open_store(f"dir:{stores[key]}")
+        assert store.names("entry") == [name]
+        store.close()
+    m.env["CLAUDE_PERSIST_STORE"] = "ftp://nope"
+    bad = m.run("list")
+    assert bad.code == 2 and "CLAUDE_PERSIST_STORE" in bad.err and "s3://" in bad.err
