@@ -450,6 +450,12 @@ class Sessions:
         None it is left out with a warning."""
         from . import __version__, bundle, fsio, transcripts
 
+        if self.shared is not None:  # the store's sessions, brought here first
+            names = [validate.name(n) for n in names] if names is not None \
+                else self.shared.names()
+            for name in names:
+                with self._leased(name, self.defaults, "export", fetch=True):
+                    pass
         doc = self.store.read()
         wanted = [validate.name(n) for n in names] if names is not None else sorted(doc.aliases)
         sources = []
@@ -522,7 +528,45 @@ class Sessions:
         done = bundle.outcomes(names)
         if late:
             raise ImportConflictError(late, imported=[o.name for o in done])
+        if self.shared is not None:
+            self._push_imported([o.name for o in done])
         return done
+
+    def _push_imported(self, names: Sequence[str]) -> None:
+        """Push what an import brought to the store: a name the store lacks, or one whose
+        transcript the import extended past the store's. A name the store maps to another
+        session, or whose copies diverged, is left as it is there and reported."""
+        from .errors import StoreConflictError
+
+        assert self.shared is not None
+        lock_timeout = self.defaults.lock_timeout
+        problems = []
+        for name in names:
+            with self._leased(name, self.defaults, "import") as (lease, document):
+                local = self.store.read().aliases.get(name)
+                local_sid = local.get("session_id") if isinstance(local, dict) else None
+                if document is not None:
+                    remote_sid = (document.data.get("entry") or {}).get("session_id")
+                    if remote_sid != local_sid:
+                        problems.append(
+                            f"{name}: the store maps it to session {remote_sid}, the bundle to "
+                            f"{local_sid}; import it under another name (--as), or delete it "
+                            "from the store first")
+                        continue
+                    try:
+                        fetched = self.shared.fetch(name, lambda sid: self.store.session_lock(
+                            sid, sid, lock_timeout))
+                    except StoreConflictError as exc:
+                        problems.append(f"{name}: {exc}")
+                        continue
+                    if not fetched.ahead:
+                        continue  # the store had every turn already
+                self._push_or_explain(name, lease, document)
+        if problems:
+            raise StoreConflictError(
+                "imported here, but not pushed to the shared store "
+                f"{self.shared.location}:\n" + "\n".join(problems),
+                store=self.shared.location, operation="push imported sessions")
 
     def _missing_transcript(self, name: str | None, session_id: str, cwd: str | Path
                             ) -> TranscriptMissingError:

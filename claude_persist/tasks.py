@@ -877,6 +877,7 @@ RUNS_HELP = {
 
 STORE_TASKS = frozenset({
     "create", "resume", "fork", "adopt", "resolve", "list", "delete", "run", "sync", "lease",
+    "export", "import",
     "resume-json", "resume-stream", "create-session", "list-sessions", "delete-session"})
 STORE_VARIABLE = "CLAUDE_PERSIST_STORE"
 HELP["store"] = ("a shared session store every machine sees: s3://BUCKET/PREFIX or "

@@ -240,3 +240,31 @@ def test_the_store_setting_flag_over_environment_over_configuration(tmp_path: Pa
     m.env["CLAUDE_PERSIST_STORE"] = "ftp://nope"
     bad = m.run("list")
     assert bad.code == 2 and "CLAUDE_PERSIST_STORE" in bad.err and "s3://" in bad.err
+
+
+def test_export_and_import_work_against_the_store(store_url: str, tmp_path: Path) -> None:
+    """A bundle made without a store is imported into it; another machine exports a session
+    it never had locally (fetched from the store first)."""
+    alone = make_machine(tmp_path, "alone", None)
+    sid = sid_of(alone.run("create", "-n", "old", "-p", "one").out)
+    bundle = tmp_path / "old.tgz"
+    assert alone.run("export", "-n", "old", "-o", str(bundle)).code == 0
+    a = make_machine(tmp_path, "a", store_url)
+    b = make_machine(tmp_path, "b", store_url)
+    imported = a.run("import", str(bundle))
+    assert imported.code == 0, imported.err
+    turn = b.run("resume", "-n", "old", "-p", "two")
+    assert turn.code == 0 and f"turn 2 of session {sid}" in turn.out, turn.err
+    c = make_machine(tmp_path, "c", store_url)
+    again = tmp_path / "again.tgz"
+    exported = c.run("export", "--all", "-o", str(again))
+    assert exported.code == 0, exported.err
+    assert alone.run("import", str(again)).out.split()[:2] == ["old", "fast-forward"]
+    assert user_prompts(alone.transcript(sid)) == ["one", "two"]
+    clash = make_machine(tmp_path, "d", None)
+    assert clash.run("create", "-n", "old", "-p", "other").code == 0
+    other = tmp_path / "other.tgz"
+    assert clash.run("export", "-n", "old", "-o", str(other)).code == 0
+    refused = c.run("import", str(other), "--force")
+    assert refused.code == 4 and "maps it to session" in refused.err
+    assert b.run("resume", "-n", "old", "-p", "three").out.count(sid) == 1
