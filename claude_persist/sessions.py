@@ -363,6 +363,14 @@ class Sessions:
         name = validate.name(name)
         session_id = validate.session_id(session_id)
         if self.shared is not None:
+            from . import transcripts
+
+            if transcripts.locate(session_id, self.workspace, self.env) is None:
+                missing = self._missing_transcript(name, session_id, self.workspace)
+                raise TranscriptMissingError(
+                    f"{missing} With a shared store, adopt pushes the session's files: adopt it "
+                    "on the machine that has them.", name=name, session_id=session_id,
+                    expected=missing.expected)
             with self._leased(name, CallSettings(), "adopt") as (lease, document):
                 if document is not None and not force:
                     raise self._exists_in_store(name, document)

@@ -66,6 +66,13 @@ def test_names_the_store_holds_are_refused_and_deleted_for_everyone(
     assert a.run("list", "--json").out.count('"name"') == 1
     refused = a.run("delete", "--all", "--yes")
     assert refused.code == 2 and "one at a time" in refused.err
+    y = a.run("resolve", "-n", "y").out.strip()
+    elsewhere = a.run("adopt", "-n", "z", "--session-id", y)  # its files are on b only
+    assert elsewhere.code == 3 and "adopt it on the machine that has them" in elsewhere.err
+    adopted = b.run("adopt", "-n", "z", "--session-id", y)
+    assert adopted.code == 0, adopted.err
+    assert a.run("resolve", "-n", "z").out.strip() == y  # adopted into the store
+    assert b.run("adopt", "-n", "z", "--session-id", y).code == 2  # the store has it
 
 
 def test_lease_shows_its_holder_and_break_frees_it(two: tuple[Machine, Machine]) -> None:
