@@ -275,3 +275,14 @@ def test_export_and_import_work_against_the_store(store_url: str, tmp_path: Path
     refused = c.run("import", str(other), "--force")
     assert refused.code == 4 and "maps it to session" in refused.err
     assert b.run("resume", "-n", "old", "-p", "three").out.count(sid) == 1
+
+
+def test_resume_by_session_id_goes_through_the_store(two: tuple[Machine, Machine]) -> None:
+    a, b = two
+    sid = sid_of(a.run("create", "-n", "byid", "-p", "one").out)
+    assert b.run("resume", "-n", "byid", "-p", "two").code == 0
+    turn = a.run("resume", "--session-id", sid, "-p", "three")  # a knows the id's name
+    assert turn.code == 0 and f"turn 3 of session {sid}" in turn.out, turn.err
+    unknown = b.run("resume", "--session-id", "123e4567-e89b-42d3-a456-426614174000",
+                    "-p", "x")
+    assert unknown.code == 2 and "by name" in unknown.err
