@@ -286,3 +286,18 @@ def test_resume_by_session_id_goes_through_the_store(two: tuple[Machine, Machine
     unknown = b.run("resume", "--session-id", "123e4567-e89b-42d3-a456-426614174000",
                     "-p", "x")
     assert unknown.code == 2 and "by name" in unknown.err
+
+
+def test_a_sessions_own_folder_travels_with_it(two: tuple[Machine, Machine]) -> None:
+    """A subagent's transcript and a big tool output, beside the transcript, are fetched too."""
+    a, b = two
+    sid = sid_of(a.run("create", "-n", "agents", "-p", "[fake subagent=1 tool_output=5000] go").out)
+    assert b.run("resume", "-n", "agents", "-p", "more").code == 0
+    mine = sorted(p.relative_to(a.transcript(sid).parent)
+                  for p in (a.transcript(sid).parent / sid).rglob("*") if p.is_file())
+    theirs = sorted(p.relative_to(b.transcript(sid).parent)
+                    for p in (b.transcript(sid).parent / sid).rglob("*") if p.is_file())
+    assert mine and mine == theirs
+    for rel in mine:
+        assert (a.transcript(sid).parent / rel).read_bytes() == \
+            (b.transcript(sid).parent / rel).read_bytes()
