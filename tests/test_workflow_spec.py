@@ -16,10 +16,19 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from claude_persist import WorkflowError
+from claude_persist.settings import MANAGED_FLAGS
 from claude_persist.workflow import SCHEMA_PATH, expr, plan
 from claude_persist.workflow.spec import load_workflow, parse_duration
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+def generated(default: int, stress: int) -> list[Any]:
+    """How many documents a property test generates: a sample in the default run, the full
+    count in the stress stage (``-m stress``), so the default run stays quick and CI still
+    tries the full count on every change."""
+    return [pytest.param(default, id=f"{default}-examples"),
+            pytest.param(stress, id=f"{stress}-examples", marks=pytest.mark.stress)]
 
 
 def write(tmp_path: Path, text: str, name: str = "wf.yml") -> Path:
@@ -292,36 +301,52 @@ KEYS = ["version", "name", "steps", "vars", "defaults", "max_parallel", "budget_
         "  ", "[", "]", "{", "}", "'", '"', "&a", "*a", "!!", "#", "|", ">", "1", "-1", "x"]
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow,
-                                                                   HealthCheck.function_scoped_fixture])
-@given(st.lists(st.sampled_from(KEYS), max_size=40) | st.text(max_size=200))
+FUZZED_FILES = st.lists(st.sampled_from(KEYS), max_size=40) | st.text(max_size=200)
+
+
+@pytest.mark.parametrize("examples", generated(100, 400))
 def test_fuzzed_files_never_raise_anything_but_workflow_errors(tmp_path: Path,
-                                                               pieces: list[str] | str) -> None:
-    text = pieces if isinstance(pieces, str) else "".join(pieces)
+                                                               examples: int) -> None:
     path = tmp_path / "fuzz.yml"
-    path.write_text(text, encoding="utf-8", errors="surrogatepass")
-    try:
-        wf = load_workflow(path)
-        plan.build(wf)
-    except WorkflowError as exc:
-        assert exc.problems and all(p.startswith(str(path)) for p in exc.problems)
+
+    @settings(max_examples=examples, deadline=None, database=None,
+              suppress_health_check=[HealthCheck.too_slow])
+    @given(FUZZED_FILES)
+    def check(pieces: list[str] | str) -> None:
+        text = pieces if isinstance(pieces, str) else "".join(pieces)
+        path.write_text(text, encoding="utf-8", errors="surrogatepass")
+        try:
+            wf = load_workflow(path)
+            plan.build(wf)
+        except WorkflowError as exc:
+            assert exc.problems and all(p.startswith(str(path)) for p in exc.problems)
+
+    check()
 
 
-@settings(max_examples=200, deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(st.dictionaries(st.sampled_from(["id", "create", "resume", "fork", "as", "prompt",
-                                        "needs", "effort", "deadline", "retries", "model"]),
-                       st.one_of(st.none(), st.integers(-3, 3), st.text(max_size=8),
-                                 st.lists(st.text(max_size=3), max_size=2), st.booleans()),
-                       max_size=6))
+FUZZED_STEPS = st.dictionaries(
+    st.sampled_from(["id", "create", "resume", "fork", "as", "prompt", "needs", "effort",
+                     "deadline", "retries", "model"]),
+    st.one_of(st.none(), st.integers(-3, 3), st.text(max_size=8),
+              st.lists(st.text(max_size=3), max_size=2), st.booleans()),
+    max_size=6)
+
+
+@pytest.mark.parametrize("examples", generated(50, 200))
 def test_fuzzed_steps_never_raise_anything_but_workflow_errors(tmp_path: Path,
-                                                               step: dict[str, object]) -> None:
+                                                               examples: int) -> None:
     path = tmp_path / "step.yml"
-    path.write_text(yaml.safe_dump({"version": 1, "steps": [step]}))
-    try:
-        plan.build(load_workflow(path))
-    except WorkflowError as exc:
-        assert exc.problems
+
+    @settings(max_examples=examples, deadline=None, database=None)
+    @given(FUZZED_STEPS)
+    def check(step: dict[str, object]) -> None:
+        path.write_text(yaml.safe_dump({"version": 1, "steps": [step]}))
+        try:
+            plan.build(load_workflow(path))
+        except WorkflowError as exc:
+            assert exc.problems
+
+    check()
 
 
 def test_odd_numbers_and_names_are_refused_with_their_place(tmp_path: Path) -> None:
@@ -386,7 +411,6 @@ def test_the_schema_is_loaded_only_with_a_workflow() -> None:
 
 # -- the loader's verdict on shape is the schema's --------------------------------------------
 
-AGREEMENT_EXAMPLES = 300
 # libyaml where there is one: the test's own YAML work need not be as slow as the loader's.
 FAST_DUMPER = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
 FAST_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
@@ -417,7 +441,9 @@ WHOLE = st.integers(0, 50) | st.integers(0, 50).map(float)
 SETTINGS_VALUES = st.fixed_dictionaries({}, optional={
     "model": WORDS, "effort": st.sampled_from(("low", "medium", "high", "xhigh", "max", "HIGH")),
     "deadline": DURATION, "idle_timeout": DURATION, "retries": WHOLE,
-    "args": st.lists(st.text(max_size=5), max_size=3),
+    # Not a flag claude-persist manages (-p, -r, ...): refusing those is a matter of meaning.
+    "args": st.lists(st.text(max_size=5).filter(
+        lambda a: a.split("=", 1)[0] not in MANAGED_FLAGS), max_size=3),
     "max_turns": WHOLE.filter(lambda n: n >= 1), "max_budget_usd": POSITIVE,
 })
 TOP_VALUES = st.fixed_dictionaries({}, optional={
@@ -523,7 +549,8 @@ def _documents(draw: st.DrawFn) -> Any:
     return doc
 
 
-def test_the_loader_and_the_schema_agree_on_shape(tmp_path: Path) -> None:
+@pytest.mark.parametrize("examples", generated(100, 300))
+def test_the_loader_and_the_schema_agree_on_shape(tmp_path: Path, examples: int) -> None:
     import jsonschema
 
     validator = jsonschema.Draft202012Validator(json.loads(SCHEMA_PATH.read_text()))
@@ -533,7 +560,7 @@ def test_the_loader_and_the_schema_agree_on_shape(tmp_path: Path) -> None:
     path = tmp_path / "wf.yml"
     verdicts: Counter[bool] = Counter()
 
-    @settings(max_examples=AGREEMENT_EXAMPLES, deadline=None, database=None)
+    @settings(max_examples=examples, deadline=None, database=None)
     @given(_documents())
     def check(doc: object) -> None:
         text = yaml.dump(doc, Dumper=FAST_DUMPER, allow_unicode=True, sort_keys=False)
@@ -550,4 +577,4 @@ def test_the_loader_and_the_schema_agree_on_shape(tmp_path: Path) -> None:
 
     check()
     # Both verdicts are common, so the agreement is not that of a one-sided generator.
-    assert min(verdicts[True], verdicts[False]) >= AGREEMENT_EXAMPLES // 10, verdicts
+    assert min(verdicts[True], verdicts[False]) >= examples // 10, verdicts
