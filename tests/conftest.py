@@ -38,6 +38,20 @@ CP_PREFIX = [sys.executable, "-m", "claude_persist.cli"]
 INV_PREFIX = [sys.executable, "-m", "invoke", "--search-root", str(REPO)]
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Byte-compile the package and tasks.py once, before any test: the suite starts hundreds of
+    ``python -m claude_persist...`` processes (every fake claude call is one), and where
+    ``PYTHONDONTWRITEBYTECODE`` is set each of them would compile every module it imports from
+    source, again and again. The test modules themselves get the same: their rewritten,
+    compiled form is cached instead of rebuilt by every xdist worker on every run. (Caches go to
+    the usual ``__pycache__`` folders, which git ignores.)"""
+    import compileall
+
+    sys.dont_write_bytecode = False  # from here on: the test modules pytest imports
+    compileall.compile_dir(REPO / "claude_persist", quiet=2)
+    compileall.compile_file(REPO / "tasks.py", quiet=2)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Stress tests run only when ``-m`` names them (``-m stress``, as CI's stage of its own
     does): a plain ``pytest``, or ``-m 'not contract'``, leaves them out. (``addopts = -m 'not
