@@ -133,14 +133,17 @@ def switches(prompt: str) -> dict[str, str]:
     return found
 
 
-# subprocess, tempfile and uuid are imported where needed: every test and benchmark starts this
-# fake, and those three cost 13 ms of its 55 ms start-up, most calls needing none of them.
+# subprocess and tempfile are imported where needed, and ids are made without the uuid module
+# (which loads platform): every test and benchmark starts this fake, most calls needing none.
 
 
 def _new_id() -> str:
-    import uuid
-
-    return str(uuid.uuid4())
+    """A random (version 4) UUID, as ``str(uuid.uuid4())`` makes it."""
+    raw = bytearray(os.urandom(16))
+    raw[6] = raw[6] & 0x0F | 0x40  # version 4
+    raw[8] = raw[8] & 0x3F | 0x80  # the RFC 4122 variant
+    h = raw.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def home() -> Path:
