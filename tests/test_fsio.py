@@ -42,7 +42,7 @@ from claude_persist.errors import (
 from claude_persist.fsio import os_error
 from claude_persist.store import MappingStore, default_mapping_file
 
-from .conftest import Runner, mapping_path
+from .conftest import REPO, Runner, mapping_path
 
 OTHER_UID = 4242
 needs_root = pytest.mark.skipif(os.getuid() != 0, reason="needs root (chown, another uid)")
@@ -197,13 +197,16 @@ def test_a_failed_write_after_the_call_carries_the_new_session_id(
 
 PRIVATE_MOUNT = textwrap.dedent("""
     import json, os, subprocess, sys
+    from pathlib import Path
     mount_at, options = sys.argv[1], sys.argv[2]
     subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", mount_at], check=True)
+    sys.path.insert(0, sys.argv[3])  # the repository: the tests' own in-process runner
+    from tests.conftest import CP_PREFIX, InProcessRunner, _run_claude_persist
+    run_cp = InProcessRunner("claude-persist", CP_PREFIX, Path.cwd(), entry=_run_claude_persist)
 
     def cp(*args):
-        ran = subprocess.run([sys.executable, "-m", "claude_persist.cli", *args],
-                             capture_output=True, text=True, stdin=subprocess.DEVNULL)
-        return {"code": ran.returncode, "out": ran.stdout, "err": ran.stderr}
+        ran = run_cp(*args)  # the command run in this process, as the cp fixture does
+        return {"code": ran.code, "out": ran.out, "err": ran.err}
 
     def fill(folder):
         with open(os.path.join(folder, "filler"), "wb", buffering=0) as handle:
@@ -224,8 +227,8 @@ def in_private_mount(script: str, mount_at: Path, options: str, cwd: Path
             capture_output=True, check=False).returncode != 0:
         pytest.skip("cannot mount a tmpfs in a private mount namespace here")
     ran = subprocess.run(["unshare", "-m", sys.executable, "-c", PRIVATE_MOUNT + script,
-                          str(mount_at), options], cwd=cwd, capture_output=True, text=True,
-                         timeout=120, check=False)
+                          str(mount_at), options, str(REPO)], cwd=cwd, capture_output=True,
+                         text=True, timeout=120, check=False)
     assert ran.returncode == 0, ran.stderr
     result: dict[str, Any] = json.loads(ran.stdout.splitlines()[-1])
     return result
