@@ -540,11 +540,11 @@ def test_the_faces_refuse_bad_flags_and_bad_bundles(face: Runner, workspace: Pat
     assert ran.code == 2 and "not a readable bundle" in ran.err and "Traceback" not in ran.err
 
 
-def test_export_to_stdout_and_import_from_stdin(cp_process: Runner, workspace: Path,
-                                                tmp_path: Path) -> None:
+def test_export_to_stdout_and_import_from_stdin(cp: Runner, cp_process: Runner,
+                                                workspace: Path, tmp_path: Path) -> None:
     import subprocess
 
-    sid = cp_process("create", "-n", "piped").out.strip()
+    sid = cp("create", "-n", "piped").out.strip()  # the pipes are what need real processes
     exported = subprocess.run([*cp_process.prefix, "export", "--all"], capture_output=True,
                               cwd=workspace, timeout=60, stdin=subprocess.DEVNULL)
     assert exported.returncode == 0, exported.stderr
