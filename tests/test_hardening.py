@@ -140,11 +140,11 @@ def test_help_after_a_task_shows_that_tasks_help(cp: Runner, task: str) -> None:
 
 def test_repeated_ctrl_c_still_saves_the_state(workspace: Path, fake_claude: Any,
                                                group_alive: Any) -> None:
-    # One step's claude ignores SIGINT and SIGTERM, so stopping it takes the grace periods:
-    # the extra Ctrl-Cs land while the run is stopping.
+    # One step's claude ignores SIGINT, so stopping it takes a grace period (then SIGTERM ends
+    # it): the extra Ctrl-Cs land while the run is stopping.
     (workspace / "wf.yml").write_text(
         "version: 1\nmax_parallel: 2\nsteps:\n"
-        "  - {id: a, create: x, prompt: '[fake delay=30 ignore_signals=1] a'}\n"
+        "  - {id: a, create: x, prompt: '[fake delay=30 ignore_signals=int] a'}\n"
         "  - {id: b, create: y, prompt: '[fake delay=30] b'}\n")
     proc = subprocess.Popen([sys.executable, "-m", "claude_persist.cli", "run", "wf.yml",
                              "--run-id", "r2"], cwd=workspace, stdout=subprocess.PIPE,

@@ -32,7 +32,7 @@ marker in the prompt (the marker wins):
                      ``model_usage_since_last_result`` and no ``--system-prompt-snapshot``
 ``report_id=TEXT``   say TEXT as the session id in the init and result lines
 ``flood=BYTES``      print BYTES bytes without a newline before the answer (a runaway line)
-``ignore_signals=1`` ignore SIGINT and SIGTERM (only SIGKILL stops it)
+``ignore_signals=1`` ignore SIGINT and SIGTERM (only SIGKILL stops it); ``=int``: SIGINT only
 ``exit_empty=1``     exit 0 with no output at all (what SIGINT leaves behind)
 ``child=1``          start a grandchild that sleeps in the same process group
 ``subagent=1``       leave a subagent's transcript in ``<id>/subagents/`` beside the transcript
@@ -362,7 +362,8 @@ def result_line(session: dict[str, Any], text: str, cost: float, **extra: Any) -
 def install_signals(sw: dict[str, str]) -> None:
     if sw.get("ignore_signals"):
         signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        if sw["ignore_signals"] != "int":
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
         return
 
     def on_sigint(_sig: int, _frame: object) -> None:
