@@ -633,6 +633,8 @@ def run(
     limit = validate.seconds(lock_timeout, "--lock-timeout", allow_zero=True)
     if run_id is not None:
         run_id = validate.name(run_id, "--run-id")
+    reports.check_distinct(Path(file), {flag: Path(path) for flag, path in (
+        ("--report", report), ("--report-md", report_md)) if path is not None})
     if report is not None:
         reports.check_writable(Path(report))
     if report_md is not None:

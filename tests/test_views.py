@@ -498,3 +498,19 @@ def test_a_loop_run(cp: Runner, workspace: Path) -> None:
                                               ["green", "-", "failed"],
                                               ["test", "-", "failed"],
                                               ["fix", "fixer", "succeeded"]]
+
+
+def test_a_report_path_that_is_the_workflow_or_the_other_report_is_refused(
+        cp: Runner, workspace: Path, fake_claude: Any) -> None:
+    wf = write(workspace, FAILING)
+    (workspace / "link.yml").symlink_to("wf.yml")
+    for args in (["--report-md", "wf.yml"], ["--report", "./wf.yml"],
+                 ["--report-md", "link.yml"], ["--report", str(wf)]):
+        ran = cp("run", "wf.yml", *args)
+        assert ran.code == 2, (args, ran.err)
+        assert "is the workflow file" in ran.err and "nothing has run" in ran.err
+    ran = cp("run", "wf.yml", "--report", "out", "--report-md", "./out")
+    assert ran.code == 2 and "name the same file" in ran.err, ran.err
+    assert fake_claude.calls() == []
+    assert wf.read_text() == textwrap.dedent(FAILING)
+    assert not (workspace / "out").exists()

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from .. import fsio
-from ..errors import UnsafeFileError
+from ..errors import UnsafeFileError, UsageError
 from .plan import Plan
 from .spec import Step, Workflow
 from .state import RunState, StepState, StepStatus
@@ -156,6 +156,29 @@ def check_writable(path: Path, flag: str = "--report") -> None:
     except UnsafeFileError as exc:
         raise UnsafeFileError(f"cannot write the {flag} file {path}: {exc}; nothing has run",
                               path=path) from None
+
+
+def check_distinct(workflow: Path, reports: dict[str, Path]) -> None:
+    """Refuse a report path that is the workflow file, or two report flags naming one file:
+    writing the report would replace the workflow (or the other report) without a word."""
+    def same(one: Path, other: Path) -> bool:
+        try:
+            return one.samefile(other)  # the same inode, whatever the links or spellings
+        except OSError:  # one of them does not exist yet
+            return one.resolve() == other.resolve()
+
+    for flag, path in reports.items():
+        if same(path, workflow):
+            raise UsageError(f"the {flag} file {path} is the workflow file {workflow}: writing "
+                             "the report would replace it. Give the report another path; "
+                             "nothing has run")
+    flags = list(reports.items())
+    for i, (flag, path) in enumerate(flags):
+        for other_flag, other in flags[i + 1:]:
+            if same(path, other):
+                raise UsageError(f"{flag} {path} and {other_flag} {other} name the same file: "
+                                 "one report would replace the other. Give each its own path; "
+                                 "nothing has run")
 
 
 def _exists(path: Path) -> bool:
