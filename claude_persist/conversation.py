@@ -12,6 +12,7 @@ memory stays bounded by that limit and by the turns kept (``--turns N`` keeps th
 from __future__ import annotations
 
 import json
+import re
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -30,6 +31,21 @@ _CHUNK = 1 << 16
 _TOOL_KEYS = ("command", "file_path", "path", "pattern", "url", "query", "description",
               "prompt", "notebook_path", "skill")
 TOOL_SUMMARY_CHARS = 160
+
+
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+_CONTROL_OR_BREAK = re.compile("[\x00-\x1f\x7f-\x9f]")
+
+
+def printable(text: str, *, lines: bool = True) -> str:
+    """``text`` safe to print on a terminal: C0 and C1 control characters (an escape that
+    retitles the window or clears the screen, a carriage return that hides what precedes
+    it) become visible escapes such as ``\\x1b``. With ``lines`` a line break and a tab are
+    kept, for a block of lines; without, they are escaped too, for one line of a table.
+    Text that came from a model, a shell command or a file goes through here before a text
+    view prints it (JSON output stays exact)."""
+    pattern = _CONTROL if lines else _CONTROL_OR_BREAK
+    return pattern.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
 
 
 @dataclass
@@ -239,7 +255,7 @@ def text(turns_: list[Turn], header: str) -> str:
                     for i, line in enumerate(turn.answer.splitlines())]
         else:
             out.append("< (no answer)")
-    return "\n".join(out)
+    return printable("\n".join(out))
 
 
 def transcript_of(sessions: Sessions, name: str | None, session_id: str | None

@@ -155,3 +155,23 @@ def test_missing_things(cp: Runner, workspace: Path) -> None:
     bad = cp("show", "-n", "gone", "--turns", "0")
     assert bad.code == 2 and "--turns must be at least 1" in bad.err
     assert cp("show", "--session-id", "not-a-uuid").code == 2
+
+
+def test_control_characters_are_escaped_in_text_not_in_json(cp: Runner,
+                                                             workspace: Path) -> None:
+    place(workspace, [line("user", "Paint it.\x9b2J"),
+                      line("assistant", [{"type": "text", "text": "\x1b[31mred\x1b[0m\nok\tx"}],
+                           message_id="m1")])
+    assert cp("adopt", "-n", "painter", "--session-id", SID).code == 0
+    text = cp("show", "-n", "painter").out
+    assert "\x1b" not in text and "\x9b" not in text
+    assert "< \\x1b[31mred\\x1b[0m\n  ok\tx" in text and "> Paint it.\\x9b2J" in text
+    data = cp("show", "-n", "painter", "--json").json()
+    assert data["turns"][0]["answer"] == "\x1b[31mred\x1b[0m\nok\tx"
+
+
+def test_printable() -> None:
+    assert conversation.printable("a\x1b]0;pwned\x07\x1b[2J\nb\tc\r\x7f\x9b") == \
+        "a\\x1b]0;pwned\\x07\\x1b[2J\nb\tc\\x0d\\x7f\\x9b"
+    assert conversation.printable("a\nb\tc", lines=False) == "a\\x0ab\\x09c"
+    assert conversation.printable("plain ünïcode") == "plain ünïcode"

@@ -514,3 +514,26 @@ def test_a_report_path_that_is_the_workflow_or_the_other_report_is_refused(
     assert fake_claude.calls() == []
     assert wf.read_text() == textwrap.dedent(FAILING)
     assert not (workspace / "out").exists()
+
+
+def test_control_characters_are_escaped_in_text_views(cp: Runner, workspace: Path) -> None:
+    write(workspace, """\
+        version: 1
+        name: "paint\\e]0;t\\a"
+        steps:
+          - id: s
+            run: ["printf", "\\\\033]0;pwned\\\\007\\\\033[2J\\\\nline two\\\\n"]
+        """)
+    ran = cp("run", "wf.yml")
+    assert ran.code == 0, ran.err
+    assert "\x1b" not in ran.err and "\x07" not in ran.err  # progress lines and table
+    assert "\x1b]0;pwned\x07" in ran.out  # the result on stdout is the program's output
+    listed = cp("runs")
+    assert "\x1b" not in listed.out and "paint\\x1b]0;t\\x07" in listed.out
+    [run] = cp("runs", "--json").json()["runs"]
+    assert run["name"] == "paint\x1b]0;t\x07"
+    text = cp("runs", "show", run["run_id"]).out
+    assert "\x1b" not in text and "\x07" not in text
+    assert "result: \\x1b]0;pwned\\x07\\x1b[2J\n" in text and "line two" in text
+    step = cp("runs", "show", run["run_id"], "--json").json()["steps"][0]
+    assert step["result"] == "\x1b]0;pwned\x07\x1b[2J\nline two\n"

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import fsio
+from ..conversation import printable
 from ..errors import UsageError
 from .state import RunState, RunStatus, RunStore, StepState, StepStatus
 
@@ -319,7 +320,8 @@ def listing_text(runs: list[dict[str, Any]]) -> str:
     rows += [(run["run_id"], run["name"], (run["started_at"] or "-")[:19],
               _seconds(run["duration_s"]), run["status"], _money(run["cost_usd"]),
               f"{run['succeeded']}/{run['steps_total']}", str(run["failed"])) for run in runs]
-    return "\n".join(_table(rows))
+    return "\n".join(_table([tuple(printable(cell, lines=False) for cell in row)
+                                for row in rows]))
 
 
 def _tokens(tokens: dict[str, int] | None) -> str:
@@ -384,7 +386,7 @@ def show_text(run: dict[str, Any]) -> str:
             out += [f"{pad}  output: {line}" for line in _excerpt(step["output"], 1, 300)]
         if step["resume_command"]:
             out.append(f"{pad}  resume: {step['resume_command']}")
-    return "\n".join(line.rstrip() for line in out)
+    return printable("\n".join(line.rstrip() for line in out))
 
 
 def pruned_text(done: Pruned, older_than: str, dry_run: bool) -> str:
@@ -396,4 +398,4 @@ def pruned_text(done: Pruned, older_than: str, dry_run: bool) -> str:
                  f"{older_than}" + (f"; kept {len(done.in_progress)} in progress "
                                     f"({', '.join(done.in_progress)})"
                                     if done.in_progress else ""))
-    return "\n".join(lines)
+    return printable("\n".join(lines))

@@ -23,6 +23,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TextIO
 
+from ..conversation import printable
 from ..observe import CallInfo, NullObserver, RunInfo, RunOutcome, StreamEvent
 from .report import ProgressPrinter
 from .spec import Step, Workflow
@@ -74,7 +75,7 @@ class Running:
         if self.events:
             parts.append(f"{self.events} event{'s' * (self.events != 1)}")
         if self.last_tool:
-            parts.append(f"last tool {self.last_tool}")
+            parts.append(f"last tool {printable(self.last_tool, lines=False)}")
         return ", ".join(parts)
 
 

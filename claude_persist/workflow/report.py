@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from .. import fsio
+from ..conversation import printable
 from ..errors import UnsafeFileError, UsageError
 from .plan import Plan
 from .spec import Step, Workflow
@@ -54,7 +55,7 @@ class ProgressPrinter:
         number = f"[{step.index + 1}/{self.total}] " if step.parent is None else "  "
         head = f"{number}{key or step.id}  {what} {where}".rstrip()
         with self._lock:
-            print(f"{head}  {text}", file=self.stream, flush=True)
+            print(printable(f"{head}  {text}"), file=self.stream, flush=True)
 
     def step_started(self, step: Step, state: StepState) -> None:
         self._line(step, f"{_setting(step.settings.model, step.settings.effort)}  started"
@@ -96,7 +97,7 @@ def table(run: RunState) -> str:
                  f"{counts['succeeded']} succeeded, {counts['failed']} failed, "
                  f"{counts['skipped']} skipped; {run.duration_s:.1f}s; {cost}"
                  + (f" ({run.stop_reason})" if run.stop_reason else ""))
-    return "\n".join(lines)
+    return printable("\n".join(lines))
 
 
 def _totals(run: RunState) -> dict[str, int]:
