@@ -707,15 +707,22 @@ def validate_(
         raise WorkflowError(problems)
 
 
+#: The largest count a flag takes: a bigger one means nothing more, and Python's own
+#: containers (a deque's length, a pool's size) refuse what does not fit a machine word.
+MAX_COUNT = 1_000_000
+
+
 def _positive_int(value: str | None, flag: str) -> int | None:
     if value is None:
         return None
     try:
         number = int(value)
-    except ValueError as exc:
+    except ValueError as exc:  # also a number of more digits than int() reads
         raise UsageError(f"{flag} {value!r} is not a whole number") from exc
     if number < 1:
         raise UsageError(f"{flag} must be at least 1, not {number}")
+    if number > MAX_COUNT:
+        raise UsageError(f"{flag} must be at most {MAX_COUNT}, not {value}")
     return number
 
 

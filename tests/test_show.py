@@ -175,3 +175,17 @@ def test_printable() -> None:
         "a\\x1b]0;pwned\\x07\\x1b[2J\nb\tc\\x0d\\x7f\\x9b"
     assert conversation.printable("a\nb\tc", lines=False) == "a\\x0ab\\x09c"
     assert conversation.printable("plain ünïcode") == "plain ünïcode"
+
+
+def test_a_count_too_big_is_a_usage_error(cp: Runner, workspace: Path) -> None:
+    place(workspace, real_layout())
+    assert cp("adopt", "-n", "fixer", "--session-id", SID).code == 0
+    for count in ("99999999999999999999", "9" * 5000):
+        ran = cp("show", "-n", "fixer", "--turns", count)
+        assert ran.code == 2 and "--turns" in ran.err and "internal" not in ran.err, ran.err
+    assert cp("show", "-n", "fixer", "--turns", "1000000").code == 0
+    (workspace / "wf.yml").write_text("version: 1\nname: w\nsteps:\n  - id: s\n"
+                                      "    run: [\"true\"]\n")
+    for task in ("run", "validate"):
+        ran = cp(task, "wf.yml", "--max-parallel", "99999999999999999999")
+        assert ran.code == 2 and "--max-parallel must be at most" in ran.err, ran.err
