@@ -729,6 +729,15 @@ def _positive_int(value: str | None, flag: str) -> int | None:
 # -- looking back: run history and transcripts -------------------------------------------------
 
 
+def _unreadable_run_fix() -> str:
+    """The advice for a run whose files cannot be read, naming this face's prune command."""
+    from .workflow.history import UNREADABLE_FIX
+
+    cmd = command_prefix()
+    prune = f"{cmd}runs-prune" if cmd.startswith("inv") else f"{cmd}runs prune"
+    return UNREADABLE_FIX.format(prune=prune)
+
+
 def _runs_root(c: Context, workspace: str | None, mapping_file: str | None
                ) -> tuple[Sessions, Path]:
     from .workflow.history import runs_root
@@ -751,7 +760,7 @@ def runs(
     from .workflow import history
 
     _, root = _runs_root(c, workspace, mapping_file)
-    listing = history.list_runs(root)
+    listing = history.list_runs(root, fix=_unreadable_run_fix())
     for problem in listing.unreadable:
         print(f"claude-persist: warning: skipped a run: {problem}", file=sys.stderr, flush=True)
     if json:
@@ -777,7 +786,7 @@ def runs_show(
     if run_id is None:
         raise UsageError("runs-show needs a run id: runs-show RUN_ID (runs lists them)")
     sessions, root = _runs_root(c, workspace, mapping_file)
-    saved, state = history.find(root, run_id, workflow)
+    saved, state = history.find(root, run_id, workflow, _unreadable_run_fix())
     mapped = {entry.name: entry.session_id for entry in sessions.list()}
     data = history.show(saved, state, mapped, command_prefix())
     if json:

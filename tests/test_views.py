@@ -537,3 +537,40 @@ def test_control_characters_are_escaped_in_text_views(cp: Runner, workspace: Pat
     assert "result: \\x1b]0;pwned\\x07\\x1b[2J\n" in text and "line two" in text
     step = cp("runs", "show", run["run_id"], "--json").json()["steps"][0]
     assert step["result"] == "\x1b]0;pwned\x07\x1b[2J\nline two\n"
+
+
+def test_an_unreadable_run_names_its_file_and_what_is_wrong(cp: Runner, workspace: Path,
+                                                           inv: Runner) -> None:
+    write(workspace, FAILING.replace(" [fake error=401]", ""))
+    assert cp("run", "wf.yml").code == 0
+    [run] = cp("runs", "--json").json()["runs"]
+    state_file = Path(run["state_file"])
+    journal = state_file.with_suffix(".journal")
+    good = state_file.read_bytes()
+    cases = [
+        (journal, b'{"id": "plan", "action": "create", "session": "p"}\n\xff\xfe\n',
+         "line 2 is not UTF-8 text"),
+        (journal, b'{"id": 5}\n', "line 1: a step has no action, session"),
+        (journal, b'{"id": 5, "action": "create", "session": "p"}\n',
+         "line 1: a step's id is a number, not a name"),
+        (state_file, b"[1, 2, 3]", "it holds a list, not a run's state"),
+        (state_file, b"\xff", "it is not UTF-8 text"),
+    ]
+    for path, content, why in cases:
+        state_file.write_bytes(good)
+        path.write_bytes(content)
+        shown = cp("runs", "show", run["run_id"])
+        assert shown.code == 2, shown.err
+        assert f"{path} is unreadable: {why}" in shown.err, shown.err
+        assert "delete that file, or remove the run with: claude-persist runs prune " \
+            "--older-than AGE" in shown.err
+        assert "missing" not in shown.err and "--resume-run" not in shown.err
+        listed = cp("runs")
+        assert listed.code == 0 and f"skipped a run: {why}" not in listed.err
+        assert f"{path} is unreadable: {why}" in listed.err, listed.err
+        journal.unlink(missing_ok=True)
+    state_file.write_bytes(b"[1, 2, 3]")
+    assert "remove the run with: inv runs-prune --older-than AGE" in inv(
+        "runs-show", run["run_id"]).err
+    resumed = cp("run", "wf.yml", "--resume-run", "--run-id", run["run_id"])
+    assert resumed.code == 2 and "start a new run without --resume-run" in resumed.err

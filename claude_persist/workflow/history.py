@@ -158,12 +158,17 @@ class Listing:
     unreadable: list[str] = field(default_factory=list)
 
 
-def list_runs(root: Path, now: float | None = None) -> Listing:
+#: What to do about a run whose files cannot be read, when looking back (``--resume-run``
+#: has its own advice); the caller names the prune command in its own face's words.
+UNREADABLE_FIX = "delete that file, or remove the run with: {prune} --older-than AGE"
+
+
+def list_runs(root: Path, now: float | None = None, fix: str = "") -> Listing:
     """Every run of the workspace, newest first."""
     listing = Listing()
     for saved in saved_runs(root):
         try:
-            state = saved.store.load(saved.run_id)
+            state = saved.store.load(saved.run_id, fix)
         except UsageError as exc:
             listing.unreadable.append(str(exc))
             continue
@@ -172,13 +177,14 @@ def list_runs(root: Path, now: float | None = None) -> Listing:
     return listing
 
 
-def find(root: Path, run_id: str, workflow: str | None = None) -> tuple[SavedRun, RunState]:
+def find(root: Path, run_id: str, workflow: str | None = None, fix: str = ""
+         ) -> tuple[SavedRun, RunState]:
     """The run ``run_id`` (of the workflow file ``workflow`` when given: run ids are unique
-    per workflow file only)."""
+    per workflow file only); ``fix`` is the advice for a run that cannot be read."""
     if not RUN_ID.match(run_id or ""):
         raise UsageError(f"{run_id!r} is not a run id (runs lists them)")
     matches = [saved for saved in saved_runs(root) if saved.run_id == run_id]
-    loaded = [(saved, saved.store.load(saved.run_id)) for saved in matches]
+    loaded = [(saved, saved.store.load(saved.run_id, fix)) for saved in matches]
     if workflow is not None:
         wanted = str(Path(workflow).resolve())
         loaded = [(s, state) for s, state in loaded if state.workflow == wanted]
@@ -272,7 +278,7 @@ def prune(root: Path, older_than: float, *, dry_run: bool = False,
             continue
         try:
             try:
-                state = saved.store.load(saved.run_id)
+                state = saved.store.load(saved.run_id, "")
                 entry = summary(saved, state, now)
             except UsageError as exc:  # an unreadable state is still an old run's
                 done.unreadable.append(str(exc))

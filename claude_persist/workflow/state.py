@@ -237,20 +237,34 @@ class RunStore:
         finally:
             os.close(descriptor)
 
-    def load(self, run_id: str) -> RunState:
+    def load(self, run_id: str, fix: str = "start a new run without --resume-run"
+             ) -> RunState:
+        """The run's state, its journal's steps applied. A file that cannot be read is a
+        :class:`UsageError` naming that file (the state or the journal), what is wrong with
+        it, and ``fix``: what the caller's user can do about it."""
         path = self.path(run_id)
         try:
-            state = RunState.from_json(json.loads(path.read_text(encoding="utf-8")))
-            for line in _journal_lines(self.journal(run_id)):
-                step = StepState(**line)
-                state.steps[step.id] = step
-            return state
+            data = path.read_bytes()
         except FileNotFoundError as exc:
             raise UsageError(f"--run-id {run_id}: no such run of this workflow in "
                              f"{self.folder}") from exc
-        except (ValueError, KeyError, TypeError) as exc:
-            raise UsageError(f"the run state {path} is unreadable ({exc}); start a new run "
-                             "without --resume-run") from exc
+        except OSError as exc:
+            raise _unreadable("the run state", path, exc.strerror or str(exc), fix) from exc
+        try:
+            state = _state_from(_json_text(data))
+        except ValueError as exc:
+            raise _unreadable("the run state", path, str(exc), fix) from exc
+        journal = self.journal(run_id)
+        try:
+            steps = _journal_steps(journal)
+        except ValueError as exc:
+            raise _unreadable("the run's journal", journal, str(exc), fix) from exc
+        except OSError as exc:
+            raise _unreadable("the run's journal", journal, exc.strerror or str(exc),
+                              fix) from exc
+        for step in steps:
+            state.steps[step.id] = step
+        return state
 
     def exists(self, run_id: str) -> bool:
         return self.path(run_id).exists()
@@ -273,20 +287,83 @@ class RunStore:
                          "run it without --resume-run")
 
 
-def _journal_lines(path: Path) -> list[dict[str, Any]]:
+def _unreadable(what: str, path: Path, why: str, fix: str) -> UsageError:
+    return UsageError(f"{what} {path} is unreadable: {why}" + (f"; {fix}" if fix else ""))
+
+
+def _json_text(data: bytes) -> Any:
     try:
-        text = path.read_text(encoding="utf-8")
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"it is not UTF-8 text (byte {exc.start})") from None
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise ValueError(f"it is not JSON ({exc})") from None
+
+
+def _kind_of(value: Any) -> str:
+    return {dict: "an object", list: "a list", str: "a string", int: "a number",
+            float: "a number", bool: "true or false", type(None): "null"}.get(
+                type(value), type(value).__name__)
+
+
+def _step_from(row: Any) -> StepState:
+    """A step's state from its JSON, or ValueError saying in a person's words what is wrong."""
+    if not isinstance(row, dict):
+        raise ValueError(f"a step is {_kind_of(row)}, not an object")
+    missing = [key for key in ("id", "action", "session") if key not in row]
+    if missing:
+        raise ValueError(f"a step has no {', '.join(missing)}")
+    if not isinstance(row["id"], str) or not row["id"]:
+        raise ValueError(f"a step's id is {_kind_of(row['id'])}, not a name")
+    try:
+        return StepState(**{k: v for k, v in row.items() if k in _STEP_FIELDS})
+    except ValueError:
+        raise ValueError(f"step {row['id']} has the status {row.get('status')!r}, which "
+                         "no step has") from None
+
+
+def _state_from(data: Any) -> RunState:
+    if not isinstance(data, dict):
+        raise ValueError(f"it holds {_kind_of(data)}, not a run's state (an object)")
+    missing = [key for key in ("run_id", "workflow", "workflow_name", "started_at", "vars",
+                               "steps") if key not in data]
+    if missing:
+        raise ValueError(f"it has no {', '.join(missing)}")
+    if not isinstance(data["steps"], list):
+        raise ValueError(f"its steps are {_kind_of(data['steps'])}, not a list")
+    steps = [_step_from(row) for row in data["steps"]]
+    fields_ = {k: v for k, v in data.items() if k in RunState.__dataclass_fields__}
+    try:
+        return RunState(**{**fields_, "steps": {step.id: step for step in steps}})
+    except ValueError:
+        raise ValueError(f"its status {data.get('status')!r} is not a run's status") from None
+
+
+def _journal_steps(path: Path) -> list[StepState]:
+    """The steps the journal recorded, in order. A line that is not JSON is skipped (the last
+    one torn by a crash); one that is JSON but not a step's state is an error."""
+    try:
+        data = path.read_bytes()
     except FileNotFoundError:
         return []
-    rows = []
-    for line in text.splitlines():
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        bad = data.count(b"\n", 0, exc.start) + 1
+        raise ValueError(f"line {bad} is not UTF-8 text") from None
+    steps = []
+    for number, line in enumerate(text.splitlines(), 1):
         try:
             row = json.loads(line)
         except ValueError:
             continue  # a line torn by a crash
-        if isinstance(row, dict):
-            rows.append({k: v for k, v in row.items() if k in _STEP_FIELDS})
-    return rows
+        try:
+            steps.append(_step_from(row))
+        except ValueError as exc:
+            raise ValueError(f"line {number}: {exc}") from None
+    return steps
 
 
 def usage_tokens(raw: Any) -> dict[str, int] | None:
