@@ -37,6 +37,8 @@ _TRUE = ("true", "1", "yes", "on")
 _lock = threading.Lock()
 _tracer: Any = None
 _warned = False
+#: The values of ``OTEL_TRACES_EXPORTER`` we act on; any other is refused with a warning.
+EXPORTERS = ("otlp", "console", "none")
 
 
 def wanted(environ: Mapping[str, str]) -> bool:
@@ -58,6 +60,17 @@ def from_environment(environ: Mapping[str, str] | None = None,
     global _warned
     environ = os.environ if environ is None else environ
     if not wanted(environ):
+        from .observe import NULL_OBSERVER
+
+        return NULL_OBSERVER
+    unknown = [e.strip() for e in environ.get("OTEL_TRACES_EXPORTER", "").split(",")
+               if e.strip() and e.strip().lower() not in EXPORTERS]
+    if unknown:  # no guessing at another backend: spans would go to a collector not asked for
+        if notify is not None and not _warned:
+            _warned = True
+            notify(f"warning: OTEL_TRACES_EXPORTER={environ['OTEL_TRACES_EXPORTER']} names an "
+                   f"exporter we do not have ({', '.join(unknown)}); the ones supported are "
+                   f"{', '.join(EXPORTERS)}. No traces are sent.")
         from .observe import NULL_OBSERVER
 
         return NULL_OBSERVER

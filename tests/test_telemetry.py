@@ -319,3 +319,18 @@ def test_an_otlp_protocol_other_than_http_protobuf_is_refused_with_a_warning(
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().splitlines()[-1] == "[]"
     assert done.stderr.count("OTLP protocol 'grpc' is not supported") == 1
+
+
+@pytest.mark.parametrize("value", ["zipkin", "otlp,jaeger", "Prometheus"])
+def test_an_exporter_we_do_not_have_is_refused_with_one_warning(
+        monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    from claude_persist import telemetry
+    from claude_persist.observe import NULL_OBSERVER
+
+    monkeypatch.setattr(telemetry, "_warned", False)
+    said: list[str] = []
+    env = {"OTEL_TRACES_EXPORTER": value}
+    for _ in range(2):
+        assert telemetry.from_environment(env, said.append) is NULL_OBSERVER
+    assert len(said) == 1 and f"OTEL_TRACES_EXPORTER={value} names an exporter" in said[0]
+    assert "No traces are sent" in said[0]
