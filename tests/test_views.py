@@ -574,3 +574,18 @@ def test_an_unreadable_run_names_its_file_and_what_is_wrong(cp: Runner, workspac
         "runs-show", run["run_id"]).err
     resumed = cp("run", "wf.yml", "--resume-run", "--run-id", run["run_id"])
     assert resumed.code == 2 and "start a new run without --resume-run" in resumed.err
+
+
+def test_a_failed_resume_keeps_its_session_and_resume_command(cp: Runner,
+                                                             workspace: Path) -> None:
+    write(workspace, FAILING.replace("fake error=401", "fake error=500"))
+    assert cp("run", "wf.yml").code == 1
+    [run] = cp("runs", "--json").json()["runs"]
+    steps = {s["id"]: s for s in cp("runs", "show", run["run_id"], "--json").json()["steps"]}
+    review = steps["review"]
+    assert review["status"] == "failed"
+    assert (review["session"], review["session_id"]) == ("planner",
+                                                         steps["plan"]["session_id"])
+    assert review["resume_command"] == "claude-persist resume -n planner -p PROMPT"
+    text = cp("runs", "show", run["run_id"]).out
+    assert f"session planner ({review['session_id']})" in text.split("\nreview")[1]

@@ -758,9 +758,22 @@ class Scheduler:
                     if not self.cancel.wait(pause):
                         continue
                 state.status, state.error = StepStatus.FAILED, str(error)
+                if call.action is Action.RESUME:  # its session is known, failed call or not
+                    state.session_id = self._resumed_session(call, error)
                 return
             self._succeeded(step, state, result)
             return
+
+    def _resumed_session(self, call: Step, error: Exception) -> str | None:
+        """The id of the session a failed resume ran on: as the CLI said it, else the one its
+        name maps to (None when the name maps to nothing: the call never started)."""
+        said = getattr(error, "session_id", None)
+        if isinstance(said, str) and said:
+            return said
+        try:
+            return self.sessions.resolve(call.session).session_id
+        except ClaudePersistError:
+            return None
 
     def _stop_reason(self) -> str | None:
         """Why the run starts nothing more: the first reason found sticks (a fan-out that
