@@ -589,3 +589,18 @@ def test_a_failed_resume_keeps_its_session_and_resume_command(cp: Runner,
     assert review["resume_command"] == "claude-persist resume -n planner -p PROMPT"
     text = cp("runs", "show", run["run_id"]).out
     assert f"session planner ({review['session_id']})" in text.split("\nreview")[1]
+
+
+def test_the_summary_starts_on_a_line_of_its_own(tmp_path: Path) -> None:
+    page = tmp_path / "summary.md"
+    page.write_text("an earlier step's words")
+    report.append_text(page, "### run\n")
+    report.append_text(page, "### again\n")
+    assert page.read_text() == "an earlier step's words\n### run\n### again\n"
+    fresh = tmp_path / "fresh.md"
+    report.append_text(fresh, "### run\n")
+    assert fresh.read_text() == "### run\n"
+    page.chmod(0o200)  # write-only: appended as before, unread
+    report.append_text(page, "x")
+    page.chmod(0o600)
+    assert page.read_text().endswith("### again\nx")

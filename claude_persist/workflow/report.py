@@ -3,6 +3,7 @@ the JSON report for CI, and the dry-run plan."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -350,9 +351,18 @@ def publish_ci(run: RunState, workflow: Workflow | None, env: Mapping[str, str],
 def append_text(path: Path, text: str) -> None:
     """Append ``text`` to a file (made if missing), never truncating what it holds: a job's
     summary file collects every step's."""
-    descriptor = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    flags = os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
+    try:
+        descriptor = os.open(path, os.O_RDWR | flags, 0o644)
+    except PermissionError:  # a file we may write but not read: append as it comes
+        descriptor = os.open(path, os.O_WRONLY | flags, 0o644)
     try:
         data = text.encode("utf-8")
+        # What the job's other steps wrote may end mid-line: our heading must start a line.
+        with contextlib.suppress(OSError):
+            size = os.fstat(descriptor).st_size
+            if size and os.pread(descriptor, 1, size - 1) != b"\n":
+                data = b"\n" + data
         while data:
             written = os.write(descriptor, data)
             data = data[written:]
