@@ -159,8 +159,25 @@ def check_file(path: Path, st: os.stat_result, what: str = "the file") -> None:
     if stat.S_ISLNK(st.st_mode):
         raise _refuse(path, what, "it is a symlink")
     if not stat.S_ISREG(st.st_mode):
-        raise _refuse(path, what, "it is not a regular file")
+        # Removing a folder or a device is not the way out: naming a file is.
+        raise _refuse(path, what, f"it is {file_kind(st.st_mode)}, not a regular file",
+                      "Give the path of a file instead.")
     _check_owner(path, st, what)
+
+
+def file_kind(mode: int) -> str:
+    """What a non-regular file is, in a person's words (``a folder``, ``a device``, ...)."""
+    if stat.S_ISDIR(mode):
+        return "a folder"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO (named pipe)"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    if stat.S_ISLNK(mode):
+        return "a symlink"
+    return "not a regular file"
 
 
 def make_folder(path: Path, what: str = "the folder", mode: int = FOLDER_MODE) -> bool:

@@ -604,3 +604,16 @@ def test_the_summary_starts_on_a_line_of_its_own(tmp_path: Path) -> None:
     report.append_text(page, "x")
     page.chmod(0o600)
     assert page.read_text().endswith("### again\nx")
+
+
+def test_a_report_path_that_is_a_device_or_a_folder_asks_for_a_file(
+        cp: Runner, workspace: Path, fake_claude: Any) -> None:
+    write(workspace, FAILING)
+    (workspace / "folder").mkdir()
+    for path, kind in (("/dev/null", "a device"), ("folder", "a folder")):
+        ran = cp("run", "wf.yml", "--report-md", path)
+        assert ran.code == 2, ran.err
+        assert f"{path}: it is {kind}, not a regular file. Give the path of a file " \
+            "instead." in ran.err
+        assert "Remove it" not in ran.err
+    assert fake_claude.calls() == []

@@ -150,12 +150,17 @@ def check_writable(path: Path, flag: str = "--report") -> None:
             fsio.check_folder(folder, "the folder")
             current = fsio.lstat(path)
             if current is not None:
-                fsio.check_file(path, current, "it")
+                try:
+                    fsio.check_file(path, current, f"the {flag} file")
+                except UnsafeFileError as exc:  # it names the file and the way out
+                    raise UnsafeFileError(f"{exc} Nothing has run.", path=path) from None
         elif not existing.is_dir():
             raise UnsafeFileError(f"{existing} is not a folder")
         if not os.access(existing, os.W_OK | os.X_OK):
             raise UnsafeFileError(f"{existing} is not writable")
     except UnsafeFileError as exc:
+        if str(exc).endswith(" Nothing has run."):
+            raise
         raise UnsafeFileError(f"cannot write the {flag} file {path}: {exc}; nothing has run",
                               path=path) from None
 
