@@ -702,7 +702,9 @@ def validate_(
             problems.append(f"{path}: {exc}")
             continue
         mode = f"{len(plan.waves)} waves" if plan.parallel else "sequential"
-        print(f"{path}: valid; {len(loaded.steps)} steps, {mode}", flush=True)
+        from .workflow.report import steps_text
+
+        print(f"{path}: valid; {steps_text(len(loaded.steps))}, {mode}", flush=True)
     if problems:
         raise WorkflowError(problems)
 

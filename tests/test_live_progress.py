@@ -316,5 +316,5 @@ def test_quiet_is_a_flag_of_both_faces(workspace: Path, face: Runner) -> None:
     ran = face("run", str(path), "--quiet")
     assert ran.code == 0, ran.err
     (line,) = ran.err.splitlines()
-    assert line.startswith("run ") and ": succeeded; 1 steps, 1 succeeded" in line
+    assert line.startswith("run ") and ": succeeded; 1 step, 1 succeeded" in line
     assert "fake reply to turn 1" in ran.out

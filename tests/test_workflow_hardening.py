@@ -485,7 +485,7 @@ def test_validate_checks_several_files_and_reports_them_all(face: Runner,
     ran = face("validate", files[0], *[w for f in files[1:] for w in
                                        (("--more", f) if face.name == "inv" else (f,))])
     assert ran.code == 2, ran.err
-    assert "good.yml: valid; 1 steps, sequential" in ran.out
+    assert "good.yml: valid; 1 step, sequential" in ran.out
     assert "bad.yml:2:17: steps[0].resume" in ran.err and "worse.yml:1:1: version" in ran.err
 
 

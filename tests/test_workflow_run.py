@@ -297,7 +297,7 @@ def test_ctrl_c_stops_the_children_and_exits_130(workspace: Path, fake_claude: A
 def test_validate_and_run_through_both_faces(face: Runner, workspace: Path) -> None:
     write(workspace, "version: 1\nsteps: [{id: a, create: x, prompt: hi}]\n")
     ok = face("validate", "wf.yml")
-    assert ok.code == 0 and "valid; 1 steps, sequential" in ok.out
+    assert ok.code == 0 and "valid; 1 step, sequential" in ok.out
     ran = face("run", "wf.yml", "--run-id", "nightly-1", "--json")
     assert ran.code == 0 and ran.json()["run_id"] == "nightly-1"
     again = face("run", "wf.yml", "--run-id", "nightly-1")

@@ -300,6 +300,12 @@ def prune(root: Path, older_than: float, *, dry_run: bool = False,
 # -- text ---------------------------------------------------------------------------------------
 
 
+def steps_text(count: int) -> str:
+    from .report import steps_text as text
+
+    return text(count)
+
+
 def _money(value: float | None) -> str:
     from .report import money
 
@@ -352,7 +358,7 @@ def show_text(run: dict[str, Any]) -> str:
     ``--json`` has them whole)."""
     out = [f"run {run['run_id']}: {run['name']} ({run['workflow']})",
            f"  {run['status']}; started {run['started_at']}; {_seconds(run['duration_s'])}; "
-           f"{_money(run['cost_usd'])}; {run['succeeded']} of {run['steps_total']} steps "
+           f"{_money(run['cost_usd'])}; {run['succeeded']} of {steps_text(run['steps_total'])} "
            f"succeeded, {run['failed']} failed, {run['skipped']} skipped"
            + (f" ({run['stop_reason']})" if run["stop_reason"] else ""),
            f"  state: {run['state_file']}"]

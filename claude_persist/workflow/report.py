@@ -23,6 +23,11 @@ from .state import RunState, StepState, StepStatus
 TOTALS = (StepStatus.SUCCEEDED, StepStatus.FAILED, StepStatus.SKIPPED)
 
 
+def steps_text(count: int) -> str:
+    """``1 step``, ``3 steps``."""
+    return f"{count} step{'s' * (count != 1)}"
+
+
 def _setting(model: str | None, effort: str | None) -> str:
     return f"{model or '-'}/{effort or '-'}"
 
@@ -94,7 +99,7 @@ def table(run: RunState) -> str:
     cost = money(run.total_cost_usd)
     if run.spent_before_usd:
         cost += f" ({money(run.run_cost_usd)} over the run's invocations)"
-    lines.append(f"run {run.run_id}: {run.status}; {len(run.steps)} steps, "
+    lines.append(f"run {run.run_id}: {run.status}; {steps_text(len(run.steps))}, "
                  f"{counts['succeeded']} succeeded, {counts['failed']} failed, "
                  f"{counts['skipped']} skipped; {run.duration_s:.1f}s; {cost}"
                  + (f" ({run.stop_reason})" if run.stop_reason else ""))
@@ -200,7 +205,7 @@ def dry_run_text(workflow: Workflow, plan: Plan, details: dict[str, list[str]]) 
     """The plan as a person reads it: order or waves, then each step's argv and prompt (or
     command, loop, fan-out and condition)."""
     mode = "parallel waves" if plan.parallel else "in file order, one after another"
-    out = [f"workflow {workflow.name} ({workflow.path}): {len(workflow.steps)} steps, {mode}"]
+    out = [f"workflow {workflow.name} ({workflow.path}): {steps_text(len(workflow.steps))}, {mode}"]
     if plan.parallel:
         out += [f"  wave {i + 1}: {', '.join(wave)}" for i, wave in enumerate(plan.waves)]
     for step_id in plan.order:
@@ -262,7 +267,7 @@ def markdown(run: RunState, workflow: Workflow | None = None, file: str | None =
     if run.spent_before_usd:
         cost += f" ({money(run.run_cost_usd)} over the run's invocations)"
     out = [f"### {md_cell(run.workflow_name)}: {run.status}", "",
-           f"Run {md_cell(run.run_id)} of {md_cell(file)}: {len(run.steps)} steps, "
+           f"Run {md_cell(run.run_id)} of {md_cell(file)}: {steps_text(len(run.steps))}, "
            f"{counts['succeeded']} succeeded, {counts['failed']} failed, "
            f"{counts['skipped']} skipped; {run.duration_s:.1f} s; {md_cell(cost)}"
            + (f" ({md_cell(run.stop_reason)})" if run.stop_reason else ""), "",
