@@ -264,8 +264,11 @@ def transcript_of(sessions: Sessions, name: str | None, session_id: str | None
     ``session_id`` when given, else by ``name``. Raises ``SessionNotFoundError`` for an
     unknown name, ``TranscriptMissingError`` (exit 3) when claude has no transcript of it."""
     from . import transcripts, validate
-    from .errors import TranscriptMissingError
+    from .errors import TranscriptMissingError, UsageError
 
+    if session_id is None and name is None:
+        raise UsageError("show needs a session: -n NAME, or --session-id ID (list shows the "
+                         "names)")
     if session_id is not None:
         sid = validate.session_id(session_id)
         entry = next((e for e in sessions.list() if e.session_id == sid), None)

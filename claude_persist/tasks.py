@@ -731,13 +731,18 @@ def _positive_int(value: str | None, flag: str) -> int | None:
 # -- looking back: run history and transcripts -------------------------------------------------
 
 
+def _runs_command(sub: str) -> str:
+    """A sub-command of ``runs`` as this face spells it: ``claude-persist runs prune``, or
+    ``inv runs-prune`` (Invoke reads ``runs prune`` as two tasks)."""
+    cmd = command_prefix()
+    return f"{cmd}runs-{sub}" if cmd.startswith("inv") else f"{cmd}runs {sub}"
+
+
 def _unreadable_run_fix() -> str:
     """The advice for a run whose files cannot be read, naming this face's prune command."""
     from .workflow.history import UNREADABLE_FIX
 
-    cmd = command_prefix()
-    prune = f"{cmd}runs-prune" if cmd.startswith("inv") else f"{cmd}runs prune"
-    return UNREADABLE_FIX.format(prune=prune)
+    return UNREADABLE_FIX.format(prune=_runs_command("prune"))
 
 
 def _runs_root(c: Context, workspace: str | None, mapping_file: str | None
@@ -809,7 +814,9 @@ def runs_prune(
     from .workflow import history
 
     if older_than is None:
-        raise UsageError("runs-prune needs --older-than AGE, e.g. --older-than 30d")
+        prune = _runs_command("prune")
+        raise UsageError(f"{prune.split(' ', 1)[1]} needs --older-than AGE, e.g. {prune} "
+                         "--older-than 30d")
     age = history.parse_age(older_than)
     _, root = _runs_root(c, workspace, mapping_file)
     done = history.prune(root, age, dry_run=dry_run)

@@ -189,3 +189,13 @@ def test_a_count_too_big_is_a_usage_error(cp: Runner, workspace: Path) -> None:
     for task in ("run", "validate"):
         ran = cp(task, "wf.yml", "--max-parallel", "99999999999999999999")
         assert ran.code == 2 and "--max-parallel must be at most" in ran.err, ran.err
+
+
+def test_usage_messages_name_the_faces_own_commands(cp: Runner, inv: Runner) -> None:
+    bare = cp("show")
+    assert bare.code == 2 and "-n NAME, or --session-id ID" in bare.err, bare.err
+    prune = cp("runs", "prune")
+    assert prune.code == 2, prune.err
+    assert "runs prune needs --older-than AGE, e.g. claude-persist runs prune --older-than " \
+        "30d" in prune.err and "runs-prune" not in prune.err
+    assert "inv runs-prune --older-than 30d" in inv("runs-prune").err
