@@ -123,6 +123,8 @@ def test_a_failed_run_on_every_view_then_resumed(cp: Runner, workspace: Path,
     assert "review  resume planner  failed  1 try" in as_text
     assert "  resume: claude-persist resume -n planner -p PROMPT" in as_text
     assert "  error: " in as_text and "tokens 20 in / 12 out" in as_text
+    after = as_text.split("\nafter  ")[1]
+    assert f"\n  skipped: {steps['after']['error']}" in after and "error:" not in after
 
     # The resume command it gives works as written.
     resumed_session = cp(*plan["resume_command"].split()[1:-1], "Go on.")

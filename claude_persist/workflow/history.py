@@ -385,8 +385,10 @@ def show_text(run: dict[str, Any]) -> str:
             out.append(f"{pad}  session {step['session']} ({step['session_id']})")
         if step["exit_code"] is not None:
             out.append(f"{pad}  exit code {step['exit_code']}")
-        if step["error"] and step["status"] in ("failed", "skipped"):
+        if step["error"] and step["status"] == "failed":
             out.append(f"{pad}  error: {step['error']}")
+        elif step["error"] and step["status"] == "skipped":  # why: not an error of its own
+            out.append(f"{pad}  skipped: {step['error'].removeprefix('skipped: ')}")
         if step["kind"] in ("claude", "shell") and step["result"]:
             out += [f"{pad}  result: {line}" if i == 0 else f"{pad}          {line}"
                     for i, line in enumerate(_excerpt(step["result"]))]
