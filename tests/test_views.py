@@ -619,3 +619,19 @@ def test_a_report_path_that_is_a_device_or_a_folder_asks_for_a_file(
             "instead." in ran.err
         assert "Remove it" not in ran.err
     assert fake_claude.calls() == []
+
+
+def test_a_shell_steps_stderr_tail_is_shown_whatever_its_status(cp: Runner,
+                                                                workspace: Path) -> None:
+    write(workspace, """\
+        version: 1
+        name: warned
+        steps:
+          - id: s
+            run: ["sh", "-c", "for i in 1 2 3 4 5 6 7 8; do echo warn $i >&2; done; echo ok"]
+        """)
+    assert cp("run", "wf.yml").code == 0
+    [run] = cp("runs", "--json").json()["runs"]
+    text = cp("runs", "show", run["run_id"]).out
+    assert "  stderr: warn 3\n          warn 4" in text and "warn 8" in text
+    assert "warn 2" not in text  # the tail only: --json has it whole

@@ -392,7 +392,7 @@ def show_text(run: dict[str, Any]) -> str:
         if step["kind"] in ("claude", "shell") and step["result"]:
             out += [f"{pad}  result: {line}" if i == 0 else f"{pad}          {line}"
                     for i, line in enumerate(_excerpt(step["result"]))]
-        if step["kind"] == "shell" and step["stderr"] and step["status"] == "failed":
+        if step["kind"] == "shell" and step["stderr"]:  # its warnings too, when it succeeded
             tail = step["stderr"].splitlines()[-6:]
             out += [f"{pad}  stderr: {line}" if i == 0 else f"{pad}          {line}"
                     for i, line in enumerate(tail)]
