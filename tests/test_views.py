@@ -11,6 +11,7 @@ import signal
 import subprocess
 import textwrap
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -635,3 +636,21 @@ def test_a_shell_steps_stderr_tail_is_shown_whatever_its_status(cp: Runner,
     text = cp("runs", "show", run["run_id"]).out
     assert "  stderr: warn 3\n          warn 4" in text and "warn 8" in text
     assert "warn 2" not in text  # the tail only: --json has it whole
+
+
+def test_an_abandoned_run_lasted_until_its_last_write(tmp_path: Path) -> None:
+    store = RunStore(tmp_path / "w-0")
+    store.folder.mkdir()
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    state = made_state([StepState(id="s", action="create", session="x")], status=RunStatus.RUNNING,
+                       pid=dead.pid, duration_s=0.0)
+    store.save(state)
+    store.append("r1", StepState(id="s", action="create", session="x",
+                                 status=StepStatus.SUCCEEDED))
+    began = datetime.strptime(state.started_at, "%Y-%m-%dT%H:%M:%S%z").timestamp()
+    os.utime(store.path("r1"), (began + 10, began + 10))
+    os.utime(store.journal("r1"), (began + 95, began + 95))
+    [run] = history.list_runs(tmp_path).runs
+    assert run["status"] == "abandoned" and run["duration_s"] == 95.0
+    assert re.search(r"  1m35s +abandoned", history.listing_text([run]))

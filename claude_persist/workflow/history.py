@@ -121,10 +121,12 @@ def _started(state: RunState) -> float | None:
         return None
 
 
-def _duration(state: RunState, status: str, now: float) -> float:
-    if status == RunStatus.RUNNING:
+def _duration(saved: SavedRun, state: RunState, status: str, now: float) -> float:
+    if status in (RunStatus.RUNNING, ABANDONED):
         began = _started(state)
-        return round(max(0.0, now - began), 3) if began is not None else 0.0
+        # An abandoned run never wrote its duration: it ran until it last wrote anything.
+        end = now if status == RunStatus.RUNNING else saved.last_change()
+        return round(max(0.0, end - began), 3) if began is not None else 0.0
     return state.duration_s
 
 
@@ -142,7 +144,7 @@ def summary(saved: SavedRun, state: RunState, now: float | None = None) -> dict[
     return {
         "run_id": state.run_id, "name": state.workflow_name, "workflow": state.workflow,
         "status": status, "started_at": state.started_at, "finished_at": state.finished_at,
-        "duration_s": _duration(state, status, time.time() if now is None else now),
+        "duration_s": _duration(saved, state, status, time.time() if now is None else now),
         "cost_usd": round(state.run_cost_usd, 6), "steps_total": len(state.steps),
         "succeeded": counts["succeeded"], "failed": counts["failed"],
         "skipped": counts["skipped"], "stop_reason": state.stop_reason,
