@@ -654,3 +654,27 @@ def test_an_abandoned_run_lasted_until_its_last_write(tmp_path: Path) -> None:
     [run] = history.list_runs(tmp_path).runs
     assert run["status"] == "abandoned" and run["duration_s"] == 95.0
     assert re.search(r"  1m35s +abandoned", history.listing_text([run]))
+
+
+def test_prune_removes_a_folder_it_emptied_and_only_that(tmp_path: Path) -> None:
+    root = tmp_path / "runs"
+    emptied, kept, busy = (RunStore(root / name) for name in ("a-1", "b-2", "c-3"))
+    for store in (emptied, kept, busy):
+        store.folder.mkdir(parents=True)
+        old_run(store, "old", 40 * 86400)
+    old_run(kept, "young", 3600)
+    (busy.folder / "new.lock").write_text("")  # a run starting there holds its lock
+    dry = history.prune(root, 30 * 86400, dry_run=True)
+    assert len(dry.removed) == 3 and emptied.folder.is_dir()
+    then = time.time() - 40 * 86400
+    for store in (emptied, kept, busy):
+        os.utime(store.folder, (then, then))
+    done = history.prune(root, 30 * 86400)
+    assert sorted(Path(r["state_file"]).parent.name for r in done.removed) == [
+        "a-1", "b-2", "c-3"]
+    assert not emptied.folder.exists()
+    assert kept.exists("young") and (busy.folder / "new.lock").exists()
+    fresh = RunStore(root / "d-4")  # emptied, but changed lately: a run may be starting
+    fresh.folder.mkdir()
+    old_run(fresh, "old", 40 * 86400)
+    assert len(history.prune(root, 30 * 86400).removed) == 1 and fresh.folder.is_dir()

@@ -269,7 +269,15 @@ def prune(root: Path, older_than: float, *, dry_run: bool = False,
     taken (without waiting) before its files go, and held until they are gone."""
     now = time.time() if now is None else now
     done = Pruned()
-    for saved in saved_runs(root):
+    found = saved_runs(root)
+    # A folder unchanged for the age (no run made, ended or started in it since) and empty once
+    # its runs are gone is removed too; a run starting in it now makes it non-empty first.
+    quiet_folders = set()
+    for folder in {saved.store.folder for saved in found}:
+        with contextlib.suppress(OSError):
+            if now - folder.stat().st_mtime >= older_than:
+                quiet_folders.add(folder)
+    for saved in found:
         if now - saved.last_change() < older_than:
             continue
         lock_path = saved.path.with_suffix(".lock")
@@ -296,6 +304,10 @@ def prune(root: Path, older_than: float, *, dry_run: bool = False,
             done.removed.append(entry)
         finally:
             held.release()
+    if not dry_run:
+        for folder in quiet_folders:
+            with contextlib.suppress(OSError):  # not empty (a run began in it): kept
+                folder.rmdir()
     return done
 
 
