@@ -34,6 +34,7 @@ from invoke.tasks import Task
 from . import validate
 from .claude.command import resolve_claude_cmd
 from .claude.result import TurnResult
+from .conversation import printable
 from .errors import (
     BundleError,
     ClaudePersistError,
@@ -124,7 +125,8 @@ def persist_task(
         except ClaudePersistError as exc:
             hint = face_hint(exc, task_name)
             gap = "\n" if "\n" in str(exc) else " "  # a list of problems: the hint below it
-            raise Exit(f"claude-persist: error: {exc}{gap + hint if hint else ''}",
+            # A message may quote a path, a model's words or a command's output: escaped.
+            raise Exit(printable(f"claude-persist: error: {exc}{gap + hint if hint else ''}"),
                        code=exit_code_for(exc)) from exc
         except KeyboardInterrupt as exc:
             raise Exit("claude-persist: interrupted", code=130) from exc

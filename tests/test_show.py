@@ -199,3 +199,8 @@ def test_usage_messages_name_the_faces_own_commands(cp: Runner, inv: Runner) -> 
     assert "runs prune needs --older-than AGE, e.g. claude-persist runs prune --older-than " \
         "30d" in prune.err and "runs-prune" not in prune.err
     assert "inv runs-prune --older-than 30d" in inv("runs-prune").err
+
+
+def test_an_error_message_quoting_control_characters_is_escaped(cp: Runner) -> None:
+    ran = cp("run", "a\x1b[2Jb.yml")
+    assert ran.code == 2 and "\x1b" not in ran.err and "a\\x1b[2Jb.yml" in ran.err, ran.err
