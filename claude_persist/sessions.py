@@ -374,6 +374,8 @@ class Sessions:
             with self._leased(name, CallSettings(), "adopt") as (lease, document):
                 if document is not None and not force:
                     raise self._exists_in_store(name, document)
+                if self.shared.stored_sid(document) != session_id:
+                    self.shared.claim(session_id, name)  # before anything is written here
                 entry = self._local_adopt(name, session_id, True)
                 self._push_or_explain(name, lease, document)
                 return entry
@@ -510,6 +512,12 @@ class Sessions:
                                    force=force, renames=renames)
                 for note in plan.notes:
                     self.notify(f"warning: {note}")
+                if self.shared is not None:  # a session has one name in a store
+                    for named in plan.names:
+                        other = self.shared.owner(named.session.session_id)
+                        if other is not None and other != named.name:
+                            raise self.shared.taken(named.session.session_id, named.name,
+                                                    other)
                 self.store.check_writable()  # names that cannot be saved: place no file
                 placed = set()
                 for session in plan.sessions:
@@ -653,7 +661,8 @@ class Sessions:
         assert self.shared is not None
         try:
             self.shared.push(name, lease, None if document is None else document.version,
-                             None if document is None else document.data.get("files"))
+                             None if document is None else document.data.get("files"),
+                             self.shared.stored_sid(document))
         except (StoreError, StoreConflictError) as exc:
             raise self.shared.push_failed(name, exc) from exc
 
@@ -663,6 +672,9 @@ class Sessions:
             if document is None:
                 raise self.shared.not_found(name)
             lease.delete_entry(expect=document.version)
+            sid = self.shared.stored_sid(document)
+            if sid is not None:
+                self.shared.unclaim(sid, name)
         with self.store.update() as doc:
             if name in doc.aliases:
                 doc.remove(name)

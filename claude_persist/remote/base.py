@@ -34,8 +34,10 @@ from urllib.parse import quote, unquote
 
 from ..errors import StoreConflictError, StoreError
 
-Kind = Literal["entry", "lease"]
-KINDS: tuple[Kind, ...] = ("entry", "lease")
+#: ``entry``: a named session; ``lease``: its holder; ``session``: which name a session id has
+#: (a session has at most one name in a store, see ``shared.SharedSessions.claim``).
+Kind = Literal["entry", "lease", "session"]
+KINDS: tuple[Kind, ...] = ("entry", "lease", "session")
 FORMAT = 1
 #: Records are small (a mapping entry and a manifest); a bigger one is refused as unreadable.
 RECORD_LIMIT = 4 << 20

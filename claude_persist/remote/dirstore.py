@@ -5,6 +5,7 @@ Layout::
 
     <folder>/entry/<name>/000000000007.json    the record's versions, each written once
     <folder>/lease/<name>/000000000042.json
+    <folder>/session/<session id>/000000000001.json   the session's one name
     <folder>/blobs/<ab>/<abcdef...>            content-addressed files
 
 How the compare-and-swap works, and why it holds between machines: a record is a folder of

@@ -2,7 +2,7 @@
 
 Layout under the prefix::
 
-    entry/<name>.json     lease/<name>.json     blobs/<sha256>
+    entry/<name>.json     lease/<name>.json     session/<session id>.json     blobs/<sha256>
 
 Compare-and-swap is S3's conditional writes: a create is ``PutObject`` with
 ``If-None-Match: *``, a replace ``PutObject`` with ``If-Match: <ETag read>``, a delete

@@ -34,12 +34,13 @@ from ..errors import (
     SessionNotFoundError,
     StoreConflictError,
     StoreError,
+    UsageError,
 )
 from ..mapping import MappingDoc
 from ..store import MappingStore
 from ..transcripts import Relation
 from .base import Document, SharedStore
-from .lease import DEFAULT_TTL, Lease, LeaseInfo, held
+from .lease import DEFAULT_TTL, Lease, LeaseInfo, held, read_lease
 
 #: The variable that sets a lease's time to live in seconds (how long a session stays unusable
 #: after its holder's machine died); 30 unless set.
@@ -52,8 +53,6 @@ SYNC_HINT = "run `claude-persist sync` once the store is reachable to push it"
 
 
 def lease_ttl(environ: Mapping[str, str] | None = None) -> float:
-    from ..errors import UsageError
-
     value = (os.environ if environ is None else environ).get(TTL_VARIABLE, "")
     if not value:
         return DEFAULT_TTL
@@ -128,6 +127,78 @@ class SharedSessions:
 
     def entry(self, name: str) -> Document | None:
         return self.store.get("entry", name)
+
+    def stored_sid(self, document: Document | None) -> str | None:
+        """The session id an entry record names (None: no record, or none named)."""
+        if document is None:
+            return None
+        sid = (document.data.get("entry") or {}).get("session_id")
+        return sid if isinstance(sid, str) else None
+
+    # -- one name per session ---------------------------------------------------------------
+    #
+    # Leases and entries are per name: two names for one session would take two leases, and
+    # two machines could extend the same transcript at once, each pushing under its own name.
+    # So a session id has at most one name in a store. A record of kind "session" under the
+    # session id names it; it is written compare-and-swap before an entry for a new session
+    # id is pushed, so of two machines naming one session at once, one wins. A claim whose
+    # name no longer maps the session (deleted, re-pointed by --force) and whose name's lease
+    # is not held (a push under way) is stale and taken over.
+
+    def _claims(self, other: str, sid: str) -> bool:
+        """``other`` holds session ``sid`` now: its entry maps it, or its lease is held (a
+        push under that name may be about to write it)."""
+        import time
+
+        if self.stored_sid(self.entry(other)) == sid:
+            return True
+        info = read_lease(self.store, other)
+        return info is not None and info.expires_at > time.time()
+
+    def owner(self, sid: str) -> str | None:
+        """The store's name for session ``sid`` (None: it has none)."""
+        claim = self.store.get("session", sid)
+        other = None if claim is None else claim.data.get("name")
+        if isinstance(other, str) and self.stored_sid(self.entry(other)) == sid:
+            return other
+        return None
+
+    def taken(self, sid: str, name: str, other: str) -> UsageError:
+        # Not a NameExistsError: --force (replace the name) would not help.
+        return UsageError(
+            f"session {sid} already has the name {other!r} in the shared store "
+            f"{self.location}, so it cannot be named {name!r} too: a session has one name in a "
+            f"store (two names would take two leases, and two machines could extend it at "
+            f"once). Use {other!r} (claude-persist resume -n {other} ...), or fork it to get "
+            "a copy under a new name.")
+
+    def claim(self, sid: str, name: str) -> None:
+        """Make ``name`` the store's one name for session ``sid``, or raise
+        :class:`UsageError` (exit 2) naming the name it has already."""
+        for _ in range(20):
+            current = self.store.get("session", sid)
+            other = None if current is None else current.data.get("name")
+            if other == name:
+                return
+            if isinstance(other, str) and self._claims(other, sid):
+                raise self.taken(sid, name, other)
+            try:
+                self.store.put("session", sid, {"name": name},
+                               expect=None if current is None else current.version)
+                return
+            except StoreConflictError:
+                continue
+        raise StoreConflictError(
+            f"cannot record the name of session {sid} in the shared store {self.location}: "
+            "its record kept changing. Try again.", store=self.location, key=sid,
+            operation="record the session's name")
+
+    def unclaim(self, sid: str, name: str) -> None:
+        """Forget that ``name`` is session ``sid``'s name (after a delete); best effort."""
+        with contextlib.suppress(StoreError, StoreConflictError):
+            current = self.store.get("session", sid)
+            if current is not None and current.data.get("name") == name:
+                self.store.delete("session", sid, expect=current.version)
 
     def localized(self, data: Mapping[str, Any]) -> dict[str, Any]:
         """The store's mapping entry as this workspace keeps it: its cwd and role moved from
@@ -260,14 +331,19 @@ class SharedSessions:
                 "_paths": {rel: str(path) for rel, path in found.all()}}
 
     def push(self, name: str, lease: Lease, expect: str | None,
-             known: Mapping[str, Any] | None = None) -> str:
+             known: Mapping[str, Any] | None = None, stored_sid: str | None = None) -> str:
         """Push the local session ``name``: its files' blobs (those the store's entry
         ``known`` does not name already), then its entry, compare-and-swap on ``expect``
-        and fenced by ``lease``. Gives the entry's new version."""
+        and fenced by ``lease``. ``stored_sid`` is the session id the store's entry maps now:
+        a push of another one claims the session id for ``name`` first (see :meth:`claim`).
+        Gives the entry's new version."""
         data = self.record(name)
         if data is None:
             raise SessionNotFoundError(f"session {name!r} has no transcript on this machine "
                                        "to push", name=name)
+        sid = data["entry"]["session_id"]
+        if sid != stored_sid:
+            self.claim(sid, name)
         paths = data.pop("_paths")
         have = {meta.get("sha256") for meta in (known or {}).values()
                 if isinstance(meta, dict)}
@@ -309,7 +385,8 @@ class SharedSessions:
         for name in names:
             try:
                 done.append((name, self._sync_one(name, timeout, lock)))
-            except (StoreConflictError, SessionNotFoundError, SessionBusyError) as exc:
+            except (StoreConflictError, SessionNotFoundError, SessionBusyError,
+                    UsageError) as exc:
                 done.append((name, f"conflict: {exc}"))
         return done
 
@@ -332,7 +409,8 @@ class SharedSessions:
                         operation="sync")
             fetched = self.fetch(name, lock)
             if fetched.ahead:
-                self.push(name, lease, document.version, document.data.get("files"))
+                self.push(name, lease, document.version, document.data.get("files"),
+                          self.stored_sid(document))
                 return "pushed (turns the store lacked)"
             return f"pulled ({len(fetched.placed)} files)" if fetched.placed else "up to date"
 

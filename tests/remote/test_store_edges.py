@@ -1,0 +1,82 @@
+"""Edges of the shared store: one name per session, deleted names, several stores, a hung
+server, unreadable records, missing blobs, bad settings. "Machines" as in ``machines.py``
+(their own homes, temp folders and workspaces), but each command runs in the test's process
+(the in-process runner of ``tests/conftest.py``) against a folder store, unless the S3 server
+is the point."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from ..conftest import InProcessRunner, Ran
+from .machines import Machine, make_machine, user_prompts
+
+
+@dataclass
+class Box:
+    """A machine whose commands run in process."""
+
+    machine: Machine
+    runner: InProcessRunner
+
+    def __call__(self, *args: str) -> Ran:
+        return self.runner(*args, env=self.machine.env, cwd=self.machine.workspace)
+
+    def transcript(self, sid: str) -> Path:
+        return self.machine.transcript(sid)
+
+
+def names(box: Box) -> list[str]:
+    listed = box("list", "--json")
+    return [s["name"] for s in listed.json()["sessions"]]
+
+
+def made(ran: Ran) -> str:
+    assert ran.code == 0, ran.err
+    return ran.out.strip().splitlines()[-1]
+
+
+@pytest.fixture
+def folder(tmp_path: Path) -> str:
+    store = tmp_path / "store"
+    store.mkdir()
+    return f"dir:{store}"
+
+
+@pytest.fixture
+def boxes(folder: str, tmp_path: Path, cp: InProcessRunner) -> tuple[Box, Box, Box]:
+    a, b, c = (Box(make_machine(tmp_path, n, folder, f"ws-{n}"), cp) for n in "abc")
+    return a, b, c
+
+
+# -- 1. one name per session --------------------------------------------------------------------
+
+def test_a_second_name_for_a_session_is_refused(boxes: tuple[Box, Box, Box]) -> None:
+    a, b, c = boxes
+    sid = made(a("create", "-n", "x", "-p", "one"))
+    second = a("adopt", "-n", "y", "--session-id", sid)
+    assert second.code == 2, second.err
+    assert "already has the name 'x'" in second.err and "resume -n x" in second.err
+    assert b("resolve", "-n", "y").code == 3  # nothing was pushed under y
+    assert names(a) == ["x"]
+    assert made(b("resume", "-n", "x", "-p", "two on b"))
+    assert made(c("resume", "-n", "x", "-p", "three on c"))
+    assert user_prompts(c.transcript(sid)) == ["one", "two on b", "three on c"]
+    # Once x is deleted, the session may take another name.
+    assert a("delete", "-n", "x").code == 0
+    assert made(c("adopt", "-n", "y", "--session-id", sid)) and c("resolve", "-n", "y").code == 0
+
+
+def test_an_import_under_a_second_name_is_refused(boxes: tuple[Box, Box, Box],
+                                                  tmp_path: Path) -> None:
+    a, b, _ = boxes
+    made(a("create", "-n", "s1", "-p", "one"))
+    bundle = tmp_path / "s1.tgz"
+    assert a("export", "-n", "s1", "-o", str(bundle)).code == 0
+    copied = b("import", str(bundle), "--as", "s1=s1copy")
+    assert copied.code == 2, copied.err
+    assert "already has the name 's1'" in copied.err
+    assert b("resolve", "-n", "s1copy").code == 3
