@@ -397,6 +397,14 @@ class SharedSessions:
             if document is None:
                 if not isinstance(local, dict):
                     return "gone"
+                if local.get(SHARED_MARK):
+                    # It came from the store, which no longer has it: deleted there (delete
+                    # -n NAME on another machine). Pushing it would bring it back.
+                    with self.mapping.update() as doc:
+                        if doc.aliases.get(name) == local:
+                            doc.remove(name)
+                    return (f"deleted in the store: dropped the name here (session "
+                            f"{local.get('session_id')}'s transcript stays on this machine)")
                 self.push(name, lease, None)
                 return "pushed (new in the store)"
             remote_sid = (document.data.get("entry") or {}).get("session_id")

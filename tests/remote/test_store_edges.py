@@ -80,3 +80,18 @@ def test_an_import_under_a_second_name_is_refused(boxes: tuple[Box, Box, Box],
     assert copied.code == 2, copied.err
     assert "already has the name 's1'" in copied.err
     assert b("resolve", "-n", "s1copy").code == 3
+
+
+# -- 2. sync respects deletes -------------------------------------------------------------------
+
+def test_sync_drops_a_name_deleted_in_the_store(boxes: tuple[Box, Box, Box]) -> None:
+    a, b, _ = boxes
+    sid = made(a("create", "-n", "d1", "-p", "one"))
+    made(b("resume", "-n", "d1", "-p", "two"))  # b has d1 cached
+    assert a("delete", "-n", "d1").code == 0
+    synced = b("sync")
+    assert synced.code == 0, synced.err
+    assert "d1  deleted in the store: dropped the name here" in synced.out
+    assert names(a) == [] and a("resolve", "-n", "d1").code == 3
+    assert b("sync").out == ""  # nothing left to bring back
+    assert user_prompts(b.transcript(sid)) == ["one", "two"]  # the transcript stays
