@@ -46,8 +46,9 @@ from .lease import DEFAULT_TTL, Lease, LeaseInfo, held, read_lease
 #: after its holder's machine died); 30 unless set.
 TTL_VARIABLE = "CLAUDE_PERSIST_LEASE_TTL"
 STAGING_LABEL = ".claude-persist-fetch"
-#: Marks a local mapping entry that came from the store (a name made here without a store and
-#: a store's name that differ are a conflict for ``sync``; a store's name re-pointed is pulled).
+#: Marks a local mapping entry that came from a store, with that store's URL (a name made here
+#: without a store and a store's name that differ are a conflict for ``sync``; a store's name
+#: re-pointed is pulled; a name another store gave is never pushed to this one).
 SHARED_MARK = "from_store"
 SYNC_HINT = "run `claude-persist sync` once the store is reachable to push it"
 
@@ -246,7 +247,7 @@ class SharedSessions:
         fetched = Fetched(document, sid, cwd)
         with lock(sid):
             self._place(name, sid, cwd, files, fetched)
-        local = {**entry, SHARED_MARK: True}
+        local = {**entry, SHARED_MARK: self.store.url}
         if self.mapping.read().aliases.get(name) != local:  # a write costs two fsyncs
             with self.mapping.update() as doc:
                 doc.put(name, local)
@@ -397,7 +398,12 @@ class SharedSessions:
             if document is None:
                 if not isinstance(local, dict):
                     return "gone"
-                if local.get(SHARED_MARK):
+                mark = local.get(SHARED_MARK)
+                if mark and mark != self.store.url:
+                    origin = mark if isinstance(mark, str) else "another store"
+                    return (f"left alone: this machine has it from {origin}, not from this "
+                            "store")
+                if mark:
                     # It came from the store, which no longer has it: deleted there (delete
                     # -n NAME on another machine). Pushing it would bring it back.
                     with self.mapping.update() as doc:

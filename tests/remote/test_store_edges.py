@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from claude_persist.remote import open_store
+
 from ..conftest import InProcessRunner, Ran
 from .machines import Machine, make_machine, user_prompts
 
@@ -95,3 +97,21 @@ def test_sync_drops_a_name_deleted_in_the_store(boxes: tuple[Box, Box, Box]) -> 
     assert names(a) == [] and a("resolve", "-n", "d1").code == 3
     assert b("sync").out == ""  # nothing left to bring back
     assert user_prompts(b.transcript(sid)) == ["one", "two"]  # the transcript stays
+
+
+# -- 3. a name keeps to the store it came from --------------------------------------------------
+
+def test_sync_never_pushes_another_stores_names(boxes: tuple[Box, Box, Box],
+                                                tmp_path: Path) -> None:
+    a, b, _ = boxes
+    other = tmp_path / "other store"
+    other.mkdir()
+    made(a("create", "-n", "from-s1", "-p", "one"))
+    made(b("resume", "-n", "from-s1", "-p", "two"))  # b caches it from the first store
+    del b.machine.env["CLAUDE_PERSIST_STORE"]
+    made(b("create", "-n", "local-only", "-p", "made without a store"))
+    synced = b("sync", "--store", f"dir:{other}")
+    assert synced.code == 0, synced.err
+    assert "from-s1  left alone: this machine has it from dir:" in synced.out
+    assert "local-only  pushed (new in the store)" in synced.out
+    assert open_store(f"dir:{other}").names("entry") == ["local-only"]
