@@ -19,6 +19,11 @@ Endpoint, region and credentials come the standard AWS way: ``AWS_ENDPOINT_URL``
 ``AWS_ENDPOINT_URL_S3``), ``AWS_REGION``, ``AWS_PROFILE``, the access key variables, the shared
 config and credentials files, instance roles. Retries follow ``AWS_RETRY_MODE`` and
 ``AWS_MAX_ATTEMPTS`` when set, else three attempts in the standard mode.
+
+Every request is bounded: a connection that does not open within :data:`CONNECT_TIMEOUT`, or an
+answer that stops for :data:`READ_TIMEOUT`, fails the attempt, so a hung server costs at most
+about ``attempts x READ_TIMEOUT`` (one minute with the defaults) per request before the store's
+error (exit 75), instead of minutes past ``--lock-timeout``.
 """
 
 from __future__ import annotations
@@ -47,6 +52,12 @@ from .base import (
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
+
+#: Seconds to open a connection, and to wait for the next bytes of an answer (per attempt).
+CONNECT_TIMEOUT = 5.0
+READ_TIMEOUT = 20.0
+#: Attempts per request (the first and the retries) unless AWS_MAX_ATTEMPTS says otherwise.
+ATTEMPTS = 3
 
 _CONFLICT_CODES = {"PreconditionFailed", "ConditionalRequestConflict", "412", "409"}
 _MISSING_CODES = {"NoSuchKey", "404", "NotFound"}
@@ -86,9 +97,11 @@ class S3Store(SharedStore):
                              "pip install 'claude-persist[s3]'") from None
         from botocore.exceptions import BotoCoreError
 
-        config = Config(connect_timeout=10, read_timeout=60, user_agent_extra="claude-persist")
+        config = Config(connect_timeout=CONNECT_TIMEOUT, read_timeout=READ_TIMEOUT,
+                        user_agent_extra="claude-persist")
         if not os.environ.get("AWS_RETRY_MODE") and not os.environ.get("AWS_MAX_ATTEMPTS"):
-            config = config.merge(Config(retries={"mode": "standard", "total_max_attempts": 3}))
+            config = config.merge(Config(retries={"mode": "standard",
+                                                  "total_max_attempts": ATTEMPTS}))
         try:
             client: S3Client = boto3.session.Session().client("s3", config=config)
         except BotoCoreError as exc:  # a bad profile, a bad endpoint URL, ...

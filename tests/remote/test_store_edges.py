@@ -6,6 +6,11 @@ is the point."""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import socket
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -115,3 +120,46 @@ def test_sync_never_pushes_another_stores_names(boxes: tuple[Box, Box, Box],
     assert "from-s1  left alone: this machine has it from dir:" in synced.out
     assert "local-only  pushed (new in the store)" in synced.out
     assert open_store(f"dir:{other}").names("entry") == ["local-only"]
+
+
+# -- 4. a hung S3 server ------------------------------------------------------------------------
+
+def test_a_hung_s3_server_fails_each_request_in_bounded_time(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A server that accepts connections and never answers (as a stopped one does): each
+    request gives up after its attempts' read timeouts, with the store's error."""
+    from claude_persist.errors import StoreError
+    from claude_persist.remote import s3store
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    accepted: list[socket.socket] = []
+    threading.Thread(target=lambda: _accept(listener, accepted), daemon=True).start()
+    for variable in [v for v in os.environ if v.startswith("AWS_")]:
+        monkeypatch.delenv(variable)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{listener.getsockname()[1]}")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    store = open_store("s3://hung-bucket/p")
+    config = store.client.meta.config  # type: ignore[attr-defined]
+    assert (config.connect_timeout, config.read_timeout) == (5, 20)
+    assert config.retries == {"mode": "standard", "total_max_attempts": 3}
+    monkeypatch.setattr(s3store, "READ_TIMEOUT", 0.2)
+    store = open_store("s3://hung-bucket/p")
+    with pytest.raises(StoreError, match="hung-bucket"):
+        store.get("entry", "x")
+    deadline = time.monotonic() + 30  # the accepting thread may not have caught up yet
+    while len(accepted) < 3 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert len(accepted) == 3  # every attempt timed out, and there were three
+    listener.close()
+
+
+def _accept(listener: socket.socket, accepted: list[socket.socket]) -> None:
+    with contextlib.suppress(OSError):
+        while True:
+            accepted.append(listener.accept()[0])  # kept open, never answered
