@@ -224,6 +224,18 @@ class StoreError(ClaudePersistError):
         self.reason = reason
 
 
+class StoreRecordError(StoreError):
+    """The shared store holds a record it cannot read (not JSON, not ours, too big, incomplete)
+    or lacks a blob an entry names. ``key`` is the record's key or path. Commands that go
+    through many records (``list``, ``sync``, ``export --all``) skip it, say so, and go on;
+    ``delete -n NAME``, ``create --force`` and ``lease --break`` replace or remove it."""
+
+    def __init__(self, message: str, *, store: str = "", operation: str = "",
+                 reason: str = "", key: str = "") -> None:
+        super().__init__(message, store=store, operation=operation, reason=reason)
+        self.key = key
+
+
 class StoreConflictError(ClaudePersistError):
     """A compare-and-swap write to the shared store lost: the record was created, changed or
     removed by another writer since it was read. Nothing was written; read it again and decide.

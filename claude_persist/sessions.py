@@ -171,6 +171,8 @@ class Sessions:
                 observer = telemetry.from_environment(os.environ, notify)
         self.observer = observer
         self.shared: SharedSessions | None = None
+        self.skipped: builtins.list[Exception] = []
+        """What the last ``list`` left out: the store's records it could not read."""
         if store is not None:  # only then: nothing of remote/ is imported without a store
             from .remote.shared import SharedSessions
             from .remote.url import parse_store_url
@@ -190,8 +192,19 @@ class Sessions:
         """Every named session of the workspace (of the store, when one is set), sorted by
         name; a corrupt entry is left out and named in a warning."""
         if self.shared is not None:
-            return [e for e in (self._shared_entry(n) for n in self.shared.names())
-                    if e is not None]
+            from .errors import StoreRecordError
+
+            found, self.skipped = [], []
+            for name in self.shared.names():
+                try:
+                    entry = self._shared_entry(name)
+                except StoreRecordError as exc:
+                    self.notify(f"warning: {name} left out: {exc}")
+                    self.skipped.append(exc)
+                    continue
+                if entry is not None:
+                    found.append(entry)
+            return found
         doc = self.store.read()
         broken = doc.unusable()
         if broken:
@@ -251,7 +264,8 @@ class Sessions:
         name = validate.name(name)
         text = validate.prompt(prompt) if prompt is not None else init_prompt(name)
         if self.shared is not None:
-            with self._leased(name, options, "create") as (lease, document):
+            with self._leased(name, options, "create", unreadable_ok=force) as (lease,
+                                                                                 document):
                 if document is not None and not force:
                     raise self._exists_in_store(name, document)
                 result = self._local_create(name, text, options, True, on_line, cancel)
@@ -461,11 +475,20 @@ class Sessions:
         from . import __version__, bundle, fsio, transcripts
 
         if self.shared is not None:  # the store's sessions, brought here first
+            from .errors import StoreRecordError
+
+            every = names is None
             names = [validate.name(n) for n in names] if names is not None \
                 else self.shared.names()
-            for name in names:
-                with self._leased(name, self.defaults, "export", fetch=True):
-                    pass
+            for name in builtins.list(names):
+                try:
+                    with self._leased(name, self.defaults, "export", fetch=True):
+                        pass
+                except StoreRecordError as exc:
+                    if not every:
+                        raise
+                    self.notify(f"warning: {name} left out: {exc}")
+                    names.remove(name)
         doc = self.store.read()
         wanted = [validate.name(n) for n in names] if names is not None else sorted(doc.aliases)
         sources = []
@@ -619,11 +642,13 @@ class Sessions:
     # -- a shared store -----------------------------------------------------------------------
 
     @contextlib.contextmanager
-    def _leased(self, name: str, options: CallSettings, note: str, *, fetch: bool = False
-                ) -> Iterator[tuple[Lease, Any]]:
+    def _leased(self, name: str, options: CallSettings, note: str, *, fetch: bool = False,
+                unreadable_ok: bool = False) -> Iterator[tuple[Lease, Any]]:
         """Hold ``name``'s lease in the store (waiting up to the lock timeout); with ``fetch``
         bring the session's entry and files here first (a name the store lacks is not found).
-        Yields the lease and the entry record as read (None: the store has no such name)."""
+        Yields the lease and the entry record as read (None: the store has no such name).
+        ``unreadable_ok``: an entry the store cannot read is yielded as an empty record of its
+        version (to be replaced or removed), with a warning."""
         assert self.shared is not None
         shared = self.shared
         lock_timeout = merge(options, self.defaults).lock_timeout
@@ -635,7 +660,21 @@ class Sessions:
                     raise shared.not_found(name)
                 yield lease, fetched.document
             else:
-                yield lease, shared.entry(name)
+                yield lease, self._entry_record(name, unreadable_ok)
+
+    def _entry_record(self, name: str, unreadable_ok: bool) -> Any:
+        from .errors import StoreRecordError
+        from .remote.base import Document
+
+        assert self.shared is not None
+        try:
+            return self.shared.entry(name)
+        except StoreRecordError as exc:
+            version = self.shared.store.version("entry", name) if unreadable_ok else None
+            if version is None:
+                raise
+            self.notify(f"warning: replacing an unreadable record: {exc}")
+            return Document({}, version, "")
 
     def _exists_in_store(self, name: str, document: Any) -> NameExistsError:
         assert self.shared is not None
@@ -668,7 +707,8 @@ class Sessions:
 
     def _shared_delete(self, name: str) -> None:
         assert self.shared is not None
-        with self._leased(name, self.defaults, "delete") as (lease, document):
+        with self._leased(name, self.defaults, "delete", unreadable_ok=True) as (lease,
+                                                                                 document):
             if document is None:
                 raise self.shared.not_found(name)
             lease.delete_entry(expect=document.version)

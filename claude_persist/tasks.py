@@ -480,6 +480,19 @@ def list_(
     week (with the day it is due)."""
     sessions = open_sessions(c, workspace, mapping_file, None)
     entries = sessions.list()
+    try:
+        _print_list(sessions, entries, json)
+    finally:
+        if sessions.skipped:  # the store's unreadable records: exit 75 once the rest is shown
+            from .errors import StoreRecordError
+
+            raise StoreRecordError(
+                f"{len(sessions.skipped)} record(s) of the shared store could not be read and "
+                "were left out (see the warnings above); remove them there (delete -n NAME) "
+                "or restore them", store=sessions.shared.location if sessions.shared else "")
+
+
+def _print_list(sessions: Sessions, entries: list[Any], json: bool) -> None:
     states = sessions.transcript_states(entries)
     if json:
         print_json({"workspace_dir": str(sessions.workspace),
@@ -964,8 +977,10 @@ def sync(c: Context, workspace: str | None = None, mapping_file: str | None = No
          json: bool = False) -> None:
     """With a shared store: push the sessions this machine has and the store lacks or is
     behind on (a push that failed after a turn), and pull those the store has and this machine
-    lacks or is behind on. Prints each name and what was done; exit 4 if any conflicted."""
-    from .errors import StoreConflictError
+    lacks or is behind on. Prints each name and what was done; exit 75 if a record of the
+    store could not be read (that name was skipped, the others done), else 4 if any
+    conflicted."""
+    from .errors import StoreConflictError, StoreRecordError
 
     sessions = open_sessions(c, workspace, mapping_file, None)
     done = sessions.sync()
@@ -974,6 +989,10 @@ def sync(c: Context, workspace: str | None = None, mapping_file: str | None = No
     else:
         for name, what in done:
             print(f"{name}  {what}", flush=True)
+    skipped = [n for n, d in done if d.startswith("skipped")]
+    if skipped:
+        raise StoreRecordError(f"sync skipped {len(skipped)} session(s) whose records the "
+                               f"store could not read: {', '.join(skipped)} (see above)")
     conflicts = [n for n, d in done if d.startswith("conflict")]
     if conflicts:
         raise StoreConflictError(f"sync left {len(conflicts)} session(s) as they were: "
@@ -986,7 +1005,7 @@ def lease(c: Context, name: str | None = None, break_: bool = False, json: bool 
     it (for a holder that is gone; a live holder's next write then fails with exit 4)."""
     import time
 
-    from .remote.lease import break_lease, read_lease
+    from .remote.lease import UNREADABLE, break_lease, read_lease
 
     sessions = open_sessions(c, workspace, mapping_file, None)
     if sessions.shared is None:
@@ -995,6 +1014,12 @@ def lease(c: Context, name: str | None = None, break_: bool = False, json: bool 
     name = validate.name(name)
     store = sessions.shared.store
     info = break_lease(store, name) if break_ else read_lease(store, name)
+    if break_ and info is not None and info.note == UNREADABLE:
+        if json:
+            print_json({"name": name, "broken": True, "lease": None})
+        else:
+            print(f"{name}: removed an unreadable lease record", flush=True)
+        return
     if json:
         print_json({"name": name, "broken": break_ and info is not None,
                     "lease": None if info is None else info.to_json()})

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 from urllib.parse import quote, unquote
 
-from ..errors import StoreConflictError, StoreError
+from ..errors import StoreConflictError, StoreRecordError
 
 #: ``entry``: a named session; ``lease``: its holder; ``session``: which name a session id has
 #: (a session has at most one name in a store, see ``shared.SharedSessions.claim``).
@@ -82,30 +82,33 @@ def envelope(data: dict[str, Any] | None, write: str) -> bytes:
     return json.dumps(body, separators=(",", ":"), sort_keys=True).encode("utf-8")
 
 
-def open_envelope(raw: bytes, where: str, store: str) -> tuple[dict[str, Any] | None, str]:
+def open_envelope(raw: bytes, where: str, store: str, key: str = ""
+                  ) -> tuple[dict[str, Any] | None, str]:
     """``(data, write token)`` from stored bytes; data None for a tombstone. Anything else is
-    a :class:`StoreError` naming the record."""
+    a :class:`StoreRecordError` naming the record (``where``) and its ``key`` or path."""
     try:
         body = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as exc:
-        raise unreadable(where, store, f"not JSON ({exc})") from None
+        raise unreadable(where, store, f"not JSON ({exc})", key) from None
     if not isinstance(body, dict) or not isinstance(body.get("write"), str):
-        raise unreadable(where, store, "not a record of ours")
+        raise unreadable(where, store, "not a record of ours", key)
     if body.get("format") != FORMAT:
         raise unreadable(where, store, f"format {body.get('format')!r}, this version reads "
-                         f"format {FORMAT}: upgrade claude-persist")
+                         f"format {FORMAT}: upgrade claude-persist", key)
     if body.get("deleted") is True:
         return None, body["write"]
     data = body.get("data")
     if not isinstance(data, dict):
-        raise unreadable(where, store, "its data is not a JSON object")
+        raise unreadable(where, store, "its data is not a JSON object", key)
     return data, body["write"]
 
 
-def unreadable(where: str, store: str, why: str) -> StoreError:
-    return StoreError(f"the shared store {store} holds {where}, which is unreadable: {why}. "
-                      "Remove it there, or restore it from a backup.",
-                      store=store, operation=f"read {where}", reason=why)
+def unreadable(where: str, store: str, why: str, key: str = "") -> StoreRecordError:
+    at = f" ({key})" if key else ""
+    return StoreRecordError(f"the shared store {store} holds {where}, which is unreadable: "
+                            f"{why}. Remove it there{at}, or restore it from a backup.",
+                            store=store, operation=f"read {where}", reason=why,
+                            key=key or where)
 
 
 def digest_of(data: bytes) -> str:
@@ -160,7 +163,16 @@ class SharedStore(ABC):
 
     @abstractmethod
     def names(self, kind: Kind) -> list[str]:
-        """The names that have a record of ``kind``, sorted."""
+        """The names that have a record of ``kind``, sorted (an unreadable record's too)."""
+
+    @abstractmethod
+    def version(self, kind: Kind, name: str) -> str | None:
+        """The record's current version without reading its content (None: no record), so
+        that an unreadable record can be replaced or removed compare-and-swap."""
+
+    def where(self, kind: Kind, name: str) -> str:
+        """How a message names a record, with its key or path: ``the entry 'x' (key ...)``."""
+        return what(kind, name)
 
     # -- blobs -----------------------------------------------------------------------------
 

@@ -47,7 +47,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..errors import StoreError
+from ..errors import StoreError, StoreRecordError
 from .base import (
     RECORD_LIMIT,
     Document,
@@ -137,9 +137,10 @@ class DirStore(SharedStore):
         except OSError as exc:
             raise self._error(exc, operation, path) from None
         if len(raw) > RECORD_LIMIT:
-            raise StoreError(f"the shared store folder {self.root} holds a record over "
-                             f"{RECORD_LIMIT} bytes: {path}. Remove it.",
-                             store=self.location, operation=operation, reason="too big")
+            raise StoreRecordError(f"the shared store folder {self.root} holds a record over "
+                                   f"{RECORD_LIMIT} bytes: {path}. Remove it.",
+                                   store=self.location, operation=operation, reason="too big",
+                                   key=str(path))
         return raw
 
     def _numbers(self, folder: Path, operation: str) -> list[int] | None:
@@ -173,16 +174,37 @@ class DirStore(SharedStore):
                          "versions kept vanishing while being read. Try again.",
                          store=self.location, operation=operation, reason="unstable listing")
 
+    def where(self, kind: Kind, name: str) -> str:
+        return f"{what(kind, name)} ({self._folder(kind, name)})"
+
+    def _open(self, kind: Kind, name: str, number: int, raw: bytes
+              ) -> tuple[dict[str, Any] | None, str]:
+        return open_envelope(raw, what(kind, name), self.location,
+                             str(self._file(self._folder(kind, name), number)))
+
     def get(self, kind: Kind, name: str) -> Document | None:
         operation = f"read {what(kind, name)}"
         latest = self._latest(kind, name, operation)
         if latest is None:
             return None
         number, raw = latest
-        data, write = open_envelope(raw, what(kind, name), self.location)
+        data, write = self._open(kind, name, number, raw)
         if data is None:
             return None
         return Document(data, self._token(number, raw), write)
+
+    def version(self, kind: Kind, name: str) -> str | None:
+        latest = self._latest(kind, name, f"read {what(kind, name)}")
+        if latest is None or self._live(kind, name, *latest) is False:
+            return None
+        return self._token(*latest)
+
+    def _live(self, kind: Kind, name: str, number: int, raw: bytes) -> bool | None:
+        """True: a record; False: a tombstone; None: unreadable (counts as a record)."""
+        try:
+            return self._open(kind, name, number, raw)[0] is not None
+        except StoreRecordError:
+            return None
 
     def names(self, kind: Kind) -> list[str]:
         operation = f"list the {kind} records"
@@ -198,8 +220,7 @@ class DirStore(SharedStore):
         for folder in folders:
             name = decode_name(folder)
             latest = self._latest(kind, name, operation)
-            if latest is not None and open_envelope(latest[1], what(kind, name),
-                                                    self.location)[0] is not None:
+            if latest is not None and self._live(kind, name, *latest) is not False:
                 found.append(name)
         return sorted(found)
 
@@ -217,8 +238,7 @@ class DirStore(SharedStore):
         verb = "create" if expect is None else "delete" if data is None else "replace"
         operation = f"{verb} {what(kind, name)}"
         latest = self._latest(kind, name, operation)
-        live = latest is not None and open_envelope(
-            latest[1], what(kind, name), self.location)[0] is not None
+        live = latest is not None and self._live(kind, name, *latest) is not False
         if expect is None:
             if live:
                 raise self.conflict(kind, name, verb, "it exists already")
@@ -358,17 +378,20 @@ class DirStore(SharedStore):
                 data = handle.read()
         except FileNotFoundError:
             self._check_root(operation)
-            raise StoreError(f"the shared store folder {self.root} has no blob {digest}, "
-                             "which an entry names: it was removed by hand. Push the session "
-                             "again from a machine that has it.",
-                             store=self.location, operation=operation,
-                             reason="missing") from None
+            raise StoreRecordError(
+                f"the shared store folder {self.root} has no blob {digest} ({path}), which an "
+                "entry names: it was removed by hand. Run `claude-persist sync` on a machine "
+                "that has the session: it uploads the missing blobs.",
+                store=self.location, operation=operation, reason="missing",
+                key=str(path)) from None
         except OSError as exc:
             raise self._error(exc, operation, path) from None
         if digest_of(data) != digest:
-            raise StoreError(f"the blob {path} in the shared store is damaged: its content "
-                             "does not match its sha256. Remove it and push the session again.",
-                             store=self.location, operation=operation, reason="damaged")
+            raise StoreRecordError(f"the blob {path} in the shared store is damaged: its "
+                                   "content does not match its sha256. Remove it, then run "
+                                   "`claude-persist sync` on a machine that has the session.",
+                                   store=self.location, operation=operation, reason="damaged",
+                                   key=str(path))
         return data
 
     def has_blob(self, digest: str) -> bool:

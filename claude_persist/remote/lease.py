@@ -37,12 +37,20 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import LeaseBusyError, LeaseLostError, StoreConflictError, StoreError
+from ..errors import (
+    LeaseBusyError,
+    LeaseLostError,
+    StoreConflictError,
+    StoreError,
+    StoreRecordError,
+)
 from .base import SharedStore, new_token
 
 #: Seconds a lease lasts unless renewed: how long a session stays unusable after its holder's
 #: machine dies.
 DEFAULT_TTL = 30.0
+#: The note of a lease whose record cannot be made sense of.
+UNREADABLE = "unreadable"
 #: A lease whose ``expires_at`` is past by more than this many TTLs by our clock is expired,
 #: whether or not we watched it.
 CLOCK_SKEW = 1.0
@@ -91,7 +99,7 @@ def _info(name: str, data: dict[str, Any], version: str) -> LeaseInfo:
                          float(data["expires_at"]), float(data["ttl"]), version,
                          str(data.get("note", "")))
     except (AssertionError, KeyError, TypeError, ValueError):
-        return LeaseInfo(name, "?", 0, "", 0.0, 0.0, 0.0, 0.0, version, "unreadable")
+        return LeaseInfo(name, "?", 0, "", 0.0, 0.0, 0.0, 0.0, version, UNREADABLE)
 
 
 def read_lease(store: SharedStore, name: str) -> LeaseInfo | None:
@@ -267,7 +275,11 @@ def break_lease(store: SharedStore, name: str) -> LeaseInfo | None:
     was there). Its holder's next renewal or fenced write fails with
     :class:`LeaseLostError`."""
     for _ in range(20):
-        current = read_lease(store, name)
+        try:
+            current = read_lease(store, name)
+        except StoreRecordError:  # not JSON, not ours: remove it all the same
+            version = store.version("lease", name)
+            current = None if version is None else _info(name, {}, version)
         if current is None:
             return None
         try:

@@ -34,7 +34,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
-from ..errors import StoreError, UsageError
+from ..errors import StoreError, StoreRecordError, UsageError
 from .base import (
     RECORD_LIMIT,
     Document,
@@ -203,20 +203,33 @@ class S3Store(SharedStore):
         except _Missing:
             return None
         if len(raw) > RECORD_LIMIT:
-            raise StoreError(f"the shared store {self.location} holds a record over "
-                             f"{RECORD_LIMIT} bytes: {self._key(kind, name)}. Remove it.",
-                             store=self.location, operation=operation, reason="too big")
+            raise StoreRecordError(f"the shared store {self.location} holds a record over "
+                                   f"{RECORD_LIMIT} bytes: {self._key(kind, name)}. Remove it.",
+                                   store=self.location, operation=operation, reason="too big",
+                                   key=self._key(kind, name))
         return raw, answer["ETag"]
+
+    def where(self, kind: Kind, name: str) -> str:
+        return f"{what(kind, name)} (key {self._key(kind, name)})"
 
     def get(self, kind: Kind, name: str) -> Document | None:
         read = self._read(kind, name, f"read {what(kind, name)}")
         if read is None:
             return None
         raw, etag = read
-        data, write = open_envelope(raw, what(kind, name), self.location)
+        data, write = open_envelope(raw, what(kind, name), self.location,
+                                    f"key {self._key(kind, name)}")
         if data is None:
             return None
         return Document(data, etag, write)
+
+    def version(self, kind: Kind, name: str) -> str | None:
+        try:
+            with self._calling(f"look up {what(kind, name)}", missing=True):
+                answer = self.client.head_object(Bucket=self.bucket, Key=self._key(kind, name))
+        except _Missing:
+            return None
+        return str(answer["ETag"])
 
     def put(self, kind: Kind, name: str, data: dict[str, Any], *,
             expect: str | None) -> str:
@@ -239,8 +252,7 @@ class S3Store(SharedStore):
         except (_Conflict, _Missing) as lost:
             # A retried request whose first attempt went through meets its own write.
             current = self._read(kind, name, operation)
-            if current is not None and open_envelope(
-                    current[0], what(kind, name), self.location)[1] == token:
+            if current is not None and _write_token(current[0]) == token:
                 return current[1]
             why = ("it exists already" if expect is None
                    else "it does not exist (any more)" if isinstance(lost, _Missing)
@@ -338,16 +350,19 @@ class S3Store(SharedStore):
                 with answer["Body"] as body:
                     data = body.read()
         except _Missing:
-            raise StoreError(f"the shared store {self.location} has no blob {digest}, which "
-                             "an entry names: it was removed (a lifecycle rule?). Push the "
-                             "session again from a machine that has it.",
-                             store=self.location, operation=operation,
-                             reason="missing") from None
+            raise StoreRecordError(
+                f"the shared store {self.location} has no blob {self._blob_key(digest)}, "
+                "which an entry names: it was removed (a lifecycle rule?). Run `claude-persist "
+                "sync` on a machine that has the session: it uploads the missing blobs.",
+                store=self.location, operation=operation, reason="missing",
+                key=self._blob_key(digest)) from None
         if digest_of(data) != digest:
-            raise StoreError(f"the blob {self._blob_key(digest)} in the shared store "
-                             f"{self.location} is damaged: its content does not match its "
-                             "sha256. Remove it and push the session again.",
-                             store=self.location, operation=operation, reason="damaged")
+            raise StoreRecordError(
+                f"the blob {self._blob_key(digest)} in the shared store {self.location} is "
+                "damaged: its content does not match its sha256. Remove it, then run "
+                "`claude-persist sync` on a machine that has the session.",
+                store=self.location, operation=operation, reason="damaged",
+                key=self._blob_key(digest))
         return data
 
     def has_blob(self, digest: str) -> bool:
@@ -364,3 +379,11 @@ class S3Store(SharedStore):
                 raise self._client_error(operation, "NoSuchBucket", "404", "") from None
             return False
         return True
+
+
+def _write_token(raw: bytes) -> str | None:
+    """The write token of stored bytes, or None when they are not a record of ours."""
+    try:
+        return open_envelope(raw, "", "")[1]
+    except StoreError:
+        return None

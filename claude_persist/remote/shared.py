@@ -34,6 +34,7 @@ from ..errors import (
     SessionNotFoundError,
     StoreConflictError,
     StoreError,
+    StoreRecordError,
     UsageError,
 )
 from ..mapping import MappingDoc
@@ -238,11 +239,13 @@ class SharedSessions:
         sid = entry.get("session_id")
         files = document.data.get("files")
         if not isinstance(sid, str) or not isinstance(files, dict):
-            raise StoreError(f"the shared store {self.location} holds an entry {name!r} "
-                             "without a session id or files: it was not written by "
-                             "claude-persist. Delete it (delete -n NAME) and push again.",
-                             store=self.location, operation=f"read the entry {name!r}",
-                             reason="incomplete")
+            where = self.store.where("entry", name)
+            raise StoreRecordError(f"the shared store {self.location} holds {where} without "
+                                   "a session id or files: it was not written by "
+                                   f"claude-persist. Delete it (delete -n {name}) and push "
+                                   "again.", store=self.location,
+                                   operation=f"read the entry {name!r}", reason="incomplete",
+                                   key=where)
         cwd = Path(entry["cwd"])
         fetched = Fetched(document, sid, cwd)
         with lock(sid):
@@ -264,10 +267,11 @@ class SharedSessions:
             digest = meta.get("sha256") if isinstance(meta, dict) else None
             if not isinstance(rel, str) or not isinstance(digest, str) \
                     or not _safe_relative(rel, sid):
-                raise StoreError(f"the shared store {self.location} holds an entry {name!r} "
-                                 f"naming the file {rel!r}, which is not a session file",
-                                 store=self.location, operation=f"read the entry {name!r}",
-                                 reason="bad file name")
+                where = self.store.where("entry", name)
+                raise StoreRecordError(f"the shared store {self.location} holds {where} "
+                                       f"naming the file {rel!r}, which is not a session file",
+                                       store=self.location, operation=f"read the entry {name!r}",
+                                       reason="bad file name", key=where)
             dest = project / rel
             current = fsio.lstat(dest, "a session file")
             if current is not None and _digest(dest)[1] == digest:
@@ -379,7 +383,9 @@ class SharedSessions:
 
     def sync(self, timeout: float | None, lock: Callable[[str], Any]) -> list[tuple[str, str]]:
         """Push local names the store lacks or is behind on; pull the store's names this
-        machine lacks or is behind on. Gives ``(name, what was done)`` per name."""
+        machine lacks or is behind on. Gives ``(name, what was done)`` per name; a name whose
+        record the store cannot read (or whose blob is missing) is ``skipped: ...``, and the
+        others are still done."""
         done: list[tuple[str, str]] = []
         local = self.mapping.read()
         names = sorted(set(self.names()) | set(local.aliases))
@@ -389,6 +395,9 @@ class SharedSessions:
             except (StoreConflictError, SessionNotFoundError, SessionBusyError,
                     UsageError) as exc:
                 done.append((name, f"conflict: {exc}"))
+            except StoreRecordError as exc:
+                self.notify(f"warning: {name} skipped: {exc}")
+                done.append((name, f"skipped: {exc}"))
         return done
 
     def _sync_one(self, name: str, timeout: float | None, lock: Callable[[str], Any]) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import socket
 import threading
 import time
@@ -16,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from claude_persist.remote import open_store
+from claude_persist.errors import StoreRecordError
+from claude_persist.remote import SharedStore, open_store
 
 from ..conftest import InProcessRunner, Ran
 from .machines import Machine, make_machine, user_prompts
@@ -163,3 +165,80 @@ def _accept(listener: socket.socket, accepted: list[socket.socket]) -> None:
     with contextlib.suppress(OSError):
         while True:
             accepted.append(listener.accept()[0])  # kept open, never answered
+
+
+# -- 5. one unreadable record blocks nothing else -----------------------------------------------
+
+def _latest_version(folder: str, kind: str, name: str) -> Path:
+    return sorted((Path(folder.removeprefix("dir:")) / kind / name).glob("*.json"))[-1]
+
+
+def test_an_unreadable_entry_is_skipped_named_replaced_and_deleted(
+        boxes: tuple[Box, Box, Box], folder: str, tmp_path: Path) -> None:
+    a, _, _ = boxes
+    made(a("create", "-n", "good", "-p", "one"))
+    made(a("create", "-n", "bad", "-p", "one"))
+    broken = _latest_version(folder, "entry", "bad")
+    broken.write_bytes(b"{not json")
+    listed = a("list", "--json")
+    assert listed.code == 75 and [s["name"] for s in listed.json()["sessions"]] == ["good"]
+    assert str(broken) in listed.err
+    synced = a("sync")
+    assert synced.code == 75 and "good  up to date" in synced.out
+    assert "bad  skipped: " in synced.out and str(broken) in synced.out
+    exported = a("export", "--all", "-o", str(tmp_path / "all.tgz"))
+    assert exported.code == 0 and "bad left out" in exported.err and str(broken) in exported.err
+    replaced = a("create", "-n", "bad", "--force", "-p", "again")
+    assert replaced.code == 0, replaced.err
+    assert names(a) == ["bad", "good"]
+    _latest_version(folder, "entry", "bad").write_bytes(b"[]")
+    deleted = a("delete", "-n", "bad")
+    assert deleted.code == 0, deleted.err
+    assert a("list").code == 0 and names(a) == ["good"]
+
+
+def test_an_unreadable_lease_is_broken(boxes: tuple[Box, Box, Box], folder: str) -> None:
+    a, b, _ = boxes
+    made(a("create", "-n", "s", "-p", "one"))
+    latest = _latest_version(folder, "lease", "s")
+    garbage = latest.with_name(f"{int(latest.stem) + 1:012d}.json")
+    garbage.write_bytes(b"\xff garbage")
+    shown = b("lease", "-n", "s")
+    assert shown.code == 75 and str(garbage) in shown.err
+    broken = b("lease", "-n", "s", "--break")
+    assert broken.code == 0, broken.err
+    assert "removed an unreadable lease record" in broken.out
+    assert made(b("resume", "-n", "s", "-p", "two"))
+
+
+def test_sync_goes_on_past_a_missing_blob(boxes: tuple[Box, Box, Box], folder: str) -> None:
+    a, b, _ = boxes
+    first = made(a("create", "-n", "first", "-p", "one"))
+    made(a("create", "-n", "second", "-p", "one"))
+    blob = next(p for p in Path(folder.removeprefix("dir:"), "blobs").glob("*/*")
+                if p.read_bytes().count(first.encode()))
+    blob.unlink()
+    synced = b("sync")
+    assert synced.code == 75, synced.err
+    assert "first  skipped: " in synced.out and str(blob) in synced.out
+    assert "second  pulled" in synced.out
+
+
+def test_an_unreadable_record_is_listed_named_and_removable(
+        store_url: str, store: SharedStore, request: pytest.FixtureRequest) -> None:
+    if store_url.startswith("dir:"):
+        path = Path(store_url.removeprefix("dir:"), "entry", "x", "000000000001.json")
+        path.parent.mkdir(parents=True)
+        path.write_bytes(b"{not json")
+        where = str(path)
+    else:
+        bucket = store_url.removeprefix("s3://").split("/")[0]
+        where = "team/sessions/entry/x.json"
+        request.getfixturevalue("s3_admin").put_object(Bucket=bucket, Key=where, Body=b"{")
+    with pytest.raises(StoreRecordError, match=re.escape(where)):
+        store.get("entry", "x")
+    assert store.names("entry") == ["x"]
+    version = store.version("entry", "x")
+    assert version is not None
+    store.delete("entry", "x", expect=version)
+    assert store.names("entry") == [] and store.version("entry", "x") is None
