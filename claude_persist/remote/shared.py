@@ -431,11 +431,38 @@ class SharedSessions:
                         "export, then import --as)", store=self.location, key=name,
                         operation="sync")
             fetched = self.fetch(name, lock)
+            restored = self._restore_blobs(document, fetched)
+            again = f", re-uploaded {restored} missing blob(s)" if restored else ""
             if fetched.ahead:
                 self.push(name, lease, document.version, document.data.get("files"),
                           self.stored_sid(document))
-                return "pushed (turns the store lacked)"
-            return f"pulled ({len(fetched.placed)} files)" if fetched.placed else "up to date"
+                return f"pushed (turns the store lacked{again})"
+            if fetched.placed:
+                return f"pulled ({len(fetched.placed)} files{again})"
+            return f"re-uploaded {restored} missing blob(s)" if restored else "up to date"
+
+    def _restore_blobs(self, document: Document, fetched: Fetched) -> int:
+        """Upload the blobs the store's entry names but the store lacks (removed by hand or
+        by a lifecycle rule), from this machine's copies of those files; gives how many."""
+        files = document.data.get("files")
+        if fetched.session_id is None or fetched.cwd is None or not isinstance(files, dict):
+            return 0
+        local = transcripts.locate(fetched.session_id, fetched.cwd, self.env)
+        project = local.parent if local is not None else transcripts.project_folder(
+            fetched.cwd, self.env)
+        restored = 0
+        for rel, meta in files.items():
+            digest = meta.get("sha256") if isinstance(meta, dict) else None
+            if not isinstance(digest, str) or self.store.has_blob(digest):
+                continue
+            try:
+                content = (project / rel).read_bytes()
+            except OSError:
+                continue  # not here either: a fetch elsewhere names it
+            if hashlib.sha256(content).hexdigest() == digest:
+                self.store.put_blob(content)
+                restored += 1
+        return restored
 
 
 def _safe_relative(rel: str, sid: str) -> bool:

@@ -242,3 +242,20 @@ def test_an_unreadable_record_is_listed_named_and_removable(
     assert version is not None
     store.delete("entry", "x", expect=version)
     assert store.names("entry") == [] and store.version("entry", "x") is None
+
+
+# -- 6. a removed blob comes back from a machine that has it ------------------------------------
+
+def test_sync_uploads_blobs_the_store_lost(boxes: tuple[Box, Box, Box], folder: str) -> None:
+    a, b, _ = boxes
+    sid = made(a("create", "-n", "s", "-p", "one"))
+    blobs = [p for p in Path(folder.removeprefix("dir:"), "blobs").glob("*/*")]
+    for blob in blobs:
+        blob.unlink()
+    assert b("resume", "-n", "s", "-p", "two").code == 75  # the store cannot give it
+    synced = a("sync")
+    assert synced.code == 0, synced.err
+    assert f"s  re-uploaded {len(blobs)} missing blob(s)" in synced.out
+    assert a("sync").out == "s  up to date\n"
+    assert made(b("resume", "-n", "s", "-p", "two"))
+    assert user_prompts(b.transcript(sid)) == ["one", "two"]
