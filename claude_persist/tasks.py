@@ -1011,7 +1011,9 @@ def lease(c: Context, name: str | None = None, break_: bool = False, json: bool 
     if sessions.shared is None:
         raise UsageError("lease needs a shared store: --store URL, CLAUDE_PERSIST_STORE, or "
                          "store: in the configuration")
-    name = validate.name(name)
+    from .remote.shared import store_name
+
+    name = store_name(validate.name(name))
     store = sessions.shared.store
     info = break_lease(store, name) if break_ else read_lease(store, name)
     if break_ and info is not None and info.note == UNREADABLE:

@@ -104,6 +104,13 @@ class S3Store(SharedStore):
                                                   "total_max_attempts": ATTEMPTS}))
         try:
             client: S3Client = boto3.session.Session().client("s3", config=config)
+        except ValueError as exc:  # boto3's word for an endpoint that is not a URL
+            endpoint = (os.environ.get("AWS_ENDPOINT_URL_S3")
+                        or os.environ.get("AWS_ENDPOINT_URL") or "the configured endpoint")
+            raise UsageError(f"cannot open the shared store {self.location}: {exc}. The "
+                             f"endpoint {endpoint!r} (AWS_ENDPOINT_URL_S3, AWS_ENDPOINT_URL "
+                             "or endpoint_url in the AWS config) must be a URL such as "
+                             "https://s3.example.com") from None
         except BotoCoreError as exc:  # a bad profile, a bad endpoint URL, ...
             raise StoreError(f"cannot open the shared store {self.location}: {exc}. Check "
                              "AWS_PROFILE, AWS_ENDPOINT_URL and the AWS config files.",

@@ -54,6 +54,23 @@ SHARED_MARK = "from_store"
 SYNC_HINT = "run `claude-persist sync` once the store is reachable to push it"
 
 
+#: The longest session name a store takes: it becomes a file name (at most 255 bytes on most
+#: file systems) or a part of an object key.
+NAME_LIMIT = 200
+
+
+def store_name(name: str) -> str:
+    """``name`` if the store can hold it; a :class:`UsageError` (exit 2) if it is too long."""
+    from .base import encode_name
+
+    length = len(encode_name(name))
+    if length > NAME_LIMIT:
+        raise UsageError(f"the session name {name[:40]!r}... is {length} characters long: with "
+                         f"a shared store a name has at most {NAME_LIMIT} (it becomes a file "
+                         "or key name in the store); choose a shorter one")
+    return name
+
+
 def lease_ttl(environ: Mapping[str, str] | None = None) -> float:
     value = (os.environ if environ is None else environ).get(TTL_VARIABLE, "")
     if not value:
@@ -118,6 +135,7 @@ class SharedSessions:
             self.notify(f"session {name} is in use: {info.holder} holds its lease in the "
                         f"shared store {self.location}; waiting {limit}")
 
+        store_name(name)
         with held(self.store, name, ttl=self.ttl, timeout=timeout, note=note,
                   on_wait=waiting) as lease:
             yield lease
@@ -128,7 +146,7 @@ class SharedSessions:
         return self.store.names("entry")
 
     def entry(self, name: str) -> Document | None:
-        return self.store.get("entry", name)
+        return self.store.get("entry", store_name(name))
 
     def stored_sid(self, document: Document | None) -> str | None:
         """The session id an entry record names (None: no record, or none named)."""

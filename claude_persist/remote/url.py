@@ -24,8 +24,10 @@ from ..errors import UsageError
 from .base import SharedStore
 
 FORMS = "s3://BUCKET[/PREFIX] or dir:/ABSOLUTE/FOLDER"
-# Letters, digits, dots, hyphens (and the underscores of old us-east-1 buckets), 3 to 63.
-_BUCKET = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{1,61}[A-Za-z0-9]$")
+# S3's bucket naming rules: 3 to 63 lower-case letters, digits, dots and hyphens, starting and
+# ending with a letter or digit, no two dots in a row, not an IP address.
+_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+_IP_ADDRESS = re.compile(r"^\d+\.\d+\.\d+\.\d+$")
 _PREFIX_SEGMENT = re.compile(r"^[A-Za-z0-9!_.*'()=+,;:@ -]+$")
 
 
@@ -96,9 +98,10 @@ def _parse_s3(value: str, text: str, source: str) -> StoreURL:
                    "AWS variables or profile, and AWS_ENDPOINT_URL")
     if not bucket:
         raise _bad(value, source, "no bucket named")
-    if not _BUCKET.match(bucket) or ".." in bucket:
-        raise _bad(value, source, f"{bucket!r} is not a valid bucket name (3 to 63 letters, "
-                   "digits, dots and hyphens, starting and ending with a letter or digit)")
+    if not _BUCKET.match(bucket) or ".." in bucket or _IP_ADDRESS.match(bucket):
+        raise _bad(value, source, f"{bucket!r} is not a valid bucket name (3 to 63 lower-case "
+                   "letters, digits, dots and hyphens, starting and ending with a letter or "
+                   "digit, no '..', not an IP address)")
     segments = [s for s in split.path.split("/") if s]
     for segment in segments:
         if segment in {".", ".."} or not _PREFIX_SEGMENT.match(segment):

@@ -259,3 +259,29 @@ def test_sync_uploads_blobs_the_store_lost(boxes: tuple[Box, Box, Box], folder: 
     assert a("sync").out == "s  up to date\n"
     assert made(b("resume", "-n", "s", "-p", "two"))
     assert user_prompts(b.transcript(sid)) == ["one", "two"]
+
+
+# -- 7. bad settings and inputs are usage errors ------------------------------------------------
+
+def test_an_endpoint_that_is_not_a_url_is_a_usage_error(cp: InProcessRunner) -> None:
+    ran = cp("list", "--store", "s3://bucket/p", env={
+        "AWS_ENDPOINT_URL": "not-a-url", "AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "y",
+        "AWS_REGION": "us-east-1"})
+    assert ran.code == 2, ran.err
+    assert "'not-a-url'" in ran.err and "AWS_ENDPOINT_URL" in ran.err
+
+
+@pytest.mark.parametrize("bucket", ["Team_Bk", "team_bucket", "TeamBucket", "192.168.1.10"])
+def test_bucket_names_follow_s3s_rules(cp: InProcessRunner, bucket: str) -> None:
+    ran = cp("list", "--store", f"s3://{bucket}/p")
+    assert ran.code == 2 and "not a valid bucket name" in ran.err, ran.err
+
+
+def test_a_name_too_long_for_the_store_is_a_usage_error(boxes: tuple[Box, Box, Box]) -> None:
+    a, _, _ = boxes
+    long = "n" * 300
+    for args in (("create", "-n", long, "-p", "one"), ("resolve", "-n", long),
+                 ("lease", "-n", long)):
+        ran = a(*args)
+        assert ran.code == 2 and "at most 200" in ran.err, (args, ran.err)
+    assert made(a("create", "-n", "n" * 200, "-p", "one"))
