@@ -932,10 +932,20 @@ _STORE_FLAG: contextvars.ContextVar[str | None] = contextvars.ContextVar("store"
 def store_setting(cfg: dict[str, Any]) -> tuple[str | None, str]:
     """The store URL and where it came from: --store, then the environment, then config."""
     flag = _STORE_FLAG.get()
+    # Set but empty is refused, never read as "no store": an empty CI secret must not send a
+    # job's sessions to this machine's mapping file alone.
+    if flag is not None and not flag.strip():
+        raise UsageError("--store is empty: give a store URL (s3://BUCKET/PREFIX or "
+                         "dir:/FOLDER), or leave the flag out")
     if flag:
         return flag, "--store"
-    if os.environ.get(STORE_VARIABLE):
-        return os.environ[STORE_VARIABLE], STORE_VARIABLE
+    value = os.environ.get(STORE_VARIABLE)
+    if value is not None and not value.strip():
+        raise UsageError(f"{STORE_VARIABLE} is set but empty (an empty CI secret?); set it to "
+                         "a store URL (s3://BUCKET/PREFIX or dir:/FOLDER), or unset it to use "
+                         "no store")
+    if value:
+        return value, STORE_VARIABLE
     value = cfg.get("store")
     if value is not None and not isinstance(value, str):
         raise UsageError(f"store: {value!r} in the configuration is not a store URL "

@@ -285,3 +285,11 @@ def test_a_name_too_long_for_the_store_is_a_usage_error(boxes: tuple[Box, Box, B
         ran = a(*args)
         assert ran.code == 2 and "at most 200" in ran.err, (args, ran.err)
     assert made(a("create", "-n", "n" * 200, "-p", "one"))
+
+
+def test_an_empty_store_setting_is_refused(cp: InProcessRunner) -> None:
+    flag = cp("list", "--store", "")
+    assert flag.code == 2 and "--store is empty" in flag.err, flag.err
+    variable = cp("list", env={"CLAUDE_PERSIST_STORE": " "})
+    assert variable.code == 2 and "set but empty" in variable.err
+    assert "unset it to use no store" in variable.err
