@@ -158,9 +158,13 @@ class Lease:
                         # store failed after writing): only we write our token.
                         self.info = current
                         continue
+                    # Gone: broken, or expired, taken over and released since; we cannot
+                    # tell which, so the message says both.
                     raise self._lost(
-                        "it was broken" if current is None else
-                        f"it expired and {current.holder} holds it now") from None
+                        "its record is gone (it was broken with lease --break, or it expired "
+                        "and another holder took it and let it go)" if current is None else
+                        f"{current.holder} holds it now (it expired, or was broken, and was "
+                        "taken over)") from None
                 self.info = LeaseInfo(info.name, info.host, info.pid, info.token,
                                       info.acquired_at, now, now + info.ttl, info.ttl, version,
                                       info.note)

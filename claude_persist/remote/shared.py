@@ -51,7 +51,10 @@ STAGING_LABEL = ".claude-persist-fetch"
 #: without a store and a store's name that differ are a conflict for ``sync``; a store's name
 #: re-pointed is pulled; a name another store gave is never pushed to this one).
 SHARED_MARK = "from_store"
-SYNC_HINT = "run `claude-persist sync` once the store is reachable to push it"
+SYNC_HINT = "run `claude-persist sync` once the store is reachable"
+#: After a lost lease or compare-and-swap the store is reachable: another machine went on.
+SYNC_AFTER_CONFLICT = ("run `claude-persist sync` (it pushes the turn, or says so if another "
+                       "machine went on from the same turn meanwhile)")
 
 
 #: The longest session name a store takes: it becomes a file name (at most 255 bytes on most
@@ -384,7 +387,7 @@ class SharedSessions:
 
     def push_failed(self, name: str, error: Exception) -> StoreError | StoreConflictError:
         """The error to raise when a push after a call failed: the turn is kept here."""
-        cmd = SYNC_HINT
+        cmd = SYNC_AFTER_CONFLICT if isinstance(error, StoreConflictError) else SYNC_HINT
         text = (f"the turn finished and is kept on this machine, but pushing session {name!r} "
                 f"to the shared store {self.location} failed: {error} To push it: {cmd}.")
         if isinstance(error, LeaseLostError):

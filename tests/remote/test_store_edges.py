@@ -293,3 +293,24 @@ def test_an_empty_store_setting_is_refused(cp: InProcessRunner) -> None:
     variable = cp("list", env={"CLAUDE_PERSIST_STORE": " "})
     assert variable.code == 2 and "set but empty" in variable.err
     assert "unset it to use no store" in variable.err
+
+
+def test_a_lost_lease_says_what_may_have_happened_and_how_to_push(folder: str,
+                                                                  tmp_path: Path) -> None:
+    from claude_persist.errors import LeaseLostError
+    from claude_persist.remote import acquire, break_lease
+    from claude_persist.remote.shared import SharedSessions
+    from claude_persist.store import MappingStore
+
+    store = open_store(folder)
+    lease = acquire(store, "s")
+    break_lease(store, "s")
+    with pytest.raises(LeaseLostError) as lost:
+        lease.renew()
+    assert "broken with lease --break, or it expired" in str(lost.value)
+    shared = SharedSessions(store, MappingStore.for_workspace(tmp_path, tmp_path / "m.json"),
+                            tmp_path, {}, print)
+    text = str(shared.push_failed("s", lost.value))
+    assert "To push it: run `claude-persist sync` (it pushes the turn," in text
+    assert text.lower().count("push it") == 1
+
