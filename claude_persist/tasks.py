@@ -1032,6 +1032,8 @@ def lease(c: Context, name: str | None = None, break_: bool = False, json: bool 
         else:
             print(f"{name}: removed an unreadable lease record", flush=True)
         return
+    if info is None and sessions.shared.entry(name) is None:
+        raise sessions.shared.not_found(name)  # not "free": there is no such session
     if json:
         print_json({"name": name, "broken": break_ and info is not None,
                     "lease": None if info is None else info.to_json()})

@@ -314,3 +314,11 @@ def test_a_lost_lease_says_what_may_have_happened_and_how_to_push(folder: str,
     assert "To push it: run `claude-persist sync` (it pushes the turn," in text
     assert text.lower().count("push it") == 1
 
+
+def test_lease_of_a_name_the_store_lacks_is_not_found(boxes: tuple[Box, Box, Box]) -> None:
+    a, _, _ = boxes
+    for args in (("lease", "-n", "nosuch"), ("lease", "-n", "nosuch", "--break")):
+        ran = a(*args)
+        assert ran.code == 3 and "no session named 'nosuch'" in ran.err, ran.err
+    made(a("create", "-n", "s", "-p", "one"))
+    assert a("lease", "-n", "s").out == "s: no lease (free)\n"
