@@ -322,3 +322,15 @@ def test_lease_of_a_name_the_store_lacks_is_not_found(boxes: tuple[Box, Box, Box
         assert ran.code == 3 and "no session named 'nosuch'" in ran.err, ran.err
     made(a("create", "-n", "s", "-p", "one"))
     assert a("lease", "-n", "s").out == "s: no lease (free)\n"
+
+
+# -- 8. the recipe's jobs take turns on a session -----------------------------------------------
+
+def test_the_store_recipe_runs_one_job_at_a_time_per_session() -> None:
+    from .test_store_recipe import _recipe
+
+    job = _recipe()
+    script = next(s["run"] for s in job["steps"] if "create -n" in s.get("run", ""))
+    name = script.split("create -n ")[1].split()[0]
+    assert job["concurrency"] == {"group": f"claude-session-{name}",
+                                  "cancel-in-progress": False}
