@@ -91,6 +91,39 @@ def test_an_import_under_a_second_name_is_refused(boxes: tuple[Box, Box, Box],
     assert b("resolve", "-n", "s1copy").code == 3
 
 
+def test_two_names_claimed_at_once_for_one_session_one_wins(folder: str, tmp_path: Path) -> None:
+    """Two machines naming one session at the same moment, each under its name's lease (as
+    adopt does): exactly one name is recorded, the other is refused naming it."""
+    from claude_persist.errors import UsageError
+    from claude_persist.remote import acquire
+    from claude_persist.remote.shared import SharedSessions
+    from claude_persist.store import MappingStore
+
+    from .conftest import race
+
+    sid = "0b7e6c1e-0000-4000-8000-000000000001"
+    stores = [open_store(folder) for _ in range(2)]
+    leases = [acquire(store, name) for store, name in zip(stores, "xy", strict=True)]
+    shared = {id(store): (SharedSessions(store, MappingStore.for_workspace(
+        tmp_path, tmp_path / f"{name}.json"), tmp_path, {}, print), name)
+        for store, name in zip(stores, "xy", strict=True)}
+
+    def claim(store: SharedStore) -> object:
+        sessions, name = shared[id(store)]
+        sessions.claim(sid, name)
+        return name
+
+    for _ in range(5):
+        outcomes = race(stores, claim)
+        won = [o for o in outcomes if isinstance(o, str)]
+        lost = [o for o in outcomes if isinstance(o, UsageError)]
+        assert len(won) == 1 and len(lost) == 1, outcomes
+        assert f"already has the name {won[0]!r}" in str(lost[0])
+        stores[0].delete("session", sid, expect=stores[0].version("session", sid) or "")
+    for lease in leases:
+        lease.release()
+
+
 # -- 2. sync respects deletes -------------------------------------------------------------------
 
 def test_sync_drops_a_name_deleted_in_the_store(boxes: tuple[Box, Box, Box]) -> None:
