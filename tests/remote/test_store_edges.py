@@ -124,6 +124,18 @@ def test_two_names_claimed_at_once_for_one_session_one_wins(folder: str, tmp_pat
         lease.release()
 
 
+def test_sync_does_not_push_a_second_local_name(boxes: tuple[Box, Box, Box]) -> None:
+    a, b, _ = boxes
+    sid = made(a("create", "-n", "x", "-p", "one"))
+    made(b("resume", "-n", "x", "-p", "two"))  # b has the files
+    store = b.machine.env.pop("CLAUDE_PERSIST_STORE")
+    assert b("adopt", "-n", "y", "--session-id", sid).code == 0  # a name made without a store
+    synced = b("sync", "--store", store)
+    assert synced.code == 4, synced.err
+    assert "y  conflict: session" in synced.out and "already has the name 'x'" in synced.out
+    assert names(a) == ["x"]
+
+
 # -- 2. sync respects deletes -------------------------------------------------------------------
 
 def test_sync_drops_a_name_deleted_in_the_store(boxes: tuple[Box, Box, Box]) -> None:
