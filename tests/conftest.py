@@ -136,6 +136,9 @@ class InProcessRunner(Runner):
     """
 
     entry: Callable[[], None] = field(kw_only=True)
+    #: ``env`` is the command's whole environment, as ``subprocess.run(env=...)`` takes it,
+    #: instead of additions to the test's own.
+    whole_env: bool = field(default=False, kw_only=True)
 
     def __call__(self, *args: str, input: str | None = None,
                  env: dict[str, str] | None = None, cwd: Path | None = None,
@@ -144,7 +147,7 @@ class InProcessRunner(Runner):
         argv = [_module_file(module), *self.prefix[self.prefix.index("-m") + 2:], *args]
         out, err = io.StringIO(), io.StringIO()
         with _process_state(argv, input or "", out, err, env or {}, cwd or self.workspace,
-                            timeout):
+                            timeout, whole_env=self.whole_env):
             code = _exit_code(self.entry, err)
         return Ran(code, out.getvalue(), err.getvalue())
 
@@ -177,13 +180,19 @@ def _exit_code(entry: Callable[[], None], err: IO[str]) -> int:
 
 @contextlib.contextmanager
 def _process_state(argv: list[str], stdin: str, out: IO[str], err: IO[str],
-                   env: dict[str, str], cwd: Path, timeout: float) -> Iterator[None]:
+                   env: dict[str, str], cwd: Path, timeout: float,
+                   whole_env: bool = False) -> Iterator[None]:
     """Give the command the process-wide state a process of its own would have, and put back
     everything it may change: argv, the three standard streams, the environment (Invoke reads
     ``INVOKE_*`` from it at each run), the working folder, signal handlers (the tasks install
     theirs for SIGTERM and SIGHUP), ``sys.path`` and the ``tasks`` module (Invoke's loader adds
-    both when it loads a tasks.py), and bytecode writing (Invoke turns it off)."""
+    both when it loads a tasks.py), and bytecode writing (Invoke turns it off). With
+    ``whole_env``, ``env`` replaces the environment, and ``tempfile``'s cached temp folder is
+    forgotten for the call, so that it follows the command's ``TMPDIR``."""
+    import tempfile
+
     saved_env = dict(os.environ)
+    saved_tempdir = tempfile.tempdir
     saved_cwd = os.getcwd()
     saved_streams = (sys.argv, sys.stdin, sys.stdout, sys.stderr)
     saved_path = list(sys.path)
@@ -197,6 +206,9 @@ def _process_state(argv: list[str], stdin: str, out: IO[str], err: IO[str],
     def timed_out(signum: int, frame: FrameType | None) -> None:
         raise FaceTimedOut(f"{' '.join(argv)} ran for more than {timeout} s")
 
+    if whole_env:
+        os.environ.clear()
+        tempfile.tempdir = None
     os.environ.update(env)
     os.chdir(cwd)
     sys.argv = list(argv)
@@ -216,6 +228,7 @@ def _process_state(argv: list[str], stdin: str, out: IO[str], err: IO[str],
         if dict(os.environ) != saved_env:
             os.environ.clear()
             os.environ.update(saved_env)
+        tempfile.tempdir = saved_tempdir
         sys.path[:] = saved_path
         if saved_tasks is None:
             sys.modules.pop("tasks", None)
