@@ -11,8 +11,9 @@ import pty
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from claude_persist.claude import runner
 from claude_persist.observe import CallInfo
@@ -21,6 +22,7 @@ from claude_persist.workflow.spec import load_workflow
 from claude_persist.workflow.state import StepState, StepStatus
 
 from .conftest import CP_PREFIX, Runner
+from .remote.gated_claude import Gate
 
 FAKE = f"{sys.executable} -m claude_persist.testing.fake_claude"
 
@@ -233,41 +235,85 @@ def test_the_mode_follows_the_stream_and_the_interval_the_environment() -> None:
 
 # -- real runs ------------------------------------------------------------------------------------
 
-# A step that streams for several seconds: a tool call, then paced lines. Against a heartbeat
-# of 0.2 s, the assertions hold whatever the load: presence, never counts.
+# A step whose claude call streams a tool call, then waits at a gate the test opens once it has
+# seen what it looks for (a heartbeat, a redrawn view): no fixed delay, and nothing that
+# depends on how fast the machine is.
 SLOW = """\
 version: 1
 steps:
   - id: slow
     create: worker
-    prompt: "Work. [fake tools=Read lines=12 line_interval=0.3]"
+    prompt: "Work. [fake tools=Read lines=2]"
   - id: after
     run: "echo done"
 """
+#: The fake's init line, its first text line and its Read line come before the gate.
+BEFORE_GATE = 3
+
+
+class Collected:
+    """What a reader thread gathers from a stream, with a wait for what the test looks for."""
+
+    def __init__(self) -> None:
+        self.text = ""
+        self._changed = threading.Condition()
+
+    def add(self, chunk: str) -> None:
+        with self._changed:
+            self.text += chunk
+            self._changed.notify_all()
+
+    def read_all(self, stream: IO[str]) -> None:
+        for line in stream:
+            self.add(line)
+
+    def wait_for(self, seen: Callable[[str], bool], timeout: float = 120) -> None:
+        with self._changed:
+            assert self._changed.wait_for(lambda: seen(self.text), timeout), self.text
+
+
+def heartbeat_with_the_tool(text: str) -> bool:
+    return any(line.startswith("  slow  still running: ") and " events, last tool Read" in line
+               for line in text.splitlines())
 
 
 def test_a_slow_step_prints_heartbeats_with_events_and_the_last_tool(
-        workspace: Path, cp_process: Runner) -> None:
+        workspace: Path, fake_claude: Any) -> None:
+    """The one real run of heartbeats: a short interval, and the step held until one came."""
     path = write(workspace, SLOW)
-    ran = cp_process("run", str(path), env={"CLAUDE_PERSIST_HEARTBEAT": "0.2"}, timeout=120)
-    assert ran.code == 0, ran.err
-    beats = [line for line in ran.err.splitlines() if "still running" in line]
-    assert beats, ran.err
-    assert any(line.startswith("  slow  still running: ") and " events, last tool Read" in line
-               for line in beats), ran.err
-    assert "after  run" in ran.err and "succeeded" in ran.err
+    with Gate() as gate:
+        proc = subprocess.Popen(
+            [*CP_PREFIX, "run", str(path)], cwd=workspace, stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env={**os.environ, "CLAUDE_PERSIST_HEARTBEAT": "0.2", **gate.env(BEFORE_GATE)})
+        err = Collected()
+        assert proc.stderr is not None
+        reader = threading.Thread(target=err.read_all, args=(proc.stderr,), daemon=True)
+        reader.start()
+        try:
+            gate.wait(proc)
+            err.wait_for(heartbeat_with_the_tool)
+            gate.open()
+            out, _ = proc.communicate(timeout=120)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        reader.join(timeout=10)
+    assert proc.returncode == 0, err.text
+    assert "after  run" in err.text and "succeeded" in err.text
+    assert out.strip().endswith("done")
 
 
-def test_quiet_leaves_only_the_final_line_and_errors(workspace: Path,
-                                                     cp_process: Runner) -> None:
-    path = write(workspace, SLOW.replace(" lines=12 line_interval=0.3", ""))
-    ran = cp_process("run", str(path), "--quiet", env={"CLAUDE_PERSIST_HEARTBEAT": "0.01"})
+def test_quiet_leaves_only_the_final_line_and_errors(workspace: Path, cp: Runner) -> None:
+    path = write(workspace, SLOW)
+    ran = cp("run", str(path), "--quiet", env={"CLAUDE_PERSIST_HEARTBEAT": "0.01"})
     assert ran.code == 0, ran.err
     assert ran.err.splitlines() == [ran.err.strip()]
     assert ran.err.startswith("run ") and ": succeeded; 2 steps, 2 succeeded" in ran.err
     assert ran.out.strip() == "done"
     failing = write(workspace, SLOW.replace("echo done", "echo broken >&2; exit 3"), "bad.yml")
-    ran = cp_process("run", str(failing), "--quiet")
+    ran = cp("run", str(failing), "--quiet")
     assert ran.code == 1
     lines = ran.err.splitlines()
     assert any("after  run" in line and "failed" in line for line in lines)
@@ -276,11 +322,18 @@ def test_quiet_leaves_only_the_final_line_and_errors(workspace: Path,
     assert any(line.startswith("run ") and ": failed;" in line for line in lines)
 
 
+def redrawn(text: str) -> bool:
+    """The view showed the running step, then was erased and drawn again (a redraw while
+    the step runs: the gate holds it)."""
+    shown = text.find("  > slow  ")
+    return shown >= 0 and "F\x1b[J" in text[shown:]
+
+
 def test_on_a_terminal_a_live_view_replaces_the_scrolling_lines(workspace: Path,
                                                                  fake_claude: Any) -> None:
     path = write(workspace, SLOW)
     primary, secondary = pty.openpty()
-    chunks: list[bytes] = []
+    err = Collected()
 
     def read() -> None:
         while True:
@@ -290,25 +343,30 @@ def test_on_a_terminal_a_live_view_replaces_the_scrolling_lines(workspace: Path,
                 return
             if not data:
                 return
-            chunks.append(data)
+            err.add(data.decode(errors="replace"))
 
     reader = threading.Thread(target=read, daemon=True)
     reader.start()
-    try:
-        proc = subprocess.run([*CP_PREFIX, "run", str(path)], cwd=workspace,
-                              stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                              stderr=secondary, env={**os.environ, "TERM": "xterm"},
-                              timeout=120)
-    finally:
-        os.close(secondary)
-        reader.join(timeout=10)
-        os.close(primary)
-    err = b"".join(chunks).decode()
-    assert proc.returncode == 0, err
-    assert "  > slow  " in err  # the view showed the running step
-    assert "\x1b[" in err and "F\x1b[J" in err  # ... and was rewritten in place
-    assert "slow  create worker" in err and "succeeded" in err  # the end still scrolls
-    assert "started" not in err and "still running" not in err
+    with Gate() as gate:
+        proc = subprocess.Popen([*CP_PREFIX, "run", str(path)], cwd=workspace,
+                                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=secondary, text=True,
+                                env={**os.environ, "TERM": "xterm", **gate.env(BEFORE_GATE)})
+        try:
+            gate.wait(proc)
+            err.wait_for(redrawn)  # the view showed the running step, rewritten in place
+            gate.open()
+            proc.communicate(timeout=120)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            os.close(secondary)
+            reader.join(timeout=10)
+            os.close(primary)
+    assert proc.returncode == 0, err.text
+    assert "slow  create worker" in err.text and "succeeded" in err.text  # the end scrolls
+    assert "started" not in err.text and "still running" not in err.text
 
 
 def test_quiet_is_a_flag_of_both_faces(workspace: Path, face: Runner) -> None:
