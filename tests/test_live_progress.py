@@ -286,23 +286,28 @@ def test_a_slow_step_prints_heartbeats_with_events_and_the_last_tool(
             [*CP_PREFIX, "run", str(path)], cwd=workspace, stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
             env={**os.environ, "CLAUDE_PERSIST_HEARTBEAT": "0.2", **gate.env(BEFORE_GATE)})
-        err = Collected()
-        assert proc.stderr is not None
-        reader = threading.Thread(target=err.read_all, args=(proc.stderr,), daemon=True)
-        reader.start()
+        # Both streams are read by threads of ours to the end (communicate() would race
+        # the stderr reader for the last lines).
+        out, err = Collected(), Collected()
+        assert proc.stdout is not None and proc.stderr is not None
+        readers = [threading.Thread(target=collected.read_all, args=(stream,), daemon=True)
+                   for collected, stream in ((out, proc.stdout), (err, proc.stderr))]
+        for reader in readers:
+            reader.start()
         try:
             gate.wait(proc)
             err.wait_for(heartbeat_with_the_tool)
             gate.open()
-            out, _ = proc.communicate(timeout=120)
+            proc.wait(timeout=120)
         finally:
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
-        reader.join(timeout=10)
+        for reader in readers:
+            reader.join(timeout=10)
     assert proc.returncode == 0, err.text
     assert "after  run" in err.text and "succeeded" in err.text
-    assert out.strip().endswith("done")
+    assert out.text.strip().endswith("done")
 
 
 def test_quiet_leaves_only_the_final_line_and_errors(workspace: Path, cp: Runner) -> None:
