@@ -109,6 +109,9 @@ def test_names_the_store_holds_are_refused_and_deleted_for_everyone(
     y = a.run("resolve", "-n", "y").out.strip()
     elsewhere = a.run("adopt", "-n", "z", "--session-id", y)  # its files are on b only
     assert elsewhere.code == 3 and "adopt it on the machine that has them" in elsewhere.err
+    second = b.run("adopt", "-n", "z", "--session-id", y)  # one name per session in a store
+    assert second.code == 2 and "already has the name 'y'" in second.err
+    assert b.run("delete", "-n", "y").code == 0  # the name goes; b keeps the session's files
     adopted = b.run("adopt", "-n", "z", "--session-id", y)
     assert adopted.code == 0, adopted.err
     assert a.run("resolve", "-n", "z").out.strip() == y  # adopted into the store
