@@ -49,6 +49,7 @@ def test_stream_lines_all_pass_and_memory_stays_flat() -> None:
     assert memory.value <= 1.25, memory.context  # peak memory, not time: a buffered copy grows
 
 
+@pytest.mark.timing
 def test_independent_workflow_steps_run_side_by_side() -> None:
     sessions = 8
     parallel = figures.parallel_workflow(sessions=sessions, step_seconds=1.0, runs=1)
@@ -67,6 +68,7 @@ def _filled(folder: Path, size: int) -> Sessions:
     return Sessions(folder, mapping_file=path)
 
 
+@pytest.mark.timing
 def test_mapping_operations_cost_the_same_per_entry_at_1000_and_10000_sessions(
         tmp_path: Path) -> None:
     """In-process, what ``list --json``, ``resolve`` and a write (``adopt``) do, best of 5, the
