@@ -17,6 +17,8 @@ from typing import Any
 
 import yaml
 
+from ..fsio import file_kind
+
 Path_ = tuple[str | int, ...]
 
 #: The largest workflow file read; far above any hand-written workflow.
@@ -51,7 +53,7 @@ def read_regular_file(path: Path, limit: int) -> str:
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
-            raise FileRefused(f"it is {_kind(st.st_mode)}, not a regular file")
+            raise FileRefused(f"it is {file_kind(st.st_mode)}, not a regular file")
         if st.st_size > limit:
             raise FileRefused(f"it has {st.st_size} bytes, more than the {limit} allowed")
         chunks: list[bytes] = []
@@ -67,18 +69,6 @@ def read_regular_file(path: Path, limit: int) -> str:
     if size > limit:  # it grew while we read it
         raise FileRefused(f"it has more than the {limit} bytes allowed")
     return b"".join(chunks).decode("utf-8")
-
-
-def _kind(mode: int) -> str:
-    if stat.S_ISDIR(mode):
-        return "a folder"
-    if stat.S_ISFIFO(mode):
-        return "a FIFO (named pipe)"
-    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
-        return "a device"
-    if stat.S_ISSOCK(mode):
-        return "a socket"
-    return "not a regular file"
 
 
 @dataclass
