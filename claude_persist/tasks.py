@@ -34,7 +34,6 @@ from invoke.tasks import Task
 from . import validate
 from .claude.command import resolve_claude_cmd
 from .claude.result import TurnResult
-from .conversation import printable
 from .errors import (
     BundleError,
     ClaudePersistError,
@@ -52,6 +51,7 @@ from .errors import (
 from .sessions import Sessions
 from .settings import CLI_FLAGS, CONFIG_KEYS, from_config, from_flags
 from .settings import HELP as SETTINGS_HELP
+from .terminal import printable
 
 CONFIG_DEFAULTS: dict[str, Any] = {
     "workspace": None,

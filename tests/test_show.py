@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from claude_persist import conversation, transcripts
+from claude_persist import conversation, terminal, transcripts
 
 from .conftest import Runner
 
@@ -171,10 +171,10 @@ def test_control_characters_are_escaped_in_text_not_in_json(cp: Runner,
 
 
 def test_printable() -> None:
-    assert conversation.printable("a\x1b]0;pwned\x07\x1b[2J\nb\tc\r\x7f\x9b") == \
+    assert terminal.printable("a\x1b]0;pwned\x07\x1b[2J\nb\tc\r\x7f\x9b") == \
         "a\\x1b]0;pwned\\x07\\x1b[2J\nb\tc\\x0d\\x7f\\x9b"
-    assert conversation.printable("a\nb\tc", lines=False) == "a\\x0ab\\x09c"
-    assert conversation.printable("plain ünïcode") == "plain ünïcode"
+    assert terminal.printable("a\nb\tc", lines=False) == "a\\x0ab\\x09c"
+    assert terminal.printable("plain ünïcode") == "plain ünïcode"
 
 
 def test_a_count_too_big_is_a_usage_error(cp: Runner, workspace: Path) -> None:

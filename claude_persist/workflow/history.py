@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from .. import fsio
-from ..conversation import printable
 from ..errors import UsageError
+from ..terminal import printable
 from .state import RunState, RunStatus, RunStore, StepState, StepStatus
 
 RUNS = "runs"

@@ -23,8 +23,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TextIO
 
-from ..conversation import printable
 from ..observe import CallInfo, NullObserver, RunInfo, RunOutcome, StreamEvent
+from ..terminal import printable
 from .report import ProgressPrinter
 from .spec import Step, Workflow
 from .state import StepState, StepStatus

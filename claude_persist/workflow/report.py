@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from .. import fsio
-from ..conversation import printable
 from ..errors import UnsafeFileError, UsageError
+from ..terminal import printable
 from .plan import Plan
 from .spec import Step, Workflow
 from .state import RunState, StepState, StepStatus
