@@ -30,9 +30,10 @@ from __future__ import annotations
 
 import itertools
 import os
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from ..errors import StoreError, StoreRecordError, UsageError
 from .base import (
@@ -58,6 +59,23 @@ CONNECT_TIMEOUT = 5.0
 READ_TIMEOUT = 20.0
 #: Attempts per request (the first and the retries) unless AWS_MAX_ATTEMPTS says otherwise.
 ATTEMPTS = 3
+
+# botocore's loader of its data files (the S3 model, the endpoint rules), one per data path and
+# process: a fresh session would parse them again for every store a process opens, which costs
+# more than the requests of a resume. Everything else (credentials, endpoint, region) is still
+# read afresh by each store's own session.
+_loaders: dict[str, Any] = {}
+_loaders_lock = threading.Lock()
+
+
+def _shared_loader(session: Any) -> Any:
+    from botocore.loaders import create_loader
+
+    data_path = session.get_config_variable("data_path") or ""
+    with _loaders_lock:
+        if data_path not in _loaders:
+            _loaders[data_path] = create_loader(data_path or None)
+        return _loaders[data_path]
 
 _CONFLICT_CODES = {"PreconditionFailed", "ConditionalRequestConflict", "412", "409"}
 _MISSING_CODES = {"NoSuchKey", "404", "NotFound"}
@@ -90,7 +108,8 @@ class S3Store(SharedStore):
 
     def _client(self, url: str) -> S3Client:
         try:
-            import boto3
+            import boto3  # noqa: F401  (the [s3] extra: botocore alone is not what we ask for)
+            import botocore.session
             from botocore.config import Config
         except ImportError:
             raise UsageError(f"the store {url} needs boto3, which is not installed: "
@@ -103,7 +122,9 @@ class S3Store(SharedStore):
             config = config.merge(Config(retries={"mode": "standard",
                                                   "total_max_attempts": ATTEMPTS}))
         try:
-            client: S3Client = boto3.session.Session().client("s3", config=config)
+            session = botocore.session.get_session()
+            session.register_component("data_loader", _shared_loader(session))
+            client = cast("S3Client", session.create_client("s3", config=config))
         except ValueError as exc:  # boto3's word for an endpoint that is not a URL
             endpoint = (os.environ.get("AWS_ENDPOINT_URL_S3")
                         or os.environ.get("AWS_ENDPOINT_URL") or "the configured endpoint")

@@ -11,13 +11,18 @@ from __future__ import annotations
 
 import shlex
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from .inprocess import InProcessClaude
 
 FAKE_CLAUDE_MODULE = "claude_persist.testing.fake_claude"
-FAKE_CLAUDE_CMD = f"{shlex.quote(sys.executable)} -m {FAKE_CLAUDE_MODULE}"
+# The script run by path under -S (no site-packages): it needs only the standard library and this
+# package, which it finds beside itself, so it skips the site start-up that -m needs: test suites
+# start it hundreds of times.
+FAKE_CLAUDE_CMD = (f"{shlex.quote(sys.executable)} -S "
+                   f"{shlex.quote(str(Path(__file__).resolve().with_name('fake_claude.py')))}")
 
 __all__ = ["FAKE_CLAUDE_CMD", "FAKE_CLAUDE_MODULE", "InProcessClaude"]
 

@@ -61,6 +61,9 @@ import time
 from pathlib import Path
 from typing import Any, NoReturn
 
+if not __package__:  # run by path, maybe under -S: the package is two folders up
+    sys.path[0] = str(Path(__file__).resolve().parents[2])
+
 VERSION = "2.1.332"
 UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$", re.I)
 MARKER_RE = re.compile(r"\[fake ([^\]]*)\]")
