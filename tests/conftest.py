@@ -52,6 +52,16 @@ def pytest_configure(config: pytest.Config) -> None:
     compileall.compile_file(REPO / "tasks.py", quiet=2)
 
 
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int | None:
+    """``-n auto``: two workers per core. Most tests spend much of their time waiting for a
+    process (the fake CLI, a claude-persist, a shell step), so one worker per core would leave
+    the cores idle that long. ``PYTEST_XDIST_AUTO_NUM_WORKERS`` still decides when set."""
+    if os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS"):
+        return None
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return 2 * (cores or 1)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Stress tests run only when ``-m`` names them (``-m stress``, as CI's stage of its own
     does): a plain ``pytest``, or ``-m 'not contract'``, leaves them out. (``addopts = -m 'not

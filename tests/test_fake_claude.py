@@ -92,7 +92,13 @@ def test_sigint_exits_0_with_nothing_and_sigterm_exits_143(fake_claude: Any) -> 
         assert proc.stdin is not None
         proc.stdin.write("[fake delay=30] hi")
         proc.stdin.close()
-        time.sleep(0.5)
+        # Its start record is logged once its handlers are in place: signal it then, not after
+        # a guessed delay that a loaded machine can outlast.
+        deadline = time.monotonic() + 60
+        while not any(r["event"] == "start" and r["pid"] == proc.pid
+                      for r in fake_claude.records()):
+            assert time.monotonic() < deadline, "the fake never logged its start"
+            time.sleep(0.01)
         proc.send_signal(sig)
         assert proc.stdout is not None
         out = proc.stdout.read()

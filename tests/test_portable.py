@@ -28,6 +28,7 @@ from claude_persist.errors import (
     UsageError,
     exit_code_for,
 )
+from claude_persist.testing import fake_claude as fake_cli
 from claude_persist.testing.pytest_plugin import FakeClaude
 
 from .conftest import Runner, read_mapping
@@ -48,9 +49,13 @@ LONG_NAME = ("-tmp-pexp-a-very-long-folder-name---0-a-very-long-folder-name---1-
     ("/w/a_b.c\U0001F600", "-w-a-b-c--"),        # outside the BMP: two UTF-16 units, two dashes
     (LONG, LONG_NAME),                          # past 200 characters: cut, and a hash added
 ])
-def test_project_folder_names_are_the_clis(cwd: str, name: str) -> None:
+def test_project_folder_names_are_the_clis(cwd: str, name: str,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
     assert tr.project_folder_name(cwd) == name
     assert len(tr.project_folder_name(cwd)) <= 200 + 1 + 7
+    # The fake CLI's own reading of the rule (it imports nothing of ours) gives the same name.
+    monkeypatch.setenv("CLAUDE_CONFIG_DIR", "/cfg")
+    assert fake_cli.project_folder(cwd) == f"/cfg/projects/{name}"
 
 
 def test_the_config_folder_is_claude_config_dir_else_home() -> None:

@@ -9,20 +9,21 @@ account and no network; :data:`FAKE_CLAUDE_CMD` is the command line to put in ``
 
 from __future__ import annotations
 
+import os
 import shlex
 import sys
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from .inprocess import InProcessClaude
 
 FAKE_CLAUDE_MODULE = "claude_persist.testing.fake_claude"
-# The script run by path under -S (no site-packages): it needs only the standard library and this
-# package, which it finds beside itself, so it skips the site start-up that -m needs: test suites
-# start it hundreds of times.
-FAKE_CLAUDE_CMD = (f"{shlex.quote(sys.executable)} -S "
-                   f"{shlex.quote(str(Path(__file__).resolve().with_name('fake_claude.py')))}")
+# The fake imported from its own folder, as a module of its own, under -S: no site start-up, no
+# package to import (it needs only the standard library), and its cached bytecode, which a script
+# run by path would not use. Test suites start it hundreds of times.
+_HERE = os.path.dirname(os.path.abspath(__file__))
+FAKE_CLAUDE_CMD = (f"{shlex.quote(sys.executable)} -S -c " + shlex.quote(
+    f"import sys; sys.path[0] = {_HERE!r}; import fake_claude; fake_claude.main()"))
 
 __all__ = ["FAKE_CLAUDE_CMD", "FAKE_CLAUDE_MODULE", "InProcessClaude"]
 

@@ -58,11 +58,14 @@ import shlex
 import signal
 import sys
 import time
-from pathlib import Path
-from typing import Any, NoReturn
 
-if not __package__:  # run by path, maybe under -S: the package is two folders up
-    sys.path[0] = str(Path(__file__).resolve().parents[2])
+TYPE_CHECKING = False  # typing is not imported at run time (mypy reads this name as its own)
+if TYPE_CHECKING:
+    from typing import Any, NoReturn
+
+# Every test suite starts this fake hundreds of times, so it imports only what a call needs
+# from the standard library: no pathlib, typing or uuid, and nothing of claude_persist (it models
+# another program, the CLI, whose file layout it reads its own way: see project_folder).
 
 VERSION = "2.1.332"
 UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$", re.I)
@@ -136,8 +139,8 @@ def switches(prompt: str) -> dict[str, str]:
     return found
 
 
-# subprocess and tempfile are imported where needed, and ids are made without the uuid module
-# (which loads platform): every test and benchmark starts this fake, most calls needing none.
+# subprocess, tempfile and hashlib are imported where needed, and ids are made without the uuid
+# module (which loads platform).
 
 
 def _new_id() -> str:
@@ -149,16 +152,15 @@ def _new_id() -> str:
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
-def home() -> Path:
+def home() -> str:
     """The fake's own folder, for what the real CLI has no file for (``error_times`` counts)."""
     root = os.environ.get("FAKE_CLAUDE_HOME")
     if not root:
         import tempfile
 
         root = os.path.join(tempfile.gettempdir(), f"claude-persist-fake-{os.getuid()}")
-    path = Path(root)
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+    os.makedirs(root, exist_ok=True)
+    return root
 
 
 # Sessions are kept where the real CLI keeps them: ``<config>/projects/<cwd encoded>/<id>.jsonl``,
@@ -171,20 +173,65 @@ def _now_iso() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime())
 
 
-def find_transcript(session_id: str) -> Path | None:
+def projects_root() -> str:
+    """``<config>/projects``: the config folder is ``CLAUDE_CONFIG_DIR``, else ``~/.claude``."""
+    config = os.environ.get("CLAUDE_CONFIG_DIR")
+    config = os.path.abspath(config) if config else os.path.join(
+        os.environ.get("HOME") or os.path.expanduser("~"), ".claude")
+    return os.path.join(config, "projects")
+
+
+def project_folder(cwd: str) -> str:
+    """The cwd's project folder, named as the CLI names it: each UTF-16 code unit of the path
+    that is not an ASCII letter or digit becomes ``-``; a name past 200 characters is cut there
+    and followed by ``-`` and the base-36 digits of the absolute value of the path's Java
+    string hash. (claude_persist.transcripts reads the same rule on its own: the tests see
+    the two agree, and the contract suite checks that one against the real CLI.)"""
+    utf16 = cwd.encode("utf-16-le", "surrogatepass")
+    codes = [utf16[i] | utf16[i + 1] << 8 for i in range(0, len(utf16), 2)]
+    name = "".join(chr(c) if c < 0x80 and chr(c).isalnum() else "-" for c in codes)
+    if len(name) > 200:
+        java = 0
+        for c in codes:
+            java = (java * 31 + c) % (1 << 32)
+        magnitude = abs(java - (1 << 32) if java >> 31 else java)
+        digits = ""
+        while True:
+            magnitude, digit = divmod(magnitude, 36)
+            digits = "0123456789abcdefghijklmnopqrstuvwxyz"[digit] + digits
+            if not magnitude:
+                break
+        name = f"{name[:200]}-{digits}"
+    return os.path.join(projects_root(), name)
+
+
+def find_transcript(session_id: str) -> str | None:
     """The transcript of ``session_id``: under the cwd's project folder, else in any project
     folder (the real CLI finds a session by id wherever it is)."""
-    from claude_persist import transcripts
+    file_name = session_id + ".jsonl"
+    here = os.path.join(project_folder(os.getcwd()), file_name)
+    if os.path.isfile(here) and not os.path.islink(here):
+        return here
+    try:
+        projects = sorted(os.scandir(projects_root()), key=lambda entry: entry.name)
+    except OSError:
+        return None
+    for project in projects:
+        there = os.path.join(project.path, file_name)
+        if project.is_dir(follow_symlinks=False) and os.path.isfile(there) \
+                and not os.path.islink(there):
+            return there
+    return None
 
-    return transcripts.locate(session_id, os.getcwd())
 
-
-def read_session(path: Path) -> dict[str, Any]:
+def read_session(path: str | os.PathLike[str]) -> dict[str, Any]:
     """A transcript's lines folded into the session the fake works on."""
-    session: dict[str, Any] = {"session_id": path.stem, "turns": [], "name": None,
+    path = os.fspath(path)
+    session_id = os.path.basename(path).rsplit(".", 1)[0]
+    session: dict[str, Any] = {"session_id": session_id, "turns": [], "name": None,
                                "model": None, "total_cost_usd": 0.0, "path": path,
                                "last_uuid": None}
-    with path.open(encoding="utf-8") as handle:
+    with open(path, encoding="utf-8") as handle:
         lines = [json.loads(line) for line in handle if line.strip()]
     session["lines"] = lines
     for record in lines:
@@ -216,13 +263,11 @@ def load(session_id: str) -> dict[str, Any] | None:
 
 def append(session: dict[str, Any], *records: dict[str, Any]) -> None:
     """Append lines to the session's transcript (made 0600 in its project folder if new)."""
-    path: Path | None = session.get("path")
+    path: str | None = session.get("path")
     if path is None:
-        from claude_persist import transcripts
-
-        path = transcripts.transcript_path(session["session_id"], os.getcwd())
-        path.parent.mkdir(parents=True, exist_ok=True)
-        session["path"] = path
+        folder = project_folder(os.getcwd())
+        os.makedirs(folder, exist_ok=True)
+        path = session["path"] = os.path.join(folder, session["session_id"] + ".jsonl")
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
     with os.fdopen(fd, "a", encoding="utf-8") as handle:
         handle.write("".join(json.dumps(record) + "\n" for record in records))
@@ -252,44 +297,54 @@ def cost_line(session: dict[str, Any]) -> dict[str, Any]:
 
 
 def find_by_title(title: str) -> dict[str, Any] | None:
-    from claude_persist import transcripts
+    import glob
 
     matches = []
-    for path in (transcripts.config_dir() / transcripts.PROJECTS).glob("*/*.jsonl"):
+    for path in glob.glob(os.path.join(glob.escape(projects_root()), "*", "*.jsonl")):
         session = read_session(path)
         if session.get("name") == title:
-            matches.append((path.stat().st_mtime, session))
+            matches.append((os.stat(path).st_mtime, session))
     return max(matches, key=lambda m: m[0])[1] if matches else None
+
+
+def _write(path: str, text: str) -> None:
+    with open(path, "w", encoding="utf-8") as handle:
+        handle.write(text)
 
 
 def session_folder(session: dict[str, Any], sw: dict[str, str]) -> None:
     """What a turn with a subagent (``subagent=1``) or a big tool output (``tool_output=N``)
     leaves in the folder of the session's id beside its transcript, as the real CLI does."""
-    path: Path = session["path"]
-    folder = path.parent / session["session_id"]
+    folder = os.path.join(os.path.dirname(session["path"]), session["session_id"])
     tag = _new_id().split("-")[0]
     if sw.get("subagent"):
-        agents = folder / "subagents"
-        agents.mkdir(parents=True, exist_ok=True)
-        (agents / f"agent-{tag}.jsonl").write_text(json.dumps(
+        agents = os.path.join(folder, "subagents")
+        os.makedirs(agents, exist_ok=True)
+        _write(os.path.join(agents, f"agent-{tag}.jsonl"), json.dumps(
             {"type": "user", "isSidechain": True, "sessionId": session["session_id"],
              "message": {"role": "user", "content": "a subagent's task"}}) + "\n")
-        (agents / f"agent-{tag}.meta.json").write_text(json.dumps({"agentType": "fake"}))
+        _write(os.path.join(agents, f"agent-{tag}.meta.json"), json.dumps({"agentType": "fake"}))
     if int(sw.get("tool_output", "0") or 0):
-        results = folder / "tool-results"
-        results.mkdir(parents=True, exist_ok=True)
-        (results / f"{tag}.txt").write_text("o" * int(sw["tool_output"]))
+        results = os.path.join(folder, "tool-results")
+        os.makedirs(results, exist_ok=True)
+        _write(os.path.join(results, f"{tag}.txt"), "o" * int(sw["tool_output"]))
 
 
 def count_call(prompt: str) -> int:
     """How many calls (this one included) have carried this exact prompt."""
     import hashlib
 
-    counter = home() / "counts" / hashlib.sha256(prompt.encode()).hexdigest()
-    counter.parent.mkdir(parents=True, exist_ok=True)
+    counts = os.path.join(home(), "counts")
+    os.makedirs(counts, exist_ok=True)
+    counter = os.path.join(counts, hashlib.sha256(prompt.encode()).hexdigest())
     with open(counter, "a", encoding="utf-8") as handle:
         handle.write(".")
-    return len(counter.read_text(encoding="utf-8"))
+    return os.path.getsize(counter)
+
+
+def _read(path: str) -> str:
+    with open(path, encoding="utf-8") as handle:
+        return handle.read()
 
 
 def emit(line: dict[str, Any]) -> None:
@@ -470,7 +525,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.stderr.write(f"Warning: unknown effort level '{effort}', using medium\n")
         effort = "medium"
     role_file = opts.get("--append-system-prompt-file")
-    role = Path(role_file).read_text() if role_file else opts.get("--append-system-prompt")
+    role = _read(role_file) if role_file else opts.get("--append-system-prompt")
     sent_role = role  # what reaches the model: the recorded snapshot, unless it is off
     pending: list[dict[str, Any]] = session.pop("pending", [])
     if version > (2, 1, 197) and snapshot != "off":

@@ -1,5 +1,5 @@
 """Fixtures of the shared-store tests: a real S3-compatible server (moto's, over HTTP on
-127.0.0.1, started once per test session), AWS settings pointing at it and at nothing of this
+127.0.0.1, started once per test run), AWS settings pointing at it and at nothing of this
 machine's, and one store of each backend for the conformance tests."""
 
 from __future__ import annotations
@@ -24,42 +24,66 @@ from claude_persist.remote import SharedStore, open_store
 HERE = Path(__file__).parent
 SERVER = HERE / "serial_moto.py"
 WORKER = HERE / "worker.py"
+_SHARED_SERVER: list[subprocess.Popen[bytes]] = []
 
 
 @pytest.fixture(scope="session")
-def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """The URL of moto's S3 server, run as a process of its own for the whole session."""
-    log = tmp_path_factory.mktemp("moto") / "server.log"
-    with open(log, "wb") as errors:
-        server = subprocess.Popen([sys.executable, str(SERVER), "127.0.0.1"],
-                                  stdout=subprocess.PIPE, stderr=errors)
-    try:
-        assert server.stdout is not None
-        ready, _, _ = select.select([server.stdout], [], [], 60)
-        line = server.stdout.readline() if ready else b""
-        if not line.strip().isdigit():
-            server.kill()
-            pytest.fail(f"moto's server did not start: {log.read_text()[-2000:]}")
-        endpoint = f"http://127.0.0.1:{int(line)}"
-        deadline = time.monotonic() + 60
-        while True:  # it answers (any HTTP status) once it serves
-            try:
-                urllib.request.urlopen(endpoint + "/", timeout=5).close()
-                break
-            except urllib.error.HTTPError:
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    pytest.fail(f"moto's server does not answer: {log.read_text()[-2000:]}")
-                time.sleep(0.05)
-        yield endpoint
-    finally:
-        server.terminate()
+def s3_endpoint(tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> Iterator[str]:
+    """The URL of moto's S3 server, run as a process of its own for the whole test run.
+
+    Under xdist the workers share one server, so the run pays moto's start-up once: the first
+    worker to need it starts it under a file lock and leaves its URL beside the workers'
+    temporary folders; the server stops itself once the run's main process is gone."""
+    if worker_id == "master":
+        server, endpoint = _start_moto(tmp_path_factory.getbasetemp(), None)
         try:
-            server.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
+            yield endpoint
+        finally:
+            server.terminate()
+            try:
+                server.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                server.kill()
+                server.wait()
+        return
+    from filelock import FileLock
+
+    shared = tmp_path_factory.getbasetemp().parent  # this run's, common to its workers
+    with FileLock(str(shared / "moto.lock")):
+        url_file = shared / "moto.url"
+        if not url_file.exists():
+            server, endpoint = _start_moto(shared, os.getppid())
+            _SHARED_SERVER.append(server)  # outlives this worker, which must not reap it
+            url_file.write_text(endpoint)
+        yield url_file.read_text()
+
+
+def _start_moto(folder: Path, parent: int | None) -> tuple[subprocess.Popen[bytes], str]:
+    log = folder / "moto-server.log"
+    with open(log, "wb") as errors:
+        server = subprocess.Popen([sys.executable, str(SERVER), "127.0.0.1",
+                                   *([str(parent)] if parent else [])],
+                                  stdout=subprocess.PIPE, stderr=errors)
+    assert server.stdout is not None
+    ready, _, _ = select.select([server.stdout], [], [], 60)
+    line = server.stdout.readline() if ready else b""
+    if not line.strip().isdigit():
+        server.kill()
+        pytest.fail(f"moto's server did not start: {log.read_text()[-2000:]}")
+    endpoint = f"http://127.0.0.1:{int(line)}"
+    deadline = time.monotonic() + 60
+    while True:  # it answers (any HTTP status) once it serves
+        try:
+            urllib.request.urlopen(endpoint + "/", timeout=5).close()
+            break
+        except urllib.error.HTTPError:
+            break
+        except OSError:
+            if time.monotonic() > deadline:
+                server.kill()
+                pytest.fail(f"moto's server does not answer: {log.read_text()[-2000:]}")
+            time.sleep(0.05)
+    return server, endpoint
 
 
 @pytest.fixture

@@ -7,15 +7,18 @@ pass the check, which real S3 servers never allow. Serialising the requests (con
 concurrent and kept alive, as with a real server) makes each check-and-store atomic, as on S3,
 so the compare-and-swap tests test our code and not moto's race.
 
-Usage: ``python serial_moto.py [HOST]``; prints the port on its first line of stdout, then
-serves until terminated.
+Usage: ``python serial_moto.py [HOST] [PARENT_PID]``; prints the port on its first line of
+stdout, then serves until terminated, or until the process ``PARENT_PID`` is gone (the test
+run's main process, when the xdist workers share one server).
 """
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Iterable
 from typing import Any
 
@@ -38,8 +41,21 @@ def main() -> None:
 
     server = make_server(host, 0, serial, threaded=True, request_handler=MotoRequestHandler)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    if len(sys.argv) > 2:
+        threading.Thread(target=_exit_with, args=(int(sys.argv[2]),), daemon=True).start()
     print(server.server_port, flush=True)
     server.serve_forever()
+
+
+def _exit_with(parent: int) -> None:
+    while True:
+        try:
+            os.kill(parent, 0)
+        except ProcessLookupError:
+            os._exit(0)
+        except PermissionError:
+            pass  # alive, another user's
+        time.sleep(0.5)
 
 
 if __name__ == "__main__":
