@@ -39,6 +39,18 @@ INV_PREFIX = [sys.executable, "-m", "invoke", "--search-root", str(REPO)]
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    _hear_ctrl_c()
+    _compile_bytecode()
+
+
+def _hear_ctrl_c() -> None:
+    """Started as a background job of a script, the run ignores Ctrl-C, and so would every
+    process it starts: the Ctrl-C tests' commands would never see their SIGINT."""
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def _compile_bytecode() -> None:
     """Byte-compile the package and tasks.py once, before any test: the suite starts hundreds of
     ``python -m claude_persist...`` processes (every fake claude call is one), and where
     ``PYTHONDONTWRITEBYTECODE`` is set each of them would compile every module it imports from
