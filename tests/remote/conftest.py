@@ -49,13 +49,13 @@ def s3_endpoint(tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> Ite
     from filelock import FileLock
 
     shared = tmp_path_factory.getbasetemp().parent  # this run's, common to its workers
+    url_file = shared / "moto.url"
     with FileLock(str(shared / "moto.lock")):
-        url_file = shared / "moto.url"
         if not url_file.exists():
             server, endpoint = _start_moto(shared, os.getppid())
             _SHARED_SERVER.append(server)  # outlives this worker, which must not reap it
             url_file.write_text(endpoint)
-        yield url_file.read_text()
+    yield url_file.read_text()
 
 
 def _start_moto(folder: Path, parent: int | None) -> tuple[subprocess.Popen[bytes], str]:
