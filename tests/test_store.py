@@ -209,7 +209,7 @@ WRITER = textwrap.dedent("""
 def test_kill_9_of_writers_loses_no_committed_entry(workspace: Path) -> None:
     rng = random.Random(7)
     committed: list[str] = []
-    for round_ in range(10):  # the stress set runs 200 rounds
+    for round_ in range(5):  # the stress set runs 200 rounds
         proc = subprocess.Popen([sys.executable, "-c", WRITER, str(workspace), f"r{round_}"],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         assert proc.stdout is not None
@@ -221,7 +221,7 @@ def test_kill_9_of_writers_loses_no_committed_entry(workspace: Path) -> None:
         data = json.loads(mapping_path(workspace).read_text())  # always parses
         missing = set(committed) - set(data["aliases"])
         assert not missing, f"round {round_}: lost {sorted(missing)}"
-    assert len(committed) >= 10  # at least the one each round waited for
+    assert len(committed) >= 5  # at least the one each round waited for
 
 
 def test_a_lock_waits_times_out_and_dies_with_its_holder(tmp_path: Path) -> None:

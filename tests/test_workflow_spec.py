@@ -549,7 +549,7 @@ def _documents(draw: st.DrawFn) -> Any:
     return doc
 
 
-@pytest.mark.parametrize("examples", generated(100, 300))
+@pytest.mark.parametrize("examples", generated(50, 300))
 def test_the_loader_and_the_schema_agree_on_shape(tmp_path: Path, examples: int) -> None:
     import jsonschema
 
