@@ -103,17 +103,19 @@ def _regular(path: Path) -> os.stat_result | None:
 
 class ProjectIndex:
     """Which project folder holds which transcript, read once (for the sessions that are not
-    where their cwd says: made before a move, or imported by hand)."""
+    where their cwd says: made before a move, or imported by hand). A session with copies in
+    several folders is the first regular file in folder-name order: one answer on every
+    machine, the one the fake CLI gives too."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
-        self._found: dict[str, Path] | None = None
+        self._found: dict[str, list[Path]] | None = None
 
     def find(self, session_id: str) -> Path | None:
         if self._found is None:
             self._found = {}
             try:
-                projects = list(os.scandir(self.root))
+                projects = sorted(os.scandir(self.root), key=lambda entry: entry.name)
             except OSError:
                 projects = []
             for project in projects:
@@ -125,10 +127,9 @@ class ProjectIndex:
                     continue
                 for name in names:
                     if name.endswith(TRANSCRIPT_SUFFIX):
-                        self._found.setdefault(name[:-len(TRANSCRIPT_SUFFIX)],
-                                               Path(project.path, name))
-        path = self._found.get(session_id)
-        return path if path is not None and _regular(path) else None
+                        self._found.setdefault(name[:-len(TRANSCRIPT_SUFFIX)], []).append(
+                            Path(project.path, name))
+        return next((path for path in self._found.get(session_id, ()) if _regular(path)), None)
 
 
 def locate(session_id: str, cwd: str | Path, env: Mapping[str, str] | None = None,

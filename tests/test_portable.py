@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import itertools
 import json
 import os
 import tarfile
@@ -56,6 +57,38 @@ def test_project_folder_names_are_the_clis(cwd: str, name: str,
     # The fake CLI's own reading of the rule (it imports nothing of ours) gives the same name.
     monkeypatch.setenv("CLAUDE_CONFIG_DIR", "/cfg")
     assert fake_cli.project_folder(cwd) == f"/cfg/projects/{name}"
+
+
+@pytest.mark.parametrize("layout", list(itertools.product(
+    ("file", "symlink", "folder", None), repeat=3)), ids=lambda layout: "-".join(map(str, layout)))
+def test_a_session_away_from_its_folder_is_found_where_the_fake_cli_finds_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        layout: tuple[str | None, str | None, str | None]) -> None:
+    """Copies of one transcript in other project folders, some of them not regular files: we
+    and the fake CLI (which reads the layout its own way) pick the same one, or none."""
+    monkeypatch.setenv("CLAUDE_CONFIG_DIR", str(tmp_path / "cfg"))
+    projects = tmp_path / "cfg" / "projects"
+    sid = "0b7e8a52-5c1f-4c43-9f6e-1c6f3b0d2a11"
+    elsewhere = tmp_path / "elsewhere.jsonl"
+    elsewhere.write_text("{}\n")
+    for folder, kind in zip(("-b", "-a", "-c"), layout, strict=True):
+        path = projects / folder / f"{sid}.jsonl"
+        path.parent.mkdir(parents=True)
+        if kind == "file":
+            path.write_text("{}\n")
+        elif kind == "symlink":
+            path.symlink_to(elsewhere)
+        elif kind == "folder":
+            path.mkdir()
+    cwd = tmp_path / "workspace"  # its own project folder is empty
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    ours = tr.locate(sid, cwd)
+    theirs = fake_cli.find_transcript(sid)
+    assert (str(ours) if ours else None) == theirs
+    regular = [f for f, kind in sorted(zip(("-b", "-a", "-c"), layout, strict=True))
+               if kind == "file"]
+    assert theirs == (str(projects / regular[0] / f"{sid}.jsonl") if regular else None)
 
 
 def test_the_config_folder_is_claude_config_dir_else_home() -> None:

@@ -16,9 +16,9 @@ the entry's own compare-and-swap at its push.
 
 boto3 is imported only when such a store is opened (``pip install 'claude-persist[s3]'``).
 Endpoint, region and credentials come the standard AWS way: ``AWS_ENDPOINT_URL`` (or
-``AWS_ENDPOINT_URL_S3``), ``AWS_REGION``, ``AWS_PROFILE``, the access key variables, the shared
-config and credentials files, instance roles. Retries follow ``AWS_RETRY_MODE`` and
-``AWS_MAX_ATTEMPTS`` when set, else three attempts in the standard mode.
+``AWS_ENDPOINT_URL_S3``), ``AWS_DEFAULT_REGION`` (else ``AWS_REGION``), ``AWS_PROFILE``, the
+access key variables, the shared config and credentials files, instance roles. Retries follow
+``AWS_RETRY_MODE`` and ``AWS_MAX_ATTEMPTS`` when set, else three attempts in the standard mode.
 
 Every request is bounded: a connection that does not open within :data:`CONNECT_TIMEOUT`, or an
 answer that stops for :data:`READ_TIMEOUT`, fails the attempt, so a hung server costs at most
@@ -124,7 +124,12 @@ class S3Store(SharedStore):
         try:
             session = botocore.session.get_session()
             session.register_component("data_loader", _shared_loader(session))
-            client = cast("S3Client", session.create_client("s3", config=config))
+            # botocore reads AWS_DEFAULT_REGION only; AWS_REGION is what the other SDKs and
+            # many CI set-ups set, so it counts too (after AWS_DEFAULT_REGION).
+            region = None if os.environ.get("AWS_DEFAULT_REGION") else (
+                os.environ.get("AWS_REGION") or None)
+            client = cast("S3Client", session.create_client("s3", config=config,
+                                                            region_name=region))
         except ValueError as exc:  # boto3's word for an endpoint that is not a URL
             endpoint = (os.environ.get("AWS_ENDPOINT_URL_S3")
                         or os.environ.get("AWS_ENDPOINT_URL") or "the configured endpoint")

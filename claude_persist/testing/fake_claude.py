@@ -207,7 +207,8 @@ def project_folder(cwd: str) -> str:
 
 def find_transcript(session_id: str) -> str | None:
     """The transcript of ``session_id``: under the cwd's project folder, else in any project
-    folder (the real CLI finds a session by id wherever it is)."""
+    folder (the real CLI finds a session by id wherever it is), the first regular file in
+    folder-name order."""
     file_name = session_id + ".jsonl"
     here = os.path.join(project_folder(os.getcwd()), file_name)
     if os.path.isfile(here) and not os.path.islink(here):

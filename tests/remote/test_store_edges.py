@@ -379,3 +379,24 @@ def test_the_store_recipe_runs_one_job_at_a_time_per_session() -> None:
     name = script.split("create -n ")[1].split()[0]
     assert job["concurrency"] == {"group": f"claude-session-{name}",
                                   "cancel-in-progress": False}
+
+
+@pytest.mark.parametrize(("variables", "region"), [
+    ({"AWS_REGION": "eu-west-1"}, "eu-west-1"),  # botocore alone would ignore it
+    ({"AWS_DEFAULT_REGION": "eu-central-1", "AWS_REGION": "eu-west-1"}, "eu-central-1"),
+    ({}, "us-west-2"),  # neither: the profile's region in the config file
+])
+def test_the_region_comes_from_aws_default_region_then_aws_region_then_the_profile(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, variables: dict[str, str],
+        region: str) -> None:
+    for variable in [v for v in os.environ if v.startswith("AWS_")]:
+        monkeypatch.delenv(variable)
+    config = tmp_path / "aws-config"
+    config.write_text("[default]\nregion = us-west-2\n")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(config))
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    for variable, value in variables.items():
+        monkeypatch.setenv(variable, value)
+    store = open_store("s3://regional-bucket/p")
+    assert store.client.meta.region_name == region  # type: ignore[attr-defined]
