@@ -12,16 +12,18 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import functools
 import inspect
 import os
 import re
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from invoke.config import AmbiguousMergeError
 from invoke.exceptions import Exit, ParseError
 from invoke.parser import Parser
+from invoke.parser.context import ParserContext
 from invoke.program import Program
 
 from . import __version__
@@ -116,14 +118,19 @@ class PersistProgram(Program):
                        code=2) from exc
 
     def _make_parser(self) -> Parser:
-        # Invoke's parser deep-copies every task's flags on each parse (10 ms for our tasks);
-        # only the tasks named on the command line are needed. With none named, keep them all
-        # so that Invoke's own messages stay as they are.
-        contexts = self.collection.to_contexts(
-            ignore_unknown_help=self.config.tasks.ignore_unknown_help)
+        # Invoke's parser builds, then deep-copies, every task's flags on each parse; only the
+        # tasks named on the command line are needed. With none named, keep them all so that
+        # Invoke's own messages stay as they are.
+        ignore = self.config.tasks.ignore_unknown_help
         words = set(self.core.unparsed)
-        named = [c for c in contexts if c.name in words or words.intersection(c.aliases)]
-        return Parser(initial=self.initial_context, contexts=named or contexts)
+        names = self.collection.task_names
+        named = [ParserContext(name=name, aliases=aliases,
+                               args=self.collection[name].get_arguments(
+                                   ignore_unknown_help=ignore))
+                 for name, aliases in names.items()
+                 if name in words or words.intersection(aliases)]
+        return Parser(initial=self.initial_context,
+                      contexts=named or self.collection.to_contexts(ignore_unknown_help=ignore))
 
     def parse_tasks(self) -> None:
         asked = self.args.help.value
@@ -134,7 +141,7 @@ class PersistProgram(Program):
                 raise Exit
         self.core.unparsed = _two_words(self.core.unparsed)
         takes_more = {name for name, task in self.collection.tasks.items()
-                      if MORE in inspect.signature(task.body).parameters}
+                      if _takes_more(task.body)}
         if takes_more.intersection(self.core.unparsed):
             self.core.unparsed = _more_words(self.core.unparsed, self._make_parser().contexts)
         with _usage_errors(self):
@@ -155,6 +162,11 @@ def _two_words(words: list[str]) -> list[str]:
 
 #: The parameter that takes a task's further bare words (``validate a.yml b.yml``).
 MORE = "more"
+
+
+@functools.cache
+def _takes_more(body: Callable[..., Any]) -> bool:
+    return MORE in inspect.signature(body).parameters
 
 
 def _more_words(words: list[str], contexts: Any) -> list[str]:
