@@ -3,7 +3,9 @@ tests through it mean something. Each test is one fact, run as a real process.""
 
 from __future__ import annotations
 
+import ast
 import json
+import re
 import shlex
 import signal
 import subprocess
@@ -11,6 +13,8 @@ import time
 import uuid
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from claude_persist.testing import FAKE_CLAUDE_CMD
 
@@ -237,3 +241,76 @@ def test_transcripts_live_where_the_real_clis_do(fake_claude: Any, tmp_path: Pat
     assert "turn 3" in fork["result"]
     by_title = json.loads(claude("-p", "--resume=titled", "--output-format=json").stdout)
     assert by_title["session_id"] in (sid, fork["session_id"])
+
+
+# -- what the fake does without json, re or shlex -----------------------------------------------
+
+VALUES: list[Any] = [
+    {}, [], "", 0, -7, 2**70, 0.1, -1e-300, 1e300, float("inf"), float("-inf"), True, None,
+    "é\n\t\"\\ \u2028 \U0001f600 \x00", {"a": [1, 2.5, {"b": None}], "": "x", "é": []},
+    [[[[]]]], {"n": -0.0},
+]
+
+
+def test_the_lean_json_reads_and_writes_as_json_does() -> None:
+    from claude_persist.testing import fake_claude
+
+    assert fake_claude.json_dumps.__module__ == fake_claude.__name__  # the C half was taken
+    for value in VALUES:
+        text = json.dumps(value)
+        assert fake_claude.json_dumps(value) == text
+        assert fake_claude.json_dumps(fake_claude.json_loads(text)) == text
+        assert fake_claude.json_loads(f" {json.dumps(value, indent=2)}\n") == json.loads(text)
+    assert str(fake_claude.json_loads("NaN")) == "nan"
+    for broken in ("", "  ", "{", '{"a": 1} x', "[1,]", "nope", '"open'):
+        with pytest.raises(ValueError):
+            fake_claude.json_loads(broken)
+    with pytest.raises(TypeError, match="set is not JSON serializable"):
+        fake_claude.json_dumps({"a": {1}})
+
+
+@pytest.mark.parametrize("prompt", [
+    "no marker", "[fake delay=1] go", "a [fake x=1 y=2] b [fake z] c", "[fake open", "[fake ]",
+    "[fake a=1]]", "[fake [fake b=2] c", "x\n[fake cost=0.1\nversion=2]\ny", "[fakeish] [ fake a]",
+])
+def test_markers_are_read_as_the_pattern_read_them(prompt: str) -> None:
+    from claude_persist.testing import fake_claude
+
+    pattern = re.compile(r"\[fake ([^\]]*)\]")
+    assert fake_claude.split_markers(prompt) == (pattern.findall(prompt), pattern.sub("", prompt))
+
+
+def test_session_ids_are_checked_as_the_pattern_checked_them() -> None:
+    from claude_persist.testing import fake_claude
+
+    pattern = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", re.I)
+    sid = str(uuid.uuid4())
+    for text in (sid, sid.upper(), sid[:-1], sid + "0", sid.replace("-", ""), "", "-" * 4,
+                 sid.replace("a", "g"), sid[:8] + "_" + sid[9:], f"{sid[:8]}-{sid[9:]}-"):
+        assert fake_claude.is_uuid(text) == bool(pattern.fullmatch(text)), text
+
+
+def test_a_call_imports_neither_json_nor_re_nor_enum(fake_claude: Any, tmp_path: Path) -> None:
+    """Each suite starts the fake hundreds of times: its start-up is the standard library's
+    bare minimum (json imports re, and re imports enum; together they doubled a call's time)."""
+    *python, code = FAKE
+    code = code.replace("fake_claude.main()", "import atexit; atexit.register("
+                        "lambda: print(sorted(sys.modules))); fake_claude.main()")
+    out = subprocess.run([*python, code, "-p", "hi", "--output-format=stream-json",
+                          "--verbose"], capture_output=True, text=True, timeout=30, cwd=tmp_path,
+                         stdin=subprocess.DEVNULL)
+    assert out.returncode == 0, out.stderr
+    modules = set(ast.literal_eval(out.stdout.splitlines()[-1]))
+    assert "fake_claude" in modules
+    assert not modules & {"json", "re", "enum", "shlex", "signal", "typing", "pathlib"}
+
+
+def test_without_jsons_c_half_the_fake_takes_json_itself(fake_claude: Any, tmp_path: Path) -> None:
+    *python, code = FAKE
+    code = code.replace("import fake_claude", "sys.modules['_json'] = None; import fake_claude; "
+                        "assert fake_claude.json_loads.__module__ == 'json'")
+    out = subprocess.run([*python, code, "-p", "hi", "--output-format=json"],
+                         capture_output=True, text=True, timeout=30, cwd=tmp_path,
+                         stdin=subprocess.DEVNULL)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["result"].startswith("fake reply to turn 1")

@@ -11,7 +11,7 @@ try a workflow without an account or a network. ``$FAKE_CLAUDE_HOME`` (default
 ``<temp>/claude-persist-fake-<uid>``) holds only the counts ``error_times`` needs.
 
 Switches, from the environment (``FAKE_CLAUDE_<KEY>``) or per call from a ``[fake key=value ...]``
-marker in the prompt (the marker wins):
+marker in the prompt (the marker wins; values have no spaces):
 
 ``delay=S``          sleep S seconds before answering (after the init line)
 ``hang=1``           print the init line, then never answer
@@ -51,25 +51,27 @@ run and when, and the W3C ``TRACEPARENT`` it was given (``traceparent``, None wi
 
 from __future__ import annotations
 
-import json
 import os
-import re
-import shlex
-import signal
 import sys
 import time
 
 TYPE_CHECKING = False  # typing is not imported at run time (mypy reads this name as its own)
 if TYPE_CHECKING:
+    import signal
+    from collections.abc import Callable
     from typing import Any, NoReturn
+else:
+    import _signal as signal  # what signal wraps in enums; importing enum costs more than a call
 
 # Every test suite starts this fake hundreds of times, so it imports only what a call needs
 # from the standard library: no pathlib, typing or uuid, and nothing of claude_persist (it models
-# another program, the CLI, whose file layout it reads its own way: see project_folder).
+# another program, the CLI, whose file layout it reads its own way: see project_folder). Not even
+# json or re: json imports re, and re imports enum, functools and collections, which together
+# took longer than the interpreter's own start; the fake speaks JSON through json's C half
+# (see _LeanJson) and reads its markers and ids without patterns.
 
 VERSION = "2.1.332"
-UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$", re.I)
-MARKER_RE = re.compile(r"\[fake ([^\]]*)\]")
+MARKER = "[fake "
 EFFORTS = {"low", "medium", "high", "xhigh", "max"}
 ALIASES = {"opus": "claude-opus-4-1", "sonnet": "claude-sonnet-4-5", "haiku": "claude-haiku-4-5"}
 DEFAULT_MODEL = "claude-sonnet-4-5"
@@ -92,6 +94,79 @@ API_ERRORS = {
     500: "API Error: 500 Internal server error",
     529: "API Error: 529 Overloaded. Please try again later.",
 }
+
+
+def _lean_json() -> tuple[Callable[[str], Any], Callable[[Any], str]]:
+    """``json.loads`` and ``json.dumps`` (their default arguments) made of json's C accelerator
+    alone. Where it is missing, or answers differently (another Python), json itself."""
+    try:
+        from _json import encode_basestring_ascii, make_encoder, make_scanner
+    except ImportError:
+        import json
+
+        return json.loads, json.dumps
+
+    class Context:  # what the scanner reads from a json.JSONDecoder
+        strict = True
+        object_hook = object_pairs_hook = None
+        parse_float, parse_int = float, int
+        parse_constant = {"-Infinity": float("-inf"), "Infinity": float("inf"),
+                          "NaN": float("nan")}.__getitem__
+
+    scan = make_scanner(Context())  # type: ignore[arg-type]  # typeshed: the class itself
+
+    def not_json(value: object) -> None:
+        raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+    def loads(text: str) -> Any:
+        text = text.strip(" \t\n\r")
+        try:
+            value, end = scan(text, 0)
+        except StopIteration:
+            raise ValueError(f"not JSON: {text[:80]!r}") from None
+        if end != len(text):
+            raise ValueError(f"not JSON: extra data after {text[:end][-80:]!r}")
+        return value
+
+    def dumps(value: Any) -> str:
+        return "".join(make_encoder({}, not_json, encode_basestring_ascii, None, ": ", ", ",
+                                    False, False, True)(value, 0))
+
+    sample = {"a": [1, 2.5, "\u00e9\n\"", None, True, False], "b": {}}
+    try:
+        if dumps(sample) == '{"a": [1, 2.5, "\\u00e9\\n\\"", null, true, false], "b": {}}' \
+                and loads(dumps(sample)) == sample:
+            return loads, dumps
+    except Exception:  # any difference: take the module that knows its Python
+        pass
+    import json
+
+    return json.loads, json.dumps
+
+
+json_loads, json_dumps = _lean_json()
+
+
+def split_markers(prompt: str) -> tuple[list[str], str]:
+    """The insides of the prompt's ``[fake ...]`` markers, and the prompt without them."""
+    markers, rest, at = [], [], 0
+    while (start := prompt.find(MARKER, at)) != -1:
+        end = prompt.find("]", start + len(MARKER))
+        if end == -1:
+            break
+        markers.append(prompt[start + len(MARKER):end])
+        rest.append(prompt[at:start])
+        at = end + 1
+    rest.append(prompt[at:])
+    return markers, "".join(rest)
+
+
+def is_uuid(text: str) -> bool:
+    """``8-4-4-4-12`` hex digits, either case, as the CLI takes a session id."""
+    parts = text.split("-")
+    return [len(part) for part in parts] == [8, 4, 4, 4, 12] and all(
+        char in "0123456789abcdefABCDEF" for part in parts for char in part)
+
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
@@ -132,8 +207,8 @@ def parse_args(argv: list[str]) -> tuple[dict[str, Any], list[str]]:
 def switches(prompt: str) -> dict[str, str]:
     found = {key[len("FAKE_CLAUDE_"):].lower(): value for key, value in os.environ.items()
              if key.startswith("FAKE_CLAUDE_")}
-    for marker in MARKER_RE.findall(prompt):
-        for token in shlex.split(marker):
+    for marker in split_markers(prompt)[0]:
+        for token in marker.split():
             key, _, value = token.partition("=")
             found[key.lower()] = value or "1"
     return found
@@ -233,7 +308,7 @@ def read_session(path: str | os.PathLike[str]) -> dict[str, Any]:
                                "model": None, "total_cost_usd": 0.0, "path": path,
                                "last_uuid": None}
     with open(path, encoding="utf-8") as handle:
-        lines = [json.loads(line) for line in handle if line.strip()]
+        lines = [json_loads(line) for line in handle if line.strip()]
     session["lines"] = lines
     for record in lines:
         kind = record.get("type")
@@ -271,7 +346,7 @@ def append(session: dict[str, Any], *records: dict[str, Any]) -> None:
         path = session["path"] = os.path.join(folder, session["session_id"] + ".jsonl")
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
     with os.fdopen(fd, "a", encoding="utf-8") as handle:
-        handle.write("".join(json.dumps(record) + "\n" for record in records))
+        handle.write("".join(json_dumps(record) + "\n" for record in records))
 
 
 def message_line(session: dict[str, Any], role: str, text: str) -> dict[str, Any]:
@@ -321,10 +396,10 @@ def session_folder(session: dict[str, Any], sw: dict[str, str]) -> None:
     if sw.get("subagent"):
         agents = os.path.join(folder, "subagents")
         os.makedirs(agents, exist_ok=True)
-        _write(os.path.join(agents, f"agent-{tag}.jsonl"), json.dumps(
+        _write(os.path.join(agents, f"agent-{tag}.jsonl"), json_dumps(
             {"type": "user", "isSidechain": True, "sessionId": session["session_id"],
              "message": {"role": "user", "content": "a subagent's task"}}) + "\n")
-        _write(os.path.join(agents, f"agent-{tag}.meta.json"), json.dumps({"agentType": "fake"}))
+        _write(os.path.join(agents, f"agent-{tag}.meta.json"), json_dumps({"agentType": "fake"}))
     if int(sw.get("tool_output", "0") or 0):
         results = os.path.join(folder, "tool-results")
         os.makedirs(results, exist_ok=True)
@@ -350,7 +425,7 @@ def _read(path: str) -> str:
 
 def emit(line: dict[str, Any]) -> None:
     line.setdefault("fake_emitted_at", time.time())
-    sys.stdout.write(json.dumps(line) + "\n")
+    sys.stdout.write(json_dumps(line) + "\n")
     sys.stdout.flush()
 
 
@@ -361,7 +436,7 @@ def log(event: str, **fields: Any) -> None:
     record = {"event": event, "pid": os.getpid(), "pgid": os.getpgid(0), "time": time.time(),
               **fields}
     with open(target, "a", encoding="utf-8") as handle:
-        handle.write(json.dumps(record) + "\n")
+        handle.write(json_dumps(record) + "\n")
 
 
 def schema_example(schema: Any) -> Any:
@@ -439,7 +514,7 @@ def open_session(opts: dict[str, Any], fmt: str) -> tuple[dict[str, Any], bool]:
     """The session this call works on, and whether it is new. ``pending`` holds the lines a
     new session's transcript starts with."""
     wanted = opts.get("--session-id")
-    if wanted is not None and not UUID_RE.match(wanted):
+    if wanted is not None and not is_uuid(wanted):
         fail("Error: Invalid session ID. Must be a valid UUID.")
     resume = opts.get("--resume")
     title = opts.get("--name")
@@ -453,7 +528,7 @@ def open_session(opts: dict[str, Any], fmt: str) -> tuple[dict[str, Any], bool]:
                 "model": None, "total_cost_usd": 0.0, "pending": pending}, True
     if wanted and not opts.get("--fork-session"):
         fail("Error: --session-id can only be used with --resume if --fork-session is given.")
-    found = load(resume) if UUID_RE.match(resume) else find_by_title(resume)
+    found = load(resume) if is_uuid(resume) else find_by_title(resume)
     if found is None:
         message = f"No conversation found with session ID: {resume}"
         if fmt == "stream-json":
@@ -562,7 +637,7 @@ def main(argv: list[str] | None = None) -> None:
         status = status if count_call(prompt) <= int(sw["error_times"]) else 0
     cost = float(sw.get("cost", "0.0125"))
     budget = opts.get("--max-budget-usd")
-    head = " ".join(MARKER_RE.sub("", prompt).split())[:80]
+    head = " ".join(split_markers(prompt)[1].split())[:80]
     text = (f"fake reply to turn {user_turns} of session {session['session_id']} "
             f"(model {session['model']}, effort {effort.lower()}"
             f"{', role: ' + sent_role.strip().splitlines()[0][:40] if sent_role else ''}): "
@@ -612,7 +687,7 @@ def main(argv: list[str] | None = None) -> None:
             session_folder(session, sw)
             append(session, answer, cost_line(session))
     if opts.get("--json-schema") and not status:
-        extra["structured_output"] = schema_example(json.loads(opts["--json-schema"]))
+        extra["structured_output"] = schema_example(json_loads(opts["--json-schema"]))
     reported = session["total_cost_usd"] if cumulative and not status else cost
     final = result_line(session, text, reported, **extra)
     final["session_id"] = reported_id
@@ -626,7 +701,7 @@ def main(argv: list[str] | None = None) -> None:
     if fmt == "text":
         print(final.get("result", ""), flush=True)
     elif fmt == "json" and opts.get("--verbose"):
-        print(json.dumps([{"type": "system", "subtype": "init",
+        print(json_dumps([{"type": "system", "subtype": "init",
                            "session_id": session["session_id"]},
                           {"type": "assistant", "session_id": session["session_id"]}, final]),
               flush=True)  # json with --verbose: an array of every message
