@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import copy
 import functools
 import inspect
 import json
@@ -29,6 +30,7 @@ from typing import Any
 from invoke.collection import Collection
 from invoke.context import Context
 from invoke.exceptions import Exit
+from invoke.parser.argument import Argument
 from invoke.tasks import Task
 
 from . import validate
@@ -93,13 +95,38 @@ SHORT_FLAGS = {"prompt": "p", "name": "n", "output": "o"}
 
 
 class PersistTask(Task):  # type: ignore[type-arg]
-    """A task whose short flags are set explicitly: ``-p`` is --prompt, ``-n`` is --name."""
+    """A task whose short flags are set explicitly: ``-p`` is --prompt, ``-n`` is --name.
+
+    Invoke deep-copies every task each time it loads a tasks.py, and every flag on each parse
+    (help texts, defaults and all). A task is not changed once made, and a parse sets only a
+    flag's value, so both copy shallowly: a parse costs a few milliseconds less."""
 
     def arg_opts(self, name: str, default: Any, taken_names: set[str]) -> dict[str, Any]:
         opts: dict[str, Any] = super().arg_opts(name, default, taken_names)
         if name in SHORT_FLAGS:
             opts["names"] = [*opts["names"], SHORT_FLAGS[name]]
         return opts
+
+    def get_arguments(self, ignore_unknown_help: bool | None = None) -> list[Argument]:
+        return [FlagArgument.like(arg) for arg in super().get_arguments(ignore_unknown_help)]
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> PersistTask:
+        return copy.copy(self)
+
+
+class FlagArgument(Argument):
+    """An Invoke flag whose copy shares all but its value (see PersistTask)."""
+
+    @classmethod
+    def like(cls, arg: Argument) -> FlagArgument:
+        return cls(names=arg.names, kind=arg.kind, default=arg.default, help=arg.help,
+                   positional=arg.positional, optional=arg.optional,
+                   incrementable=arg.incrementable, attr_name=arg.attr_name)
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> FlagArgument:
+        new = copy.copy(self)
+        new.raw_value, new._value = copy.copy(self.raw_value), copy.copy(self._value)  # a list's
+        return new
 
 
 def persist_task(

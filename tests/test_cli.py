@@ -448,3 +448,24 @@ def test_runs_show_reads_as_one_command(cp: Runner) -> None:
     ran = cp("runs", "show", "no-such-run")
     assert ran.code == 2 and "no run no-such-run" in ran.err, ran.err
     assert cp("runs", "prune").code == 2  # runs-prune's own refusal: --older-than is needed
+
+
+def test_a_parse_writes_only_its_own_copies_of_the_flags() -> None:
+    """Tasks and flags copy shallowly (Invoke copies them on every load and parse): what one
+    parse sets, a list flag's values included, is not seen by the collection or the next."""
+    import copy
+
+    from invoke.parser import Parser
+
+    from claude_persist.tasks import ns
+
+    contexts = ns.to_contexts()
+    first = Parser(contexts=contexts).parse_argv(["export", "-n", "a", "-n", "b", "-o", "x"])
+    assert first[0].args["name"].value == ["a", "b"] and first[0].args["output"].value == "x"
+    second = Parser(contexts=contexts).parse_argv(["export", "--all"])
+    assert second[0].args["name"].value == [] and second[0].args["output"].value is None
+    assert [ctx.args["name"].value for ctx in contexts if ctx.name == "export"] == [[]]
+    task = ns["export"]
+    task_copy = copy.deepcopy(task)
+    task_copy.times_called += 1
+    assert task.times_called == 0 and task_copy.body is task.body
