@@ -123,6 +123,9 @@ class FlagArgument(Argument):
                    positional=arg.positional, optional=arg.optional,
                    incrementable=arg.incrementable, attr_name=arg.attr_name)
 
+    def __repr__(self) -> str:  # as Invoke's own, in its messages: "Flag <Argument: name (n)>"
+        return super().__repr__().replace(f"<{type(self).__name__}:", "<Argument:", 1)
+
     def __deepcopy__(self, memo: dict[int, Any]) -> FlagArgument:
         new = copy.copy(self)
         new.raw_value, new._value = copy.copy(self.raw_value), copy.copy(self._value)  # a list's

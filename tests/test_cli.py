@@ -469,3 +469,4 @@ def test_a_parse_writes_only_its_own_copies_of_the_flags() -> None:
     task_copy = copy.deepcopy(task)
     task_copy.times_called += 1
     assert task.times_called == 0 and task_copy.body is task.body
+    assert repr(first[0].args["name"]) == "<Argument: name (n) [list]>"  # Invoke's messages
