@@ -578,3 +578,70 @@ def test_the_loader_and_the_schema_agree_on_shape(tmp_path: Path, examples: int)
     check()
     # Both verdicts are common, so the agreement is not that of a one-sided generator.
     assert min(verdicts[True], verdicts[False]) >= examples // 10, verdicts
+
+
+YAML_DATA = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False)
+    | st.text(max_size=12),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner,
+                                                                 max_size=4),
+    max_leaves=24)
+
+
+def _tree(node: yaml.Node | None) -> Any:
+    """A node tree as comparable data: kind, tag, value and place (where it starts: all that
+    the loader reads) of every node. An empty value with no text of its own (``a:``) has no
+    place: libyaml puts it where the next token starts, PyYAML sometimes a column before."""
+    if node is None:
+        return None
+    place = (type(node).__name__, node.tag, node.start_mark.line, node.start_mark.column)
+    if isinstance(node, yaml.ScalarNode):
+        if node.value == "" and not node.style:
+            return (*place[:2], node.value)
+        return (*place, node.value)
+    if isinstance(node, yaml.SequenceNode):
+        return (*place, [_tree(item) for item in node.value])
+    return (*place, [(_tree(key), _tree(value)) for key, value in node.value])
+
+
+def _in_python(text: str) -> Any:
+    from claude_persist.workflow import yamlmarks
+
+    try:
+        return _tree(yamlmarks._BoundedLoader(text).get_single_node())
+    except (yaml.YAMLError, yamlmarks.LimitError) as exc:
+        return exc
+
+
+@pytest.mark.parametrize("examples", generated(100, 1000))
+def test_libyaml_and_the_python_parser_give_the_same_tree(examples: int) -> None:
+    """Workflows are composed by libyaml (ten times faster), and by the pure Python parser
+    where libyaml refuses: wherever the Python parser reads a tree, libyaml reads the same one,
+    node for node and place for place, or refuses (and the Python parser answers). Dumped data
+    always parses; fuzzed text mostly does not."""
+    from claude_persist.workflow import yamlmarks
+
+    @settings(max_examples=examples, deadline=None, database=None,
+              suppress_health_check=[HealthCheck.too_slow])
+    @given(YAML_DATA, st.sampled_from([None, True, False]), st.integers(2, 6),
+           st.sampled_from([12, 80]), st.booleans(), FUZZED_FILES)
+    def check(data: Any, flow: bool | None, indent: int, width: int, unicode: bool,
+              pieces: list[str] | str) -> None:
+        dumped = yaml.safe_dump(data, default_flow_style=flow, indent=indent, width=width,
+                                allow_unicode=unicode)
+        assert _tree(yamlmarks._compose_in_c(dumped)) == _in_python(dumped) is not None
+        fuzzed = pieces if isinstance(pieces, str) else "".join(pieces)
+        from_python = _in_python(fuzzed)
+        if not isinstance(from_python, Exception):
+            from_c = yamlmarks._compose_in_c(fuzzed)
+            assert from_c is None or _tree(from_c) == from_python
+
+    check()
+
+
+def test_a_document_nested_past_the_c_stack_is_refused_not_crashed() -> None:
+    from claude_persist.workflow import yamlmarks
+
+    deep = "steps: " + "[" * 400_000 + "]" * 400_000 + "\n"
+    with pytest.raises(yamlmarks.LimitError, match="nested more than 64 levels deep"):
+        yamlmarks.load(deep)

@@ -11,9 +11,10 @@ from __future__ import annotations
 import math
 import os
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import yaml
 
@@ -96,7 +97,7 @@ def _pos(node: yaml.Node | yaml.Mark) -> tuple[int, int]:
     return mark.line + 1, mark.column + 1
 
 
-class _BoundedLoader(yaml.SafeLoader):
+class _Bounded(yaml.composer.Composer):
     """PyYAML's composer recurses once per level of nesting: stop it at ``MAX_DEPTH``."""
 
     depth = 0
@@ -105,13 +106,67 @@ class _BoundedLoader(yaml.SafeLoader):
         self.depth += 1
         try:
             if self.depth > MAX_DEPTH:
-                event = self.peek_event()  # type: ignore[no-untyped-call]
+                event = cast(Any, self).peek_event()  # a parser's, beside this in a loader
                 raise LimitError(*_pos(event.start_mark),
                                  f"nested more than {MAX_DEPTH} levels deep; a workflow needs "
                                  "only a few")
             return super().compose_node(parent, index)
         finally:
             self.depth -= 1
+
+
+class _BoundedLoader(_Bounded, yaml.SafeLoader):
+    """PyYAML's safe loader, pure Python, bounded."""
+
+
+def _c_events_loader() -> Callable[[str], Any] | None:
+    """libyaml's scanner and parser under PyYAML's composer (the composer's recursion stays
+    bounded, and tags resolve as PyYAML resolves them); None without libyaml."""
+    try:
+        from yaml._yaml import CParser
+    except ImportError:
+        return None
+
+    class CEvents(_Bounded, CParser, yaml.constructor.SafeConstructor, yaml.resolver.Resolver):
+        def __init__(self, text: str) -> None:
+            CParser.__init__(self, text)
+            yaml.composer.Composer.__init__(self)
+            yaml.constructor.SafeConstructor.__init__(self)
+            yaml.resolver.Resolver.__init__(self)
+
+        def compose_scalar_node(self, anchor: Any) -> yaml.ScalarNode:
+            event: Any = self.peek_event()
+            if event.tag == "!":  # PyYAML's parser resolves it as an untagged plain value
+                event.implicit = (True, False)
+            node: yaml.ScalarNode = super().compose_scalar_node(anchor)
+            return node
+
+    return CEvents
+
+
+_CBoundedLoader = _c_events_loader()
+
+
+def _compose_in_c(text: str) -> yaml.Node | None:
+    """The document's node tree, composed (by PyYAML's own composer, bounded) from libyaml's
+    events when PyYAML has libyaml: several times faster than its pure Python scanner and
+    parser, and the same tree wherever those read one. None when libyaml is missing or refuses
+    the document: the pure Python parser then says what is wrong, in the words and places it
+    always has. (libyaml takes a few things PyYAML's own scanner wrongly refuses, such as a tab
+    after a value.)"""
+    if _CBoundedLoader is None:
+        return None
+    try:
+        loader = _CBoundedLoader(text)
+    except UnicodeError:  # a lone surrogate: libyaml reads UTF-8
+        return None
+    try:
+        node: yaml.Node | None = loader.get_single_node()
+    except yaml.YAMLError:
+        return None
+    finally:
+        loader.dispose()
+    return node
 
 
 def load(text: str) -> Marked:
@@ -121,11 +176,13 @@ def load(text: str) -> Marked:
     if size > MAX_DOCUMENT_BYTES:
         raise LimitError(1, 1, f"the file has {size} bytes, more than the "
                                f"{MAX_DOCUMENT_BYTES} a workflow may have")
-    loader = _BoundedLoader(text)
-    try:
-        node = loader.get_single_node()
-    finally:
-        loader.dispose()
+    node = _compose_in_c(text)
+    if node is None:
+        loader = _BoundedLoader(text)
+        try:
+            node = loader.get_single_node()
+        finally:
+            loader.dispose()
     marked = Marked(data=None)
     if node is not None:
         marked.data = _Converter(marked).convert(node, ())
