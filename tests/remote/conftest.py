@@ -34,8 +34,8 @@ def s3_endpoint(tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> Ite
     Under xdist the workers share one server, so the run pays moto's start-up once: the first
     worker to need it starts it under a file lock and leaves its URL beside the workers'
     temporary folders; the server stops itself once the run's main process is gone."""
-    if worker_id == "master":
-        server, endpoint = _start_moto(tmp_path_factory.getbasetemp(), None)
+    if worker_id == "master":  # and should the run be killed, the server goes with it
+        server, endpoint = _start_moto(tmp_path_factory.getbasetemp(), os.getpid())
         try:
             yield endpoint
         finally:
@@ -58,11 +58,11 @@ def s3_endpoint(tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> Ite
     yield url_file.read_text()
 
 
-def _start_moto(folder: Path, parent: int | None) -> tuple[subprocess.Popen[bytes], str]:
+def _start_moto(folder: Path, parent: int) -> tuple[subprocess.Popen[bytes], str]:
+    """Start the server, which stops itself once the process ``parent`` is gone."""
     log = folder / "moto-server.log"
     with open(log, "wb") as errors:
-        server = subprocess.Popen([sys.executable, str(SERVER), "127.0.0.1",
-                                   *([str(parent)] if parent else [])],
+        server = subprocess.Popen([sys.executable, str(SERVER), "127.0.0.1", str(parent)],
                                   stdout=subprocess.PIPE, stderr=errors)
     assert server.stdout is not None
     ready, _, _ = select.select([server.stdout], [], [], 60)
