@@ -17,10 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
-    ExportTraceServiceRequest,
-    ExportTraceServiceResponse,
-)
 
 from .conftest import CP_PREFIX, INV_PREFIX, Runner
 
@@ -58,6 +54,12 @@ class Receiver:
     endpoint: str = ""
 
     def handler(self) -> type[BaseHTTPRequestHandler]:
+        # Imported here: only the processes that run these tests need OTLP's messages.
+        from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+            ExportTraceServiceRequest,
+            ExportTraceServiceResponse,
+        )
+
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):

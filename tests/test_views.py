@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from markdown_it import MarkdownIt
 
 from claude_persist.workflow import history, report
 from claude_persist.workflow.state import RunState, RunStatus, RunStore, StepState, StepStatus
@@ -48,6 +47,8 @@ def write(folder: Path, text: str, name: str = "wf.yml") -> Path:
 def table_rows(markdown: str) -> list[list[str]]:
     """The rendered table's rows (header first), each cell's inline content as text, after
     a real Markdown parser has read the page: what GitHub's renderer would lay out."""
+    from markdown_it import MarkdownIt  # here: most test processes need no Markdown parser
+
     tokens = MarkdownIt("commonmark").enable("table").parse(markdown)
     rows: list[list[str]] = []
     for token in tokens:
@@ -60,6 +61,8 @@ def table_rows(markdown: str) -> list[list[str]]:
 
 
 def rendered(markdown: str) -> str:
+    from markdown_it import MarkdownIt
+
     return str(MarkdownIt("commonmark").enable("table").render(markdown))
 
 
