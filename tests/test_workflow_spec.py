@@ -495,6 +495,6 @@ def test_libyaml_and_the_python_parser_give_the_same_tree(examples: int) -> None
 def test_a_document_nested_past_the_c_stack_is_refused_not_crashed() -> None:
     from claude_persist.workflow import yamlmarks
 
-    deep = "steps: " + "[" * 400_000 + "]" * 400_000 + "\n"
+    deep = "steps: " + "[" * 200_000 + "]" * 200_000 + "\n"
     with pytest.raises(yamlmarks.LimitError, match="nested more than 64 levels deep"):
         yamlmarks.load(deep)
