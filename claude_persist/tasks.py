@@ -98,8 +98,9 @@ class PersistTask(Task):  # type: ignore[type-arg]
     """A task whose short flags are set explicitly: ``-p`` is --prompt, ``-n`` is --name.
 
     Invoke deep-copies every task each time it loads a tasks.py, and every flag on each parse
-    (help texts, defaults and all). A task is not changed once made, and a parse sets only a
-    flag's value, so both copy shallowly: a parse costs a few milliseconds less."""
+    (help texts, defaults and all). A task is not changed once made (its help texts are kept
+    from Invoke's flag-making, below), and a parse sets only a flag's value, so both copy
+    shallowly: a parse costs a few milliseconds less."""
 
     def arg_opts(self, name: str, default: Any, taken_names: set[str]) -> dict[str, Any]:
         opts: dict[str, Any] = super().arg_opts(name, default, taken_names)
@@ -108,7 +109,13 @@ class PersistTask(Task):  # type: ignore[type-arg]
         return opts
 
     def get_arguments(self, ignore_unknown_help: bool | None = None) -> list[Argument]:
-        return [FlagArgument.like(arg) for arg in super().get_arguments(ignore_unknown_help)]
+        # Invoke pops each flag's help text out of ``self.help`` as it makes the flag; the task
+        # (and every copy of it) lives on for the next parse, so Invoke gets a copy to empty.
+        texts, self.help = self.help, dict(self.help)
+        try:
+            return [FlagArgument.like(arg) for arg in super().get_arguments(ignore_unknown_help)]
+        finally:
+            self.help = texts
 
     def __deepcopy__(self, memo: dict[int, Any]) -> PersistTask:
         return copy.copy(self)

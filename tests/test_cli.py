@@ -470,3 +470,16 @@ def test_a_parse_writes_only_its_own_copies_of_the_flags() -> None:
     task_copy.times_called += 1
     assert task.times_called == 0 and task_copy.body is task.body
     assert repr(first[0].args["name"]) == "<Argument: name (n) [list]>"  # Invoke's messages
+
+
+def test_flag_help_survives_every_parse(inv: Runner, cp: Runner) -> None:
+    """Invoke takes each flag's help text out of the task as it makes the flag: the second
+    command in a process (or the second parse in one) still shows it."""
+    from claude_persist.tasks import ns
+
+    for face in (inv, cp, inv, cp):
+        shown = face("export", "--help")
+        assert shown.code == 0 and "write the bundle to FILE" in shown.out, shown.out
+    for _ in range(2):
+        [export] = [ctx for ctx in ns.to_contexts() if ctx.name == "export"]
+        assert export.args["output"].help.startswith("write the bundle to FILE")
