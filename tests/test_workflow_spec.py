@@ -492,6 +492,24 @@ def test_libyaml_and_the_python_parser_give_the_same_tree(examples: int) -> None
     check()
 
 
+@pytest.mark.parametrize("text", [
+    "a: [1,\n\ufeff2]\n", "\ufeff# c\n\ufeffa: 1\n", "a: [x\ufeffy, z]\n", "\ufeff\ufeff-1",
+    "\ufeffa: 1\n", "a:\t1\n"])
+def test_what_libyaml_reads_otherwise_is_read_as_pyyaml_reads_it(text: str) -> None:
+    """Byte order marks past the start: libyaml skips one at the start of any line (and counts
+    it in columns), PyYAML's reader only at the very start, so such files go to the latter. A
+    tab after a value is one libyaml takes and PyYAML wrongly refuses: libyaml's reading."""
+    from claude_persist.workflow import yamlmarks
+
+    composed = yamlmarks._compose_in_c(text)
+    if "\t" in text:
+        assert isinstance(_in_python(text), yaml.YAMLError) and composed is not None
+    elif "\ufeff" in text[1:]:
+        assert composed is None
+    else:
+        assert _tree(composed) == _in_python(text)
+
+
 def test_a_document_nested_past_the_c_stack_is_refused_not_crashed() -> None:
     from claude_persist.workflow import yamlmarks
 

@@ -154,8 +154,8 @@ def _compose_in_c(text: str) -> yaml.Node | None:
     the document: the pure Python parser then says what is wrong, in the words and places it
     always has. (libyaml takes a few things PyYAML's own scanner wrongly refuses, such as a tab
     after a value.)"""
-    if _CBoundedLoader is None:
-        return None
+    if _CBoundedLoader is None or "\ufeff" in text[1:]:
+        return None  # libyaml skips a byte order mark at the start of any line, PyYAML only at 0
     try:
         loader = _CBoundedLoader(text)
     except UnicodeError:  # a lone surrogate: libyaml reads UTF-8
