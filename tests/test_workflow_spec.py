@@ -416,7 +416,9 @@ def test_the_loader_and_the_schema_agree_on_shape(tmp_path: Path, examples: int)
     path = tmp_path / "wf.yml"
     verdicts: Counter[bool] = Counter()
 
-    @settings(max_examples=examples, deadline=None, database=None)
+    # Derandomized: the count of each verdict below is a matter of chance in a random draw
+    # (one run in five drew fewer than 5 broken documents of 50); a fixed draw is checked once.
+    @settings(max_examples=examples, deadline=None, database=None, derandomize=True)
     @given(strategies.documents())
     def check(doc: object) -> None:
         text = yaml.dump(doc, Dumper=FAST_DUMPER, allow_unicode=True, sort_keys=False)
