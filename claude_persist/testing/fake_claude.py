@@ -68,7 +68,7 @@ else:
 # another program, the CLI, whose file layout it reads its own way: see project_folder). Not even
 # json or re: json imports re, and re imports enum, functools and collections, which together
 # took longer than the interpreter's own start; the fake speaks JSON through json's C half
-# (see _LeanJson) and reads its markers and ids without patterns.
+# (see _lean_json) and reads its markers and ids without patterns.
 
 VERSION = "2.1.332"
 MARKER = "[fake "
@@ -166,7 +166,6 @@ def is_uuid(text: str) -> bool:
     parts = text.split("-")
     return [len(part) for part in parts] == [8, 4, 4, 4, 12] and all(
         char in "0123456789abcdefABCDEF" for part in parts for char in part)
-
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
