@@ -9,7 +9,7 @@ so the compare-and-swap tests test our code and not moto's race.
 
 Usage: ``python serial_moto.py [HOST] [PARENT_PID]``; prints the port on its first line of
 stdout, then serves until terminated, or until the process ``PARENT_PID`` is gone (the test
-run's main process, when the xdist workers share one server).
+run that started it; under xdist, the run's main process, whose workers share the server).
 """
 
 from __future__ import annotations
