@@ -1,5 +1,5 @@
-"""Moto's S3 server (its own WSGI app and request handler, as ``python -m moto.server`` runs
-them), answering one request at a time, on 127.0.0.1 and a port the system picks.
+"""Moto's S3 server (its S3 app, under the request handler ``python -m moto.server`` uses),
+answering one request at a time, on 127.0.0.1 and a port the system picks.
 
 Why one at a time: moto checks a conditional write's ``If-None-Match`` / ``If-Match`` and then
 stores the object in a second step, so two racing requests on its threaded server could both
@@ -14,6 +14,7 @@ run that started it; under xdist, the run's main process, whose workers share th
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import sys
@@ -22,17 +23,17 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-from moto.moto_server.werkzeug_app import (
-    DomainDispatcherApplication,
-    MotoRequestHandler,
-    create_backend_app,
-)
+from moto.moto_server.werkzeug_app import MotoRequestHandler, create_backend_app
 from werkzeug.serving import make_server
 
 
 def main() -> None:
     host = sys.argv[1] if len(sys.argv) > 1 else "127.0.0.1"
-    app = DomainDispatcherApplication(create_backend_app)
+    # S3's own app: moto's dispatcher would work out the service from each request's host,
+    # listing its own package folder every time, for a server that only ever serves S3.
+    app = create_backend_app("s3")
+    # Errors only: a line per request is work for the server and read by nobody.
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
     one_at_a_time = threading.Lock()
 
     def serial(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
