@@ -257,15 +257,22 @@ def test_create_and_resume_get_a_call_span_each_outside_workflows(
 # -- nothing imported unless asked ----------------------------------------------------------------
 
 PROBE = """
-import sys
+import json, os, sys
 from pathlib import Path
 from claude_persist import Sessions, run_workflow
 {block}
-sessions = Sessions(".")
-sessions.create("probe", "Hi.")
-Path("wf.yml").write_text("version: 1\\nsteps:\\n  - {{id: a, resume: probe, prompt: Again.}}\\n")
-run_workflow("wf.yml", workspace=sessions, progress=open("/dev/null", "w"))
-print(sorted(m for m in sys.modules if m.split(".")[0] == "opentelemetry"))
+for number, env in enumerate(json.loads(sys.argv[1])):  # each case in a folder of its own
+    for key in [k for k in os.environ if k.startswith("OTEL_")]:
+        del os.environ[key]
+    os.environ.update(env)
+    folder = Path(f"case-{{number}}")
+    folder.mkdir()
+    sessions = Sessions(folder)
+    sessions.create("probe", "Hi.")
+    (folder / "wf.yml").write_text(
+        "version: 1\\nsteps:\\n  - {{id: a, resume: probe, prompt: Again.}}\\n")
+    run_workflow(folder / "wf.yml", workspace=sessions, progress=open("/dev/null", "w"))
+    print(sorted(m for m in sys.modules if m.split(".")[0] == "opentelemetry"))
 """
 
 BLOCK_OTEL = """
@@ -279,24 +286,28 @@ sys.meta_path.insert(0, Missing())
 """
 
 
-def probe(workspace: Path, env: dict[str, str], block: str = ""
+def probe(workspace: Path, *envs: dict[str, str], block: str = ""
           ) -> subprocess.CompletedProcess[str]:
+    """One process that, for each of ``envs`` in turn (the OTEL_ variables it sets, all
+    others unset), creates a session and runs a workflow, then prints the OpenTelemetry
+    modules it has imported so far."""
     clean = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
-    return subprocess.run([sys.executable, "-c", PROBE.format(block=block)], cwd=workspace,
-                          env={**clean, **env}, capture_output=True, text=True, timeout=120)
+    return subprocess.run([sys.executable, "-c", PROBE.format(block=block), json.dumps(envs)],
+                          cwd=workspace, env=clean, capture_output=True, text=True, timeout=120)
 
 
-@pytest.mark.parametrize("env", [
-    {},
-    {"OTEL_SDK_DISABLED": "true", "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:9"},
-    {"OTEL_TRACES_EXPORTER": "none", "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:9"},
-    {"OTEL_SERVICE_NAME": "x", "OTEL_METRICS_EXPORTER": "otlp"},
-], ids=["unset", "sdk-disabled", "exporter-none", "no-traces-asked"])
 def test_without_the_variables_nothing_of_opentelemetry_is_imported(
-        workspace: Path, fake_claude: Any, env: dict[str, str]) -> None:
-    done = probe(workspace, env)
+        workspace: Path, fake_claude: Any) -> None:
+    # One process for every case: a case that imported any of it would show in its own line
+    # and in every line after it.
+    done = probe(workspace,
+                 {},
+                 {"OTEL_SDK_DISABLED": "true", "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:9"},
+                 {"OTEL_TRACES_EXPORTER": "none", "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:9"},
+                 {"OTEL_SERVICE_NAME": "x", "OTEL_METRICS_EXPORTER": "otlp"})
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip().splitlines()[-1] == "[]"
+    assert done.stdout.strip().splitlines() == ["[]"] * 4
+    assert len(fake_claude.calls()) == 8  # each case did call claude, twice
 
 
 def test_with_the_variables_the_sdk_is_used(workspace: Path, fake_claude: Any) -> None:
@@ -308,7 +319,8 @@ def test_with_the_variables_the_sdk_is_used(workspace: Path, fake_claude: Any) -
 
 def test_without_the_extra_a_warning_says_how_to_install_it(workspace: Path,
                                                               fake_claude: Any) -> None:
-    done = probe(workspace, {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:9"}, BLOCK_OTEL)
+    done = probe(workspace, {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:9"},
+                 block=BLOCK_OTEL)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().splitlines()[-1] == "[]"
     assert done.stderr.count("pip install 'claude-persist[otel]'") == 1
