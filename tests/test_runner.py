@@ -175,19 +175,26 @@ def test_stderr_of_a_crashing_cli_is_reported(workspace: Path, tmp_path: Path) -
 
 
 def test_the_runner_streams_lines_before_the_process_ends(tmp_path: Path) -> None:
-    seen: list[tuple[float, str]] = []
-    started = time.monotonic()
-    code = "import time\nprint('first', flush=True)\ntime.sleep(1)\nprint('second', flush=True)"
+    """The child prints its second line (and ends) only once ``on_line`` has had the first:
+    a runner that held lines back until the end would never hand it over, and the deadline
+    would stop the call. No clock is read, so a slow machine cannot fail it."""
+    seen = tmp_path / "first-seen"
+    code = ("import os, sys, time\nprint('first', flush=True)\n"
+            "while not os.path.exists(sys.argv[1]):\n    time.sleep(0.01)\n"
+            "print('second', flush=True)")
+    lines: list[str] = []
 
     def on_line(line: str) -> bool:
-        seen.append((time.monotonic(), line))
+        lines.append(line)
+        if line == "first":
+            seen.touch()
         return False
 
-    outcome = runner.run([sys.executable, "-c", code], prompt="", cwd=tmp_path,
-                         limits=runner.Limits(), on_line=on_line)
-    assert [line for _, line in seen] == ["first", "second"]
-    assert seen[0][0] - started < 0.9 and seen[1][0] - seen[0][0] >= 0.9
-    assert outcome.returncode == 0 and outcome.stopped_by is None and outcome.lines == 2
+    outcome = runner.run([sys.executable, "-c", code, str(seen)], prompt="", cwd=tmp_path,
+                         limits=runner.Limits(deadline=60), on_line=on_line)
+    assert outcome.stopped_by is None, "the first line came only when the process ended"
+    assert lines == ["first", "second"]
+    assert outcome.returncode == 0 and outcome.lines == 2
 
 
 def test_the_runner_refuses_a_vanished_session_folder(tmp_path: Path) -> None:
