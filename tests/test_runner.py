@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import json
 import os
 import queue
 import shlex
@@ -12,6 +13,7 @@ import sys
 import textwrap
 import threading
 import time
+import types
 from pathlib import Path
 from typing import Any
 
@@ -216,11 +218,26 @@ def test_claude_runs_in_the_sessions_folder(workspace: Path, fake_claude: Any,
 
 
 def test_limits_do_not_apply_once_the_answer_is_in(workspace: Path, fake_claude: Any,
-                                                   short_grace: float) -> None:
+                                                   short_grace: float,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """The runner's clock jumps an hour the moment the result line is in: both limits are
+    long past from then on, yet the call succeeds. Before it, the limits are generous, so the
+    fake's start-up on a loaded machine cannot trip them (an idle timeout of 0.5 s from the
+    spawn did, whenever the fake took that long to print its first line)."""
+    jumped = [0.0]
+    monotonic = time.monotonic
+    monkeypatch.setattr(runner, "time", types.SimpleNamespace(
+        monotonic=lambda: monotonic() + jumped[0], sleep=time.sleep))
+
+    def on_line(line: str) -> None:
+        if json.loads(line).get("type") == "result":
+            jumped[0] = 3600.0
+
     sessions = Sessions(workspace, notify=lambda message: None)
     sessions.create("done")
-    result = sessions.resume("done", "[fake hang_after=1] x", TurnOptions(idle_timeout=0.5))
-    assert "turn 2" in result.text and result.notes
+    result = sessions.resume("done", "[fake hang_after=1] x",
+                             TurnOptions(deadline=60, idle_timeout=30), on_line=on_line)
+    assert jumped[0] and "turn 2" in result.text and result.notes
 
 
 def _peak_rss_mib(script: str, cwd: Path) -> tuple[float, str]:
