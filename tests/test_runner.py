@@ -75,7 +75,7 @@ def test_a_zombie_is_not_a_live_member_of_its_group() -> None:
     try:
         assert runner.live_group_members(child.pid) == [child.pid]
         os.kill(child.pid, signal.SIGKILL)
-        end = time.monotonic() + 5
+        end = time.monotonic() + 60  # bounds a failing test only
         while runner.live_group_members(child.pid) and time.monotonic() < end:
             time.sleep(0.01)
         assert runner.live_group_members(child.pid) == []
@@ -140,9 +140,10 @@ def test_a_1_mb_prompt_goes_through_stdin_not_argv(workspace: Path, fake_claude:
 def test_a_chatty_stderr_never_hangs_the_call(workspace: Path, fake_claude: Any) -> None:
     sessions = Sessions(workspace)
     sessions.create("noisy")
-    started = time.monotonic()
-    result = sessions.resume("noisy", "[fake stderr_bytes=5000000] x", TurnOptions(deadline=30))
-    assert "turn 2" in result.text and time.monotonic() - started < 10
+    # An undrained stderr would block the fake before its first stdout line: the deadline
+    # would stop the call. No bound on the time taken: a loaded machine can pass any.
+    result = sessions.resume("noisy", "[fake stderr_bytes=5000000] x", TurnOptions(deadline=60))
+    assert "turn 2" in result.text
 
 
 def test_a_cli_that_hangs_after_its_result_is_stopped_and_counted_as_success(
