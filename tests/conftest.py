@@ -19,6 +19,7 @@ import io
 import json
 import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -364,3 +365,34 @@ def _group_exists(pgid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+def barrier_claude(folder: Path, parties: int, limit: float = 60) -> str:
+    """A claude command (for ``CLAUDE_CMD`` or ``claude_cmd``) that holds each call until
+    ``parties`` calls have started, counting every call it was ever given, then runs the fake
+    CLI. A test that must see calls run side by side waits for nothing else: the call that
+    came first cannot end before the others came, however slow the machine. When they do not
+    come (the calls run one at a time), the waiting call fails after ``limit`` seconds."""
+    from claude_persist.testing import FAKE_CLAUDE_CMD
+
+    arrived = folder / "barrier-arrivals"
+    arrived.mkdir()
+    script = folder / "barrier-claude.sh"
+    here = shlex.quote(str(arrived))
+    script.write_text(f"""#!/bin/sh
+mktemp {here}/call.XXXXXX > /dev/null || exit 1
+end=$(( $(date +%s) + {int(limit)} ))
+count() {{ set -- {here}/*; came=$#; }}  # a function's own "$@": the script's stays
+polls=0
+while count; [ "$came" -lt {parties} ]; do
+    polls=$((polls + 1))
+    if [ $((polls % 50)) -eq 0 ] && [ "$(date +%s)" -gt "$end" ]; then
+        echo "barrier-claude: $came of {parties} calls came in {int(limit)} s" >&2
+        exit 1
+    fi
+    sleep 0.01
+done
+exec {FAKE_CLAUDE_CMD} "$@"
+""")
+    script.chmod(0o755)
+    return str(script)
