@@ -7,6 +7,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -52,17 +53,33 @@ def test_stream_callback_sees_every_line(workspace: Path, fake_claude: Any) -> N
     assert '"type": "system"' in lines[0] and '"type": "result"' in lines[-1]
 
 
-def test_two_resumes_of_one_session_never_overlap(workspace: Path, fake_claude: Any) -> None:
-    Sessions(workspace).create("shared")
+def test_two_resumes_of_one_session_never_overlap(workspace: Path, fake_claude: Any,
+                                                  tmp_path: Path) -> None:
+    """The test holds the session while three processes start, until each says it waits: then
+    they contend for it, however slow the machine (with nobody holding it, processes that
+    started far enough apart each found it free, and the check that one waited failed)."""
+    sessions = Sessions(workspace)
+    sid = sessions.create("shared").session_id
     script = textwrap.dedent(f"""
         from claude_persist import Sessions
         Sessions({str(workspace)!r}).resume("shared", "[fake delay=0.8] turn")
     """)
-    procs = [subprocess.Popen([sys.executable, "-c", script], stderr=subprocess.PIPE,
-                              text=True) for _ in range(3)]
-    errs = [p.communicate(timeout=60)[1] for p in procs]
+    err_files = [tmp_path / f"resume-{i}.err" for i in range(3)]
+    waiting = "in use by another process; waiting"
+    with sessions.store.session_lock(sid, "shared"):
+        procs = []
+        for err_file in err_files:
+            with open(err_file, "w") as err:
+                procs.append(subprocess.Popen([sys.executable, "-c", script], stderr=err))
+        deadline = time.monotonic() + 60
+        while not all(waiting in f.read_text() for f in err_files):
+            assert all(p.poll() is None for p in procs), [f.read_text() for f in err_files]
+            assert time.monotonic() < deadline, [f.read_text() for f in err_files]
+            time.sleep(0.02)
+    for proc in procs:
+        proc.wait(timeout=60)
+    errs = [f.read_text() for f in err_files]
     assert all(p.returncode == 0 for p in procs), errs
-    assert any("in use by another process; waiting" in e for e in errs)
     calls = sorted(fake_claude.calls()[1:], key=lambda c: c["started"])
     assert len(calls) == 3
     for before, after in itertools.pairwise(calls):
@@ -123,17 +140,16 @@ def test_adopted_sessions_resume(workspace: Path, fake_claude: Any) -> None:
 
 def test_bad_options_fail_before_waiting_for_a_busy_session(workspace: Path,
                                                             fake_claude: Any) -> None:
-    import time
-
     from claude_persist import UsageError
 
     sessions = Sessions(workspace)
     sid = sessions.create("held").session_id
-    with sessions.store.session_lock(sid, "held"):
-        started = time.monotonic()
-        with pytest.raises(UsageError, match="not an effort level"):
-            sessions.resume("held", "x", TurnOptions(effort="extreme"))
-        assert time.monotonic() - started < 1.0
+    # A resume that waited for the session first would be told it is busy (lock timeout 0),
+    # not that the effort is bad: no clock needed (a bound of 1 s on the time taken fails on a
+    # machine that stalls the test that long).
+    with sessions.store.session_lock(sid, "held"), \
+            pytest.raises(UsageError, match="not an effort level"):
+        sessions.resume("held", "x", TurnOptions(effort="extreme", lock_timeout=0))
 
 
 def test_a_changed_role_reaches_the_model_on_every_later_turn(workspace: Path,
