@@ -22,6 +22,8 @@ from claude_persist import (
     TurnResult,
 )
 
+from .conftest import barrier_claude
+
 
 def test_api_returns_typed_results(workspace: Path, fake_claude: Any) -> None:
     sessions = Sessions(workspace)
@@ -87,18 +89,31 @@ def test_two_resumes_of_one_session_never_overlap(workspace: Path, fake_claude: 
     assert sorted(c["turns"] for c in calls) == [2, 3, 4]
 
 
-def test_different_sessions_run_side_by_side(workspace: Path, fake_claude: Any) -> None:
-    sessions = Sessions(workspace)
-    sessions.create("a")
-    sessions.create("b")
-    threads = [threading.Thread(target=sessions.resume, args=(n, "[fake delay=1] x"))
-               for n in ("a", "b")]
+def test_different_sessions_run_side_by_side(workspace: Path, fake_claude: Any,
+                                             tmp_path: Path) -> None:
+    """Each call is held until both have started (a call on its own fails after 60 s): both
+    answer only if the two sessions ran at once. (Timing the fake's log against a 1 s delay
+    fails when one call starts more than a second after the other.)"""
+    Sessions(workspace).create("a")
+    Sessions(workspace).create("b")
+    sessions = Sessions(workspace, claude_cmd=barrier_claude(tmp_path, 2))
+    results: dict[str, object] = {}
+
+    def resume(name: str) -> None:
+        try:
+            results[name] = sessions.resume(name, "x")
+        except Exception as exc:
+            results[name] = exc
+
+    threads = [threading.Thread(target=resume, args=(n,)) for n in ("a", "b")]
     for t in threads:
         t.start()
     for t in threads:
-        t.join()
-    a, b = fake_claude.calls()[-2:]
-    assert a["started"] < b["ended"] and b["started"] < a["ended"]
+        t.join(timeout=120)
+    assert not any(t.is_alive() for t in threads)
+    assert all(isinstance(r, TurnResult) and "turn 2" in r.text for r in results.values()), \
+        results
+    assert len(results) == 2
 
 
 def test_a_name_taken_while_creating_loses_no_session(workspace: Path, fake_claude: Any,
