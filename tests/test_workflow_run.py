@@ -20,7 +20,7 @@ from claude_persist import Sessions
 from claude_persist.workflow import RunSettings, load, run
 from claude_persist.workflow.report import ProgressPrinter
 
-from .conftest import REPO, Runner, mapping_path, read_mapping
+from .conftest import REPO, Runner, barrier_claude, mapping_path, read_mapping
 
 
 def write(folder: Path, text: str, name: str = "wf.yml") -> Path:
@@ -63,17 +63,17 @@ def test_the_examples_run_end_to_end(cp: Runner, workspace: Path, fake_claude: A
 
 
 def test_four_independent_sessions_run_side_by_side(cp: Runner, workspace: Path,
-                                                    fake_claude: Any) -> None:
-    steps = "".join(f"  - {{id: s{i}, create: w{i}, prompt: '[fake delay=1] go'}}\n"
-                    for i in range(4))
+                                                    fake_claude: Any, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    steps = "".join(f"  - {{id: s{i}, create: w{i}, prompt: go}}\n" for i in range(4))
     write(workspace, "version: 1\nsteps:\n" + steps)
+    # All four were running at one moment: each call is held until all four have started (a
+    # call kept waiting for a minute fails its step). No clock is compared: the fake's start
+    # and end times around a 1 s delay say the same only while no call starts a second late.
+    monkeypatch.setenv("CLAUDE_CMD", barrier_claude(tmp_path, 4))
     ran = cp("run", "wf.yml", "--max-parallel", "4", "--json")
     assert ran.code == 0, ran.err
-    # All four were running at one moment: the last to start started before the first to end
-    # (the fake's own clock; how long that took is the benchmark's business, not a test's).
-    calls = fake_claude.calls()
-    assert len(calls) == 4
-    assert max(c["started"] for c in calls) < min(c["ended"] for c in calls)
+    assert len(fake_claude.calls()) == 4
 
 
 def test_max_parallel_bounds_the_steps_at_once_and_keeps_file_order(
@@ -108,7 +108,9 @@ def test_sequential_runs_in_file_order_one_at_a_time(workspace: Path, fake_claud
     assert all(b["started"] >= a["ended"] for a, b in itertools.pairwise(calls))
 
 
-def test_one_session_never_runs_two_steps_at_once(workspace: Path, fake_claude: Any) -> None:
+def test_one_session_never_runs_two_steps_at_once(workspace: Path, fake_claude: Any,
+                                                  tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     path = write(workspace, """
         version: 1
         max_parallel: 4
@@ -118,11 +120,15 @@ def test_one_session_never_runs_two_steps_at_once(workspace: Path, fake_claude: 
           - {id: c, fork: x, as: y, prompt: "c"}
           - {id: d, create: z, prompt: "[fake delay=0.5] d"}
     """)
+    # Another session runs side by side: the first calls are held until two have started,
+    # and only d can start while a runs (b and c wait for a's session), so the run gets past
+    # a only if d started while a ran. (Comparing d's start with a's end, 0.5 s later, fails
+    # when d starts late.)
+    monkeypatch.setenv("CLAUDE_CMD", barrier_claude(tmp_path, 2))
     assert run_lib(workspace, path).status == "succeeded"
     by_step = {c["prompt_head"][-1]: c for c in fake_claude.calls()}
     assert by_step["b"]["started"] >= by_step["a"]["ended"]
     assert by_step["c"]["started"] >= by_step["b"]["ended"]
-    assert by_step["d"]["started"] < by_step["a"]["ended"]  # another session: side by side
 
 
 def test_a_failed_step_fails_the_run_and_skips_the_rest(cp: Runner, workspace: Path,
