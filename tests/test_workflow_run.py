@@ -292,10 +292,11 @@ def test_ctrl_c_stops_the_children_and_exits_130(workspace: Path, fake_claude: A
     proc = subprocess.Popen([sys.executable, "-m", "claude_persist.cli", "run", "wf.yml"],
                             cwd=workspace, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
-    deadline = time.monotonic() + 15
+    deadline = time.monotonic() + 60  # bounds a failing test only
     while len(fake_claude.records()) < 2 and time.monotonic() < deadline:
         time.sleep(0.05)
     groups = [r["pgid"] for r in fake_claude.records()]
+    assert len(groups) == 2, "the fakes never started"
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == 130, err
