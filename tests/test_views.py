@@ -312,6 +312,7 @@ def old_run(store: RunStore, run_id: str, age: float, status: RunStatus = RunSta
 
 def test_prune_never_removes_a_run_in_progress(cp: Runner, cp_process: Runner,
                                                workspace: Path, tmp_path: Path,
+                                               fake_claude: Any,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
     """And the run, stopped as a cancelled CI job is (SIGTERM), still leaves its page."""
     summary = tmp_path / "summary.md"
@@ -327,12 +328,15 @@ def test_prune_never_removes_a_run_in_progress(cp: Runner, cp_process: Runner,
         """)
     proc = cp_process.start("run", "wf.yml")
     try:
+        # Until the step's claude has started: the state file is written as the run begins,
+        # before its step, and a SIGTERM that came that early (on a machine that stalled the
+        # run while this test went on) left no failed step on the page, or no page at all.
         deadline = time.monotonic() + 60
-        state_files: list[Path] = []
-        while not state_files and time.monotonic() < deadline:
-            state_files = list(runs_folder(workspace).glob("*/*.json"))
+        while not fake_claude.records() and time.monotonic() < deadline:
+            assert proc.poll() is None, proc.communicate()
             time.sleep(0.05)
-        [state_file] = state_files
+        assert fake_claude.records(), "the step's claude never started"
+        [state_file] = list(runs_folder(workspace).glob("*/*.json"))
         store = RunStore(state_file.parent)
         old_run(store, "old-done", 40 * 86400)
         old_run(store, "young", 3600)
