@@ -406,13 +406,14 @@ def test_the_runs_max_parallel_covers_the_expansions_of_every_fan_out(workspace:
     runner = threading.Thread(target=lambda: reports.append(run_workflow(
         path, workspace=Sessions(workspace, turn_runner=turn_runner), progress=io.StringIO())))
     runner.start()
-    deadline = time.monotonic() + 20
+    deadline = time.monotonic() + 60  # bounds a failing test only
     while active[0] < 4 and time.monotonic() < deadline:
         time.sleep(0.01)
     time.sleep(0.2)  # room for a fifth call, were the limit not held
     assert active[0] == 4 and peak[0] == 4
     gate.set()
-    runner.join(30)
+    runner.join(120)
+    assert not runner.is_alive(), "the run did not finish"
     assert reports[0]["status"] == "succeeded" and len(inner.calls) == 10
     found = steps(reports[0])
     assert found["left"]["result"] == [found[f"left[{i}]"]["result"] for i in range(5)]
@@ -449,11 +450,12 @@ def test_ctrl_c_stops_shell_steps_and_claude_calls_and_the_state_says_where(
     proc = subprocess.Popen([sys.executable, "-m", "claude_persist.cli", "run", "wf.yml"],
                             cwd=workspace, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
-    deadline = time.monotonic() + 15
+    deadline = time.monotonic() + 60  # bounds a failing test only
     while (not fake_claude.records() or not (workspace / "child.pid").exists()
            or not (workspace / "child.pid").read_text().strip()) and time.monotonic() < deadline:
         time.sleep(0.05)
     groups = [r["pgid"] for r in fake_claude.records()]
+    assert groups and (workspace / "child.pid").read_text().strip(), "the steps never started"
     shell = int((workspace / "shell.pid").read_text())
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=30)
