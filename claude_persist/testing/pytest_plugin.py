@@ -45,10 +45,15 @@ class FakeClaude:
         return merged
 
     def records(self) -> list[dict[str, Any]]:
-        """Every start and end record the fake logged."""
-        if not self.log_file.exists():
+        """Every start and end record the fake logged. A test that polls this while calls run
+        may read the log as a fake appends to it: a last record without its newline yet is
+        still being written, and is left for the next read (parsing it, or decoding a
+        character cut in two, would fail the test)."""
+        try:
+            data = self.log_file.read_bytes()
+        except FileNotFoundError:
             return []
-        lines = self.log_file.read_text(encoding="utf-8").splitlines()
+        lines = data[:data.rfind(b"\n") + 1].decode("utf-8").splitlines()
         return [json.loads(line) for line in lines if line.strip()]
 
     def transcript_path(self, session_id: str) -> Path:
