@@ -149,17 +149,24 @@ def test_repeated_ctrl_c_still_saves_the_state(workspace: Path, fake_claude: Any
     proc = subprocess.Popen([sys.executable, "-m", "claude_persist.cli", "run", "wf.yml",
                              "--run-id", "r2"], cwd=workspace, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 60
     while len(fake_claude.records()) < 2 and time.monotonic() < deadline:
         time.sleep(0.05)
-    groups = [r["pgid"] for r in fake_claude.records()]
+    groups = {r["prompt_head"][-1]: r["pgid"] for r in fake_claude.records()}
     assert len(groups) == 2, "the fakes never started"
-    for _ in range(3):
+    proc.send_signal(signal.SIGINT)
+    # b's claude is stopped once the run is stopping (its Ctrl-C handling has begun), and a's
+    # holds the run there for a grace period: the extra Ctrl-Cs land then, whatever the load
+    # (0.3 s apart, a stalled run had not begun stopping when the second one came).
+    deadline = time.monotonic() + 60
+    while group_alive(groups["b"]):
+        assert time.monotonic() < deadline, "the run never stopped b's claude"
+        time.sleep(0.02)
+    for _ in range(2):
         proc.send_signal(signal.SIGINT)
-        time.sleep(0.3)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
-    assert not any(group_alive(g) for g in groups)
+    assert not any(group_alive(g) for g in groups.values())
     states = list((workspace.parent / "tmp").rglob("r2.json"))
     assert len(states) == 1
     assert json.loads(states[0].read_text())["status"] == "interrupted"
