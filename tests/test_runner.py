@@ -209,11 +209,12 @@ def test_the_runner_refuses_a_vanished_session_folder(tmp_path: Path) -> None:
 
 
 def test_claude_runs_in_the_sessions_folder(workspace: Path, fake_claude: Any,
-                                            tmp_path: Path) -> None:
+                                            tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
     Sessions(workspace).create("here")
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    os.chdir(elsewhere)
+    monkeypatch.chdir(elsewhere)  # and back: the tests after this one run where they started
     Sessions(workspace).resume("here", "x")
     assert fake_claude.calls()[-1]["cwd"] == str(workspace.resolve())
 
