@@ -550,3 +550,83 @@ def test_costs_are_rounded_for_display() -> None:
                      prompt="p", prompt_source="prompt", line=1)
     ProgressPrinter(workflow, stream=printed).step_finished(step, state.steps["a"])
     assert "$0.0125" in printed.getvalue()
+
+
+# -- an interrupt at the very start of a run ---------------------------------------------------
+
+
+def _interrupted_run(workspace: Path, turn_runner: Any) -> tuple[RunState, Path]:
+    """Run a one-step workflow in process; the run must end as interrupted. Its saved state,
+    and its journal's path."""
+    from claude_persist import InterruptedByUserError, Sessions, run_workflow
+    from claude_persist.workflow.state import RunStore
+
+    path = write(workspace, "version: 1\nsteps:\n  - {id: a, create: x, prompt: hi}\n")
+    try:
+        with pytest.raises(InterruptedByUserError):
+            run_workflow(path, workspace=Sessions(workspace, turn_runner=turn_runner),
+                         progress=io.StringIO())
+    except KeyboardInterrupt:  # left as it is, it would stop the whole test session
+        pytest.fail("the Ctrl-C escaped the run as it was, with no state saved for it")
+    [saved] = list(Sessions(workspace).store.folder.glob("runs/*/*.json"))
+    store = RunStore(saved.parent)
+    return store.load(saved.stem), store.journal(saved.stem)
+
+
+def test_an_interrupt_during_the_first_save_still_ends_in_a_saved_state(
+        workspace: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from claude_persist.testing import InProcessClaude
+    from claude_persist.workflow.state import RunStore
+
+    real_save = RunStore.save
+    saves: list[str] = []
+
+    def save(self: RunStore, state: RunState) -> None:
+        real_save(self, state)
+        saves.append(str(state.status))
+        if len(saves) == 1:
+            raise KeyboardInterrupt  # as Ctrl-C or SIGTERM would, the moment the run began
+
+    monkeypatch.setattr(RunStore, "save", save)
+    claude = InProcessClaude()
+    state, _ = _interrupted_run(workspace, claude)
+    assert str(state.status) == "interrupted" and saves == ["running", "interrupted"]
+    assert claude.calls == [] and state.steps["a"].status is StepStatus.SKIPPED
+
+
+def test_an_interrupt_as_a_step_is_handed_over_waits_for_that_step(
+        workspace: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C after a step was given to a worker thread, before the run noted it as running:
+    stopping still cancels and waits for that step, so nothing it records comes after the
+    final state (which would leave a journal line behind the compacted state)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from claude_persist import InterruptedByUserError
+
+    started: list[str] = []
+
+    def turn_runner(turn: Any) -> Any:
+        started.append(turn.prompt)
+        assert turn.cancel is not None
+        if not turn.cancel.wait(60):  # a stop that did not cancel it ends the test here
+            raise AssertionError("the step was never cancelled")
+        raise InterruptedByUserError("interrupted; the claude call was stopped")
+
+    real_submit = ThreadPoolExecutor.submit
+    handed: list[bool] = []
+
+    def submit(self: ThreadPoolExecutor, fn: Any, /, *args: Any, **kwargs: Any) -> Any:
+        future = real_submit(self, fn, *args, **kwargs)
+        if not handed:
+            handed.append(True)
+            while not started:  # the step is running in its worker
+                time.sleep(0.01)
+            raise KeyboardInterrupt
+        return future
+
+    monkeypatch.setattr(ThreadPoolExecutor, "submit", submit)
+    state, journal = _interrupted_run(workspace, turn_runner)
+    monkeypatch.undo()
+    assert str(state.status) == "interrupted" and started == ["hi"]
+    assert state.steps["a"].status is StepStatus.FAILED
+    assert not journal.exists()  # compacted into the state, and nothing written after it

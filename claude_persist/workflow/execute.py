@@ -320,13 +320,16 @@ class Scheduler:
 
     def _run(self) -> RunState:
         began = time.monotonic()
-        self.store.save(self.state)
-        self.observer.run_started(self.run_info())
         graph = sorter(self.plan.deps)
         waiting: list[str] = []  # ready: may start once a worker is free
         running: dict[Future[None], str] = {}
         pool = ThreadPoolExecutor(max_workers=self._workers, thread_name_prefix="step")
+        # An interrupt may land anywhere from here on, the first save included: each one
+        # ends in a closed, saved state. Stopping waits for the pool, not for ``running``:
+        # a step submitted just before the interrupt may not be in ``running`` yet.
         try:
+            self.store.save(self.state)
+            self.observer.run_started(self.run_info())
             while True:
                 waiting.extend(graph.get_ready())
                 waiting.sort(key=self._position.__getitem__)
@@ -350,14 +353,14 @@ class Scheduler:
         except KeyboardInterrupt:
             with interrupts_held():  # a second Ctrl-C must not lose the state
                 self.cancel.set()
-                wait(list(running))
+                pool.shutdown(wait=True)
                 self._close(RunStatus.INTERRUPTED, began, "interrupted")
             raise InterruptedByUserError(
                 f"interrupted; running steps were stopped. Continue with --resume-run "
                 f"(run {self.state.run_id})") from None
         except ClaudePersistError:
             self.cancel.set()
-            wait(list(running))
+            pool.shutdown(wait=True)
             self._close(RunStatus.FAILED, began, "aborted")
             raise
         finally:
