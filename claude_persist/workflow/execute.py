@@ -353,14 +353,14 @@ class Scheduler:
         except KeyboardInterrupt:
             with interrupts_held():  # a second Ctrl-C must not lose the state
                 self.cancel.set()
-                pool.shutdown(wait=True)
+                pool.shutdown(wait=True, cancel_futures=True)  # a step not begun never will
                 self._close(RunStatus.INTERRUPTED, began, "interrupted")
             raise InterruptedByUserError(
                 f"interrupted; running steps were stopped. Continue with --resume-run "
                 f"(run {self.state.run_id})") from None
         except ClaudePersistError:
             self.cancel.set()
-            pool.shutdown(wait=True)
+            pool.shutdown(wait=True, cancel_futures=True)
             self._close(RunStatus.FAILED, began, "aborted")
             raise
         finally:
