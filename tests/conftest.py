@@ -24,6 +24,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 import traceback
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -365,6 +366,15 @@ def _group_exists(pgid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+
+def wait_for(condition: Callable[[], object], what: str, limit: float = 60) -> None:
+    """Poll until ``condition()`` holds; the limit only bounds a failing test."""
+    end = time.monotonic() + limit
+    while not condition():
+        assert time.monotonic() < end, f"still waiting after {limit} s for {what}"
+        time.sleep(0.02)
 
 
 def barrier_claude(folder: Path, parties: int, limit: float = 60) -> str:

@@ -15,23 +15,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from claude_persist.testing import FAKE_CLAUDE_CMD
 
-from .conftest import Runner, mapping_path, read_mapping
-
-
-def wait_for(condition: Callable[[], bool], what: str, limit: float = 60) -> None:
-    """Poll until ``condition()`` holds; the limit only bounds a failing test."""
-    end = time.monotonic() + limit
-    while not condition():
-        assert time.monotonic() < end, f"still waiting after {limit} s for {what}"
-        time.sleep(0.02)
+from .conftest import Runner, mapping_path, read_mapping, wait_for
 
 
 def test_create_prints_the_new_id_and_maps_it(face: Runner, workspace: Path,

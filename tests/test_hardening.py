@@ -15,7 +15,7 @@ import pytest
 
 from claude_persist.errors import ClaudePersistError, exit_code_for
 
-from .conftest import Runner
+from .conftest import Runner, wait_for
 
 
 def test_a_checkout_cannot_run_code_or_swap_the_claude_command(
@@ -158,10 +158,7 @@ def test_repeated_ctrl_c_still_saves_the_state(workspace: Path, fake_claude: Any
     # b's claude is stopped once the run is stopping (its Ctrl-C handling has begun), and a's
     # holds the run there for a grace period: the extra Ctrl-Cs land then, whatever the load
     # (0.3 s apart, a stalled run had not begun stopping when the second one came).
-    deadline = time.monotonic() + 60
-    while group_alive(groups["b"]):
-        assert time.monotonic() < deadline, "the run never stopped b's claude"
-        time.sleep(0.02)
+    wait_for(lambda: not group_alive(groups["b"]), "the run to stop b's claude")
     for _ in range(2):
         proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)

@@ -30,7 +30,7 @@ from claude_persist import (
 from claude_persist.testing import InProcessClaude
 from claude_persist.workflow import expr
 
-from .conftest import REPO
+from .conftest import REPO, wait_for
 
 
 def write(folder: Path, text: str, name: str = "wf.yml") -> Path:
@@ -515,10 +515,7 @@ def test_after_a_kill_resume_goes_on_at_the_step_where_the_loop_stopped(
                             stderr=subprocess.DEVNULL)
     # Only the gate of pass 2 writes gate.pid, whole (a rename), as it starts to sleep: the
     # journal has recorded every step before it, whatever the machine's load.
-    deadline = time.monotonic() + 30
-    while not (workspace / "gate.pid").exists() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert (workspace / "gate.pid").exists(), "the gate of pass 2 never started"
+    wait_for((workspace / "gate.pid").exists, "the gate of pass 2 to start")
     proc.kill()  # SIGKILL: no handler runs, the state is as the journal left it
     proc.wait()
     gate = int((workspace / "gate.pid").read_text())

@@ -37,6 +37,7 @@ from claude_persist.remote import (
 )
 from claude_persist.remote.lease import Lease
 
+from ..conftest import wait_for
 from .conftest import WORKER, race
 
 
@@ -46,14 +47,6 @@ def other(store_url: str) -> Iterator[SharedStore]:
     opened = open_store(store_url)
     yield opened
     opened.close()
-
-
-def wait_for(condition: object, limit: float = 60.0) -> None:
-    assert callable(condition)
-    deadline = time.monotonic() + limit
-    while not condition():
-        assert time.monotonic() < deadline, "not within the limit"
-        time.sleep(0.02)
 
 
 def test_one_holder_at_a_time_and_the_second_is_told_who(store: SharedStore,
@@ -170,7 +163,7 @@ def test_held_renews_while_the_block_runs_and_releases_after(store: SharedStore,
         first = read_lease(other, "s")
         assert first is not None and first.token == lease.token
         wait_for(lambda: read_lease(other, "s").renewed_at  # type: ignore[union-attr]
-                 > first.renewed_at)
+                 > first.renewed_at, "the holder to renew its lease")
         renewed = read_lease(other, "s")
         assert renewed is not None and renewed.token == lease.token
         assert renewed.expires_at > first.expires_at and renewed.version != first.version
